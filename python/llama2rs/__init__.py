@@ -1,0 +1,35 @@
+"""llama2rs: run Llama-2-style language models fast on CPUs, with a Rust core.
+
+>>> import llama2rs
+>>> m = llama2rs.Model("stories260K.bin", tokenizer_path="tok512.bin")
+>>> "".join(m.generate("Once upon a time", max_tokens=20))
+"""
+
+from ._core import __version__
+from .config import Config
+from .errors import (
+    ArgumentError,
+    ConfigError,
+    ContextLengthError,
+    InvalidTokenError,
+    Llama2rsError,
+    ModelFileError,
+    TokenizerError,
+)
+from .model import Model, find_tokenizer
+from .tokenizer import Tokenizer
+
+__all__ = [
+    "__version__",
+    "Model",
+    "Tokenizer",
+    "Config",
+    "find_tokenizer",
+    "Llama2rsError",
+    "ModelFileError",
+    "ConfigError",
+    "TokenizerError",
+    "InvalidTokenError",
+    "ContextLengthError",
+    "ArgumentError",
+]

@@ -1,0 +1,160 @@
+"""The ``llama2rs`` command line: ``generate`` streams text, ``info`` describes a model file."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from typing import Iterator, NoReturn, Optional, Sequence
+
+from .errors import ArgumentError, Llama2rsError
+
+EXIT_BAD_ARGUMENTS = 2
+EXIT_FAILED = 1
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that reports a bad argument on one line (and exit code 2), without the usage."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_BAD_ARGUMENTS, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+def _non_negative_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
+    return value
+
+
+def _non_negative_float(text: str) -> float:
+    value = float(text)
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {text}")
+    return value
+
+
+def _unit_float(text: str) -> float:
+    value = float(text)
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"must be in [0, 1], got {text}")
+    return value
+
+
+# Give argparse's "invalid <type> value" messages readable names.
+_positive_int.__name__ = "positive integer"
+_non_negative_int.__name__ = "non-negative integer"
+_non_negative_float.__name__ = "non-negative number"
+_unit_float.__name__ = "number in [0, 1]"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="llama2rs", description="Run Llama-2-style models on the CPU.")
+    commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    gen = commands.add_parser("generate", help="stream text after a prompt")
+    gen.add_argument("model", help="model file (llama2.c legacy, v1 or v2 Q8_0)")
+    gen.add_argument("-p", "--prompt", default="", help="prompt text (default: empty)")
+    gen.add_argument("-n", "--max-tokens", type=_non_negative_int, default=256,
+                     help="new tokens to generate at most (the prompt does not count; default 256)")
+    gen.add_argument("--temp", type=_non_negative_float, default=1.0,
+                     help="temperature, 0 = greedy (default 1.0, as llama2.c)")
+    gen.add_argument("--top-p", type=_unit_float, default=0.9, help="nucleus sampling threshold (default 0.9)")
+    gen.add_argument("--top-k", type=_non_negative_int, default=0, help="keep the k likeliest tokens (0 = off)")
+    gen.add_argument("-s", "--seed", type=_positive_int, default=None, help="random seed (default: random)")
+    gen.add_argument("-t", "--threads", type=_positive_int, default=None, help="threads (default: all cores)")
+    gen.add_argument("-z", "--tokenizer", default=None, help="tokenizer file (default: found beside the model)")
+    gen.add_argument("--ignore-eos", action="store_true", help="do not stop at BOS/EOS")
+    gen.add_argument("--no-echo", action="store_true", help="do not print the prompt before the new text")
+
+    info = commands.add_parser("info", help="print a model file's format and config")
+    info.add_argument("model", help="model file")
+    return parser
+
+
+def _generate(args: argparse.Namespace) -> int:
+    from .model import Model
+
+    model = Model(args.model, tokenizer_path=args.tokenizer, n_threads=args.threads)
+    out = sys.stdout
+    if not args.no_echo:
+        out.write(args.prompt)
+        out.flush()
+    start = time.perf_counter()
+    prompt_ids = model.tokenize(args.prompt)
+    stream = model.generate_tokens(
+        prompt_ids, args.max_tokens, args.temp, args.top_p, args.top_k, args.seed, args.ignore_eos
+    )
+    count = 0
+
+    def counted(tokens: Iterator[int]) -> Iterator[int]:
+        nonlocal count
+        for token in tokens:
+            count += 1
+            yield token
+
+    for piece in model.detokenize_stream(counted(stream), prev_id=prompt_ids[-1]):
+        out.write(piece)
+        out.flush()
+    out.write("\n")
+    out.flush()
+    elapsed = time.perf_counter() - start
+    rate = count / elapsed if elapsed > 0 else float("inf")
+    print(
+        f"achieved tok/s: {rate:.1f} ({count} tokens after a {len(prompt_ids)}-token prompt, "
+        f"{elapsed:.3f} s, {model.n_threads} threads)",
+        file=sys.stderr,
+    )
+    return 0
+
+
+def _info(args: argparse.Namespace) -> int:
+    from .model import Model
+
+    model = Model(args.model)
+    c = model.config
+    rows = [
+        ("path", str(model.path)),
+        ("format", model.format),
+        ("file size", f"{model.file_size} bytes"),
+        ("dim", c.dim),
+        ("hidden_dim", c.hidden_dim),
+        ("n_layers", c.n_layers),
+        ("n_heads", c.n_heads),
+        ("n_kv_heads", c.n_kv_heads),
+        ("head_size", c.head_size),
+        ("vocab_size", c.vocab_size),
+        ("seq_len", c.seq_len),
+        ("shared classifier", model.shared_classifier),
+        ("group size", model.group_size if model.group_size is not None else "-"),
+        ("tokenizer", model.tokenizer.path if model.tokenizer is not None else "none found"),
+    ]
+    width = max(len(name) for name, _ in rows)
+    for name, value in rows:
+        print(f"{name:<{width}}  {value}")
+    return 0
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return _generate(args) if args.command == "generate" else _info(args)
+    except Llama2rsError as error:
+        code = EXIT_BAD_ARGUMENTS if isinstance(error, ArgumentError) else EXIT_FAILED
+        print(f"llama2rs: error: {error}", file=sys.stderr)
+        return code
+    except BrokenPipeError:  # e.g. piped into `head`
+        return 0
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

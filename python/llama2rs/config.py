@@ -1,0 +1,78 @@
+"""The shape of a Llama-2-style model, validated."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+from .errors import ConfigError
+
+__all__ = ["Config", "MAX_DIM", "MAX_HIDDEN_DIM", "MAX_LAYERS", "MAX_HEADS", "MAX_VOCAB", "MAX_SEQ_LEN"]
+
+# Upper bounds well above any real Llama (70B: dim 8192, hidden 28672, 80 layers, 64 heads,
+# vocab 32000-128256); a header beyond them is corrupt, not a bigger model.
+# The Rust loader (rust/config.rs) enforces the same numbers.
+MAX_DIM = 1 << 16
+MAX_HIDDEN_DIM = 1 << 18
+MAX_LAYERS = 1 << 10
+MAX_HEADS = 1 << 10
+MAX_VOCAB = 1 << 21
+MAX_SEQ_LEN = 1 << 20
+
+
+@dataclass(frozen=True)
+class Config:
+    """Model shape. ``head_size = dim // n_heads``; GQA shares each kv head among ``kv_mul`` heads."""
+
+    dim: int
+    hidden_dim: int
+    n_layers: int
+    n_heads: int
+    n_kv_heads: int
+    vocab_size: int
+    seq_len: int
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        """Raise :class:`ConfigError` naming the first inconsistency."""
+        bounds = {
+            "dim": MAX_DIM,
+            "hidden_dim": MAX_HIDDEN_DIM,
+            "n_layers": MAX_LAYERS,
+            "n_heads": MAX_HEADS,
+            "n_kv_heads": MAX_HEADS,
+            "vocab_size": MAX_VOCAB,
+            "seq_len": MAX_SEQ_LEN,
+        }
+        for name, upper in bounds.items():
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise ConfigError(f"{name} must be an integer, got {value!r}")
+            if not 1 <= value <= upper:
+                raise ConfigError(f"{name} must be in [1, {upper}], got {value}")
+        if self.dim % self.n_heads != 0:
+            raise ConfigError(f"dim ({self.dim}) must be a multiple of n_heads ({self.n_heads})")
+        if self.n_heads % self.n_kv_heads != 0:
+            raise ConfigError(
+                f"n_heads ({self.n_heads}) must be a multiple of n_kv_heads ({self.n_kv_heads})"
+            )
+        if self.head_size % 2 != 0:
+            raise ConfigError(f"head size dim/n_heads ({self.head_size}) must be even for RoPE")
+
+    @property
+    def head_size(self) -> int:
+        return self.dim // self.n_heads
+
+    @property
+    def kv_dim(self) -> int:
+        """Width of one position's keys (or values): ``n_kv_heads * head_size``."""
+        return self.n_kv_heads * self.head_size
+
+    @property
+    def kv_mul(self) -> int:
+        """How many query heads share one kv head."""
+        return self.n_heads // self.n_kv_heads
+
+    def to_dict(self) -> dict[str, int]:
+        return asdict(self)

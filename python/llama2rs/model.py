@@ -1,0 +1,217 @@
+"""The user-facing model: the Rust core plus the tokenizer."""
+
+from __future__ import annotations
+
+import os
+import secrets
+from pathlib import Path
+from typing import Iterable, Iterator, Optional, Sequence, Union
+
+import numpy as np
+
+from . import _core
+from .config import Config
+from .errors import ArgumentError, ContextLengthError, TokenizerError
+from .tokenizer import Tokenizer
+
+__all__ = ["Model", "find_tokenizer"]
+
+PathLike = Union[str, "os.PathLike[str]"]
+
+
+def find_tokenizer(model_path: PathLike) -> Optional[Path]:
+    """The tokenizer beside a model file: ``tokenizer.bin`` or ``tokenizer.model`` in the same
+    folder, else the only ``tok*.bin`` (or ``tok*.model``) there (llama2.c names small ones
+    ``tok512.bin``). None when there is no such file or the choice is ambiguous."""
+    folder = Path(model_path).resolve().parent
+    for name in ("tokenizer.bin", "tokenizer.model"):
+        if (folder / name).is_file():
+            return folder / name
+    for pattern in ("tok*.bin", "tok*.model"):
+        found = sorted(p for p in folder.glob(pattern) if p.is_file())
+        if len(found) == 1:
+            return found[0]
+    return None
+
+
+def _check_int(name: str, value: object, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise ArgumentError(f"{name} must be an integer, got {value!r}")
+    if value < minimum:
+        raise ArgumentError(f"{name} must be >= {minimum}, got {value}")
+    return int(value)
+
+
+def _check_float(name: str, value: object, low: float, high: float) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.floating, np.integer)):
+        raise ArgumentError(f"{name} must be a number, got {value!r}")
+    number = float(value)
+    if not low <= number <= high:
+        raise ArgumentError(f"{name} must be in [{low}, {high}], got {value}")
+    return number
+
+
+class Model:
+    """A Llama-2-style model opened from a llama2.c file (legacy, version 1 fp32, version 2 Q8_0).
+
+    The file is memory-mapped, not read: opening costs milliseconds whatever the size. A Model
+    is read-only and can be shared by threads; every :meth:`generate` call owns its own state
+    (KV cache, sampler) and computes with the GIL released.
+
+    ``tokenizer_path`` defaults to the tokenizer found beside the model (see
+    :func:`find_tokenizer`); without one, only the token-id methods work.
+    ``n_threads`` defaults to the number of available cores.
+    """
+
+    def __init__(
+        self,
+        model_path: PathLike,
+        tokenizer_path: Optional[PathLike] = None,
+        n_threads: Optional[int] = None,
+    ) -> None:
+        if n_threads is not None:
+            n_threads = _check_int("n_threads", n_threads, 1)
+        self._core = _core.Model(os.fspath(model_path), n_threads)
+        self.config = Config(**self._core.config)
+        if tokenizer_path is None:
+            tokenizer_path = find_tokenizer(model_path)
+        self.tokenizer: Optional[Tokenizer] = (
+            None if tokenizer_path is None else Tokenizer(tokenizer_path, vocab_size=self.config.vocab_size)
+        )
+
+    # -- facts -------------------------------------------------------------------------------
+
+    @property
+    def path(self) -> Path:
+        return Path(self._core.path)
+
+    @property
+    def format(self) -> str:
+        """``llama2c-legacy``, ``llama2c-v1`` or ``llama2c-v2-q8_0``."""
+        return self._core.format
+
+    @property
+    def group_size(self) -> Optional[int]:
+        """Weights per scale for Q8_0 files, else None."""
+        return self._core.group_size
+
+    @property
+    def shared_classifier(self) -> bool:
+        return self._core.shared_classifier
+
+    @property
+    def n_threads(self) -> int:
+        return self._core.n_threads
+
+    @property
+    def file_size(self) -> int:
+        return self._core.file_size
+
+    def __repr__(self) -> str:
+        return f"Model({str(self.path)!r}, format={self.format!r}, config={self.config})"
+
+    # -- tokens ------------------------------------------------------------------------------
+
+    def _require_tokenizer(self) -> Tokenizer:
+        if self.tokenizer is None:
+            raise TokenizerError(
+                f"no tokenizer for {self.path}: none was found beside it; pass tokenizer_path="
+            )
+        return self.tokenizer
+
+    def tokenize(self, text: str, bos: bool = True, eos: bool = False) -> list[int]:
+        """Token ids of ``text``, exactly as llama2.c's encode() gives them."""
+        return self._require_tokenizer().encode(text, bos=bos, eos=eos)
+
+    def detokenize(self, ids: Sequence[int]) -> str:
+        return self._require_tokenizer().decode(ids)
+
+    # -- compute -----------------------------------------------------------------------------
+
+    def logits(self, ids: Sequence[int]) -> np.ndarray:
+        """float32 ``[len(ids), vocab_size]``: row i is the next-token logits after ``ids[:i+1]``,
+        teacher-forced from position 0."""
+        return self._core.logits([int(i) for i in ids])
+
+    def generate_tokens(
+        self,
+        prompt_ids: Sequence[int],
+        max_tokens: int = 256,
+        temperature: float = 0.0,
+        top_p: float = 0.9,
+        top_k: int = 0,
+        seed: Optional[int] = None,
+        ignore_eos: bool = False,
+    ) -> Iterator[int]:
+        """Sample up to ``max_tokens`` new token ids after ``prompt_ids`` (which should start with
+        BOS). Stops early at BOS or EOS (unless ``ignore_eos``) and when the context is full.
+        Arguments are checked now; the work happens as the iterator is consumed."""
+        max_tokens = _check_int("max_tokens", max_tokens, 0)
+        temperature = _check_float("temperature", temperature, 0.0, float("inf"))
+        top_p = _check_float("top_p", top_p, 0.0, 1.0)
+        top_k = _check_int("top_k", top_k, 0)
+        if seed is None:
+            seed = secrets.randbits(63) | 1
+        seed = _check_int("seed", seed, 1)
+        if seed >= 1 << 64:
+            raise ArgumentError(f"seed must be < 2**64, got {seed}")
+        ids = [int(i) for i in prompt_ids]
+        if not ids:
+            raise ArgumentError("prompt_ids is empty: start it with BOS (1)")
+        if len(ids) > self.config.seq_len:
+            raise ContextLengthError(
+                f"the prompt is {len(ids)} tokens but the context length (seq_len) is {self.config.seq_len}"
+            )
+        session = self._core.session(temperature, top_p, top_k, seed)
+        session.feed(ids)  # checks the ids now, so a bad prompt fails at the call
+        return self._sample_loop(session, max_tokens, ignore_eos)
+
+    def _sample_loop(self, session: _core.Session, max_tokens: int, ignore_eos: bool) -> Iterator[int]:
+        stop_ids = () if ignore_eos else (1, 2)  # BOS, EOS
+        for produced in range(1, max_tokens + 1):
+            token = session.sample()
+            if token in stop_ids:
+                return
+            yield token
+            if produced == max_tokens or session.remaining == 0:
+                return
+            session.feed([token])
+
+    def generate(
+        self,
+        prompt: str,
+        max_tokens: int = 256,
+        temperature: float = 0.0,
+        top_p: float = 0.9,
+        top_k: int = 0,
+        seed: Optional[int] = None,
+        ignore_eos: bool = False,
+    ) -> Iterator[str]:
+        """Stream the text that follows ``prompt`` (not the prompt itself), piece by piece.
+
+        ``temperature`` 0 is greedy; otherwise logits are divided by it, ``top_k`` (0 = off)
+        keeps the k likeliest tokens, and ``top_p`` samples from the nucleus (llama2.c's
+        algorithm; 0 or 1 = off). With the same ``seed`` the text equals llama2.c's `run`
+        with ``-s seed``. Pieces never split a UTF-8 character."""
+        tokenizer = self._require_tokenizer()
+        if not isinstance(prompt, str):
+            raise ArgumentError(f"prompt must be a str, got {type(prompt).__name__}")
+        prompt_ids = tokenizer.encode(prompt, bos=True)
+        tokens = self.generate_tokens(prompt_ids, max_tokens, temperature, top_p, top_k, seed, ignore_eos)
+        return self.detokenize_stream(tokens, prev_id=prompt_ids[-1])
+
+    def detokenize_stream(self, tokens: Iterable[int], prev_id: int = 1) -> Iterator[str]:
+        """Text of streamed token ids, piece by piece, never splitting a UTF-8 character.
+        ``prev_id`` is the token before the first one (the space after BOS is dropped)."""
+        decoder = self._require_tokenizer().stream(prev_id=prev_id)
+        for token in tokens:
+            text = decoder.push(token)
+            if text:
+                yield text
+        tail = decoder.flush()
+        if tail:
+            yield tail
+
+    def complete(self, prompt: str, **kwargs: object) -> str:
+        """The whole generated text at once (``generate`` joined)."""
+        return "".join(self.generate(prompt, **kwargs))  # type: ignore[arg-type]

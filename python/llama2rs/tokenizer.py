@@ -1,0 +1,661 @@
+"""The byte-pair-encoding tokenizer of llama2.c, in pure Python.
+
+:class:`Tokenizer` reads either of the two files that describe a Llama 2 style
+sentencepiece vocabulary:
+
+* llama2.c's ``tokenizer.bin`` (written by llama2.c's ``tokenizer.py export``):
+  a little-endian ``int32 max_token_length`` followed, for every token, by a
+  ``float32 score``, an ``int32 length`` and ``length`` bytes of piece text;
+* sentencepiece's ``tokenizer.model`` (a ``ModelProto`` protobuf), parsed here
+  without depending on sentencepiece or protobuf.  Its pieces are mapped the way
+  llama2.c's export does it (``'▁'`` becomes ``' '``, the BOS piece becomes
+  ``"\\n<s>\\n"`` and the EOS piece ``"\\n</s>\\n"``), so the ``.bin`` and the
+  ``.model`` of one tokenizer load to the same vocabulary and encode alike.
+
+The format is recognised by content, not by file extension.
+
+:meth:`Tokenizer.encode` reproduces ``encode()`` of llama2.c's ``run.c``
+exactly (including its quirks), with an ``O(n log n)`` merge loop instead of
+run.c's ``O(n^2)`` one.  :meth:`Tokenizer.decode`, :meth:`Tokenizer.piece_bytes`
+and :class:`StreamDecoder` follow run.c's ``decode()``.
+
+Deliberate choices where run.c is undefined or C-specific:
+
+* Duplicate pieces: run.c finds a piece with ``bsearch`` over the sorted
+  vocabulary, so which id a duplicated piece maps to is unspecified there.
+  Here the **lowest id** always wins (in :meth:`encode` and :meth:`piece_to_id`).
+* If the vocabulary has no ``" "`` piece, run.c would emit the id ``-1`` as its
+  dummy prefix; here no dummy prefix token is emitted at all.
+* C strings end at a NUL byte; Python strings may contain ``"\\x00"``, which is
+  encoded like any other character (normally as the byte token ``<0x00>``).
+* :meth:`piece_bytes` returns the piece that run.c's ``decode()`` returns;
+  it does not apply ``safe_printf``'s filter of unprintable single bytes, so
+  that ``decode(encode(s)) == s`` holds for control characters too.
+"""
+
+from __future__ import annotations
+
+import codecs
+import heapq
+import operator
+import os
+import struct
+from typing import Iterable
+
+from .errors import InvalidTokenError, TokenizerError
+
+__all__ = ["Tokenizer", "StreamDecoder"]
+
+#: Token ids fixed by the Llama 2 sentencepiece vocabulary (and hard-coded in run.c).
+BOS_ID = 1
+EOS_ID = 2
+#: Byte-fallback tokens ``<0x00>`` .. ``<0xFF>`` start at this id.
+BYTE_OFFSET = 3
+
+# run.c starts each merge search with ``float best_score = -1e10`` and only takes a
+# pair whose score is strictly greater, so pieces scoring <= -1e10 never merge.
+_MIN_MERGE_SCORE = -1e10
+
+_BOS_PIECE = b"\n<s>\n"
+_EOS_PIECE = b"\n</s>\n"
+_SPM_SPACE = "\u2581"  # '▁', sentencepiece's whitespace marker
+
+_INT32 = struct.Struct("<i")
+_FLOAT32 = struct.Struct("<f")
+_SCORE_LEN = struct.Struct("<fi")
+
+
+# ---------------------------------------------------------------------------
+# file loading
+
+
+def _load_bin(data: bytes, where: str) -> tuple[int, list[bytes], list[float]]:
+    """Parse llama2.c's tokenizer.bin; return (max_token_length, pieces, scores)."""
+    size = len(data)
+    if size < 4:
+        raise TokenizerError(
+            f"{where}: truncated tokenizer.bin: the 4-byte max_token_length header "
+            f"needs 4 bytes, found {size}"
+        )
+    (max_len,) = _INT32.unpack_from(data, 0)
+    if max_len < 0:
+        raise TokenizerError(
+            f"{where}: corrupt tokenizer.bin: max_token_length is {max_len} (negative)"
+        )
+    pieces: list[bytes] = []
+    scores: list[float] = []
+    off = 4
+    while off < size:
+        i = len(pieces)
+        if off + 8 > size:
+            raise TokenizerError(
+                f"{where}: truncated tokenizer.bin: token {i} at byte offset {off} needs "
+                f"8 bytes for its score and length, found {size - off}"
+            )
+        score, length = _SCORE_LEN.unpack_from(data, off)
+        off += 8
+        if length < 0:
+            raise TokenizerError(
+                f"{where}: corrupt tokenizer.bin: token {i} has negative length {length}"
+            )
+        if length > max_len:
+            raise TokenizerError(
+                f"{where}: corrupt tokenizer.bin: token {i} is {length} bytes long, more "
+                f"than the header's max_token_length {max_len}"
+            )
+        if off + length > size:
+            raise TokenizerError(
+                f"{where}: truncated tokenizer.bin: token {i} needs {length} bytes of "
+                f"text at byte offset {off}, found {size - off}"
+            )
+        pieces.append(bytes(data[off : off + length]))
+        scores.append(score)
+        off += length
+    return max_len, pieces, scores
+
+
+class _ProtoReader:
+    """Minimal reader of the protobuf wire format (enough for ModelProto)."""
+
+    def __init__(self, data: bytes, start: int, end: int, where: str) -> None:
+        self.data = data
+        self.pos = start
+        self.end = end
+        self.where = where
+
+    def fail(self, problem: str) -> TokenizerError:
+        return TokenizerError(
+            f"{self.where}: corrupt sentencepiece .model file: {problem} "
+            f"(at byte offset {self.pos})"
+        )
+
+    def at_end(self) -> bool:
+        return self.pos >= self.end
+
+    def varint(self) -> int:
+        result = 0
+        shift = 0
+        data = self.data
+        while True:
+            if self.pos >= self.end:
+                raise self.fail("truncated varint")
+            b = data[self.pos]
+            self.pos += 1
+            result |= (b & 0x7F) << shift
+            if not b & 0x80:
+                return result
+            shift += 7
+            if shift >= 70:
+                raise self.fail("varint longer than 10 bytes")
+
+    def tag(self) -> tuple[int, int]:
+        key = self.varint()
+        field, wire = key >> 3, key & 7
+        if field == 0:
+            raise self.fail("field number 0")
+        return field, wire
+
+    def take(self, n: int) -> int:
+        """Advance over n bytes; return the offset they start at."""
+        if n < 0 or self.pos + n > self.end:
+            raise self.fail(
+                f"truncated field: needs {n} bytes, found {self.end - self.pos}"
+            )
+        start = self.pos
+        self.pos += n
+        return start
+
+    def length_delimited(self) -> tuple[int, int]:
+        n = self.varint()
+        start = self.take(n)
+        return start, start + n
+
+    def fixed32(self) -> int:
+        return self.take(4)
+
+    def skip(self, field: int, wire: int) -> None:
+        if wire == 0:
+            self.varint()
+        elif wire == 1:
+            self.take(8)
+        elif wire == 2:
+            self.length_delimited()
+        elif wire == 5:
+            self.take(4)
+        elif wire == 3:  # start group: skip nested fields up to the matching end group
+            while True:
+                if self.at_end():
+                    raise self.fail(f"unterminated group (field {field})")
+                f, w = self.tag()
+                if w == 4:
+                    if f != field:
+                        raise self.fail(f"end group {f} does not match start group {field}")
+                    return
+                self.skip(f, w)
+        else:
+            raise self.fail(f"invalid wire type {wire} for field {field}")
+
+    def sub(self, start: int, end: int) -> "_ProtoReader":
+        return _ProtoReader(self.data, start, end, self.where)
+
+
+def _as_int32(value: int) -> int:
+    """Interpret a decoded varint as protobuf int32 (negatives are 64-bit two's complement)."""
+    value &= 0xFFFFFFFFFFFFFFFF
+    if value >= 1 << 63:
+        value -= 1 << 64
+    return value
+
+
+def _load_model(data: bytes, where: str) -> tuple[int, list[bytes], list[float]]:
+    """Parse sentencepiece's ModelProto; return (max_token_length, pieces, scores)."""
+    top = _ProtoReader(data, 0, len(data), where)
+    raw_pieces: list[str] = []
+    scores: list[float] = []
+    bos, eos = BOS_ID, EOS_ID  # TrainerSpec defaults
+    while not top.at_end():
+        field, wire = top.tag()
+        if field == 1 and wire == 2:  # repeated SentencePiece pieces
+            start, end = top.length_delimited()
+            msg = top.sub(start, end)
+            text = ""
+            score = 0.0
+            while not msg.at_end():
+                f, w = msg.tag()
+                if f == 1 and w == 2:
+                    s, e = msg.length_delimited()
+                    try:
+                        text = data[s:e].decode("utf-8")
+                    except UnicodeDecodeError as exc:
+                        raise msg.fail(
+                            f"piece {len(raw_pieces)} is not valid UTF-8 ({exc.reason})"
+                        ) from None
+                elif f == 2 and w == 5:
+                    (score,) = _FLOAT32.unpack_from(data, msg.fixed32())
+                else:  # type (3) and anything else; the type does not change the mapping
+                    msg.skip(f, w)
+            raw_pieces.append(text)
+            scores.append(score)
+        elif field == 2 and wire == 2:  # TrainerSpec: read bos_id (41) / eos_id (42)
+            start, end = top.length_delimited()
+            spec = top.sub(start, end)
+            while not spec.at_end():
+                f, w = spec.tag()
+                if f in (41, 42) and w == 0:
+                    value = _as_int32(spec.varint())
+                    if f == 41:
+                        bos = value
+                    else:
+                        eos = value
+                else:
+                    spec.skip(f, w)
+        else:
+            top.skip(field, wire)
+    pieces: list[bytes] = []
+    for i, text in enumerate(raw_pieces):
+        # the same post-processing as llama2.c's tokenizer.py export()
+        if i == bos:
+            piece = _BOS_PIECE
+        elif i == eos:
+            piece = _EOS_PIECE
+        else:
+            piece = text.replace(_SPM_SPACE, " ").encode("utf-8")
+        pieces.append(piece)
+    max_len = max((len(p) for p in pieces), default=0)
+    return max_len, pieces, scores
+
+
+def _looks_like_model(data: bytes) -> bool:
+    """True if data is a protobuf (sentencepiece .model) rather than a tokenizer.bin.
+
+    A ModelProto starts with the tag 0x0A (field 1, length-delimited).  A tokenizer.bin
+    starts with its int32 max_token_length, whose first byte may also be 0x0A (e.g. 10),
+    but then its third byte is 0 for any length below 65536; in a protobuf that byte is
+    either a varint continuation or a tag, and never 0.
+    """
+    return len(data) >= 3 and data[0] == 0x0A and data[2] != 0
+
+
+# ---------------------------------------------------------------------------
+# the tokenizer
+
+
+def _parse_byte_piece(piece: bytes) -> int | None:
+    """Return N if piece starts like run.c's ``sscanf(piece, "<0x%02hhX>")`` match."""
+    if not piece.startswith(b"<0x"):
+        return None
+    digits = piece[3:5]
+    n = 0
+    while n < len(digits) and chr(digits[n]) in "0123456789abcdefABCDEF":
+        n += 1
+    if n == 0:
+        return None
+    return int(digits[:n], 16)
+
+
+class Tokenizer:
+    """llama2.c's BPE tokenizer, loaded from a ``tokenizer.bin`` or ``tokenizer.model``.
+
+    Args:
+        path: the tokenizer file, in either format (detected by content).
+        vocab_size: if given, the file must hold exactly this many tokens
+            (e.g. the model's ``vocab_size``); otherwise all tokens in the file are read.
+
+    Raises:
+        TokenizerError: the file is missing, unreadable, empty, truncated, corrupt,
+            or does not hold ``vocab_size`` tokens.
+    """
+
+    def __init__(self, path: str | os.PathLike[str], vocab_size: int | None = None) -> None:
+        self._path = os.fspath(path)
+        where = repr(self._path)
+        try:
+            with open(self._path, "rb") as f:
+                data = f.read()
+        except FileNotFoundError:
+            raise TokenizerError(f"{where}: tokenizer file not found") from None
+        except OSError as exc:
+            raise TokenizerError(f"{where}: cannot read tokenizer file: {exc}") from None
+        if not data:
+            raise TokenizerError(f"{where}: tokenizer file is empty (0 bytes)")
+        if _looks_like_model(data):
+            self._format = "model"
+            max_len, pieces, scores = _load_model(data, where)
+        else:
+            self._format = "bin"
+            max_len, pieces, scores = _load_bin(data, where)
+        if not pieces:
+            raise TokenizerError(f"{where}: tokenizer file holds no tokens")
+        if vocab_size is not None and len(pieces) != vocab_size:
+            raise TokenizerError(
+                f"{where}: vocab_size mismatch: expected {vocab_size} tokens, "
+                f"found {len(pieces)} in the file"
+            )
+        self._pieces: list[bytes] = pieces
+        self._scores: list[float] = scores
+        self._max_token_length = max_len
+        # piece -> id; on duplicates the lowest id wins (run.c's bsearch is unspecified)
+        lookup: dict[bytes, int] = {}
+        for i, p in enumerate(pieces):
+            lookup.setdefault(p, i)
+        self._lookup = lookup
+        # what run.c's decode() yields for each id, after a non-BOS / after BOS
+        out: list[bytes] = []
+        out_after_bos: list[bytes] = []
+        for p in pieces:
+            byte = _parse_byte_piece(p)
+            out.append(p if byte is None else bytes((byte,)))
+            stripped = p[1:] if p.startswith(b" ") else p
+            byte = _parse_byte_piece(stripped)
+            out_after_bos.append(stripped if byte is None else bytes((byte,)))
+        for special in (BOS_ID, EOS_ID):
+            if special < len(pieces):
+                out[special] = out_after_bos[special] = b""
+        self._out = out
+        self._out_after_bos = out_after_bos
+        self._pair_cache: dict[tuple[int, int], tuple[float, int] | None] = {}
+
+    # -- properties -------------------------------------------------------
+
+    @property
+    def path(self) -> str:
+        """The file this tokenizer was loaded from."""
+        return self._path
+
+    @property
+    def format(self) -> str:
+        """``"bin"`` (llama2.c tokenizer.bin) or ``"model"`` (sentencepiece)."""
+        return self._format
+
+    @property
+    def vocab_size(self) -> int:
+        """Number of tokens."""
+        return len(self._pieces)
+
+    @property
+    def bos_id(self) -> int:
+        """Beginning-of-sequence token id (always 1, as in run.c)."""
+        return BOS_ID
+
+    @property
+    def eos_id(self) -> int:
+        """End-of-sequence token id (always 2, as in run.c)."""
+        return EOS_ID
+
+    @property
+    def max_token_length(self) -> int:
+        """Longest piece in bytes (for a .bin: the value stored in its header)."""
+        return self._max_token_length
+
+    @property
+    def scores(self) -> tuple[float, ...]:
+        """Merge score (a float32 value) of every token, indexed by id."""
+        return tuple(self._scores)
+
+    @property
+    def pieces(self) -> tuple[bytes, ...]:
+        """Raw piece bytes of every token, as stored in llama2.c's tokenizer.bin."""
+        return tuple(self._pieces)
+
+    def __len__(self) -> int:
+        return len(self._pieces)
+
+    def __repr__(self) -> str:
+        return f"Tokenizer({self._path!r}, vocab_size={len(self._pieces)})"
+
+    # -- lookups ----------------------------------------------------------
+
+    def _check_id(self, token: int) -> int:
+        token = operator.index(token)
+        if not 0 <= token < len(self._pieces):
+            raise InvalidTokenError(
+                f"token id {token} is out of range for vocab_size {len(self._pieces)} "
+                f"(valid ids are 0..{len(self._pieces) - 1})"
+            )
+        return token
+
+    def id_to_piece(self, id: int) -> str:
+        """The piece of token ``id`` as text (llama2.c form: ``' '`` for ``'▁'``).
+
+        Raises:
+            InvalidTokenError: ``id`` is not in ``[0, vocab_size)``.
+        """
+        return self._pieces[self._check_id(id)].decode("utf-8", errors="replace")
+
+    def piece_to_id(self, piece: str) -> int | None:
+        """The id of ``piece`` (llama2.c form), or ``None`` if it is not in the vocabulary.
+
+        If a piece occurs more than once, the lowest id is returned.
+        """
+        return self._lookup.get(piece.encode("utf-8", errors="surrogatepass"))
+
+    # -- encoding ---------------------------------------------------------
+
+    def _pair(self, left: int, right: int) -> tuple[float, int] | None:
+        """(score, id) of the merge of two tokens, or None if they cannot merge."""
+        key = (left, right)
+        try:
+            return self._pair_cache[key]
+        except KeyError:
+            pass
+        merged = self._lookup.get(self._pieces[left] + self._pieces[right])
+        result: tuple[float, int] | None = None
+        if merged is not None:
+            score = self._scores[merged]
+            if score > _MIN_MERGE_SCORE:  # False for NaN too, as in C
+                result = (score, merged)
+        self._pair_cache[key] = result
+        return result
+
+    def _initial_tokens(self, raw: bytes) -> list[int]:
+        """One token per UTF-8 codepoint, grouped as run.c does, with byte fallback."""
+        lookup = self._lookup
+        tokens: list[int] = []
+        n = len(raw)
+        i = 0
+        while i < n:
+            # a group is one byte plus the continuation bytes (10xxxxxx) that follow it,
+            # at most 4 bytes in all (run.c's cap)
+            j = i + 1
+            while j < n and j - i < 4 and raw[j] & 0xC0 == 0x80:
+                j += 1
+            group = raw[i:j]
+            token = lookup.get(group)
+            if token is not None:
+                tokens.append(token)
+            else:
+                for b in group:
+                    tokens.append(b + BYTE_OFFSET)
+            i = j
+        return tokens
+
+    def encode(self, text: str | bytes, bos: bool = True, eos: bool = False) -> list[int]:
+        """Encode text to token ids exactly as llama2.c's ``encode()`` does.
+
+        The steps: optional BOS (1); a dummy-prefix ``" "`` token if ``text`` is not
+        empty; one token per UTF-8 codepoint, or one byte token (``byte + 3``) per byte
+        of a codepoint that is not in the vocabulary; then, repeatedly, the adjacent
+        pair whose concatenation is a piece with the highest score is merged (the
+        leftmost such pair on ties); finally an optional EOS (2).
+
+        Args:
+            text: the text; ``bytes`` are taken as its raw UTF-8 encoding (invalid
+                sequences are handled as run.c handles them).
+            bos: prepend the BOS token.
+            eos: append the EOS token.
+
+        Raises:
+            TokenizerError: the text needs a byte-fallback token the vocabulary lacks.
+        """
+        if isinstance(text, str):
+            raw = text.encode("utf-8", errors="surrogatepass")
+        elif isinstance(text, (bytes, bytearray, memoryview)):
+            raw = bytes(text)
+        else:
+            raise TypeError(f"encode() expects str or bytes, not {type(text).__name__}")
+
+        tokens: list[int] = [BOS_ID] if bos else []
+        if raw:
+            dummy = self._lookup.get(b" ")
+            if dummy is not None:
+                tokens.append(dummy)
+            tokens.extend(self._initial_tokens(raw))
+        limit = len(self._pieces)
+        for t in tokens:
+            if t >= limit:
+                raise TokenizerError(
+                    f"cannot encode byte 0x{t - BYTE_OFFSET:02X}: it is not in the vocabulary "
+                    f"and its byte-fallback token {t} is beyond vocab_size {limit}"
+                )
+        tokens = self._merge(tokens)
+        if eos:
+            tokens.append(EOS_ID)
+        return tokens
+
+    def _merge(self, tokens: list[int]) -> list[int]:
+        """BPE merge loop, equal to run.c's naive loop but O(n log n).
+
+        Tokens form a linked list (nodes keep their original positions, which preserve
+        left-to-right order).  A heap holds candidate pairs keyed by (-score, position of
+        the left node), so popping gives run.c's choice: the best score, leftmost on
+        ties.  An entry is stale (and skipped) once either node changed or was removed.
+        """
+        n = len(tokens)
+        if n < 2:
+            return tokens
+        pair = self._pair
+        toks = list(tokens)  # toks[i] == -1 marks a removed node
+        nxt = list(range(1, n + 1))
+        nxt[-1] = -1
+        prv = list(range(-1, n - 1))
+        heap: list[tuple[float, int, int, int, int, int]] = []
+        for i in range(n - 1):
+            cand = pair(toks[i], toks[i + 1])
+            if cand is not None:
+                heap.append((-cand[0], i, i + 1, toks[i], toks[i + 1], cand[1]))
+        heapq.heapify(heap)
+        push = heapq.heappush
+        pop = heapq.heappop
+        while heap:
+            _, i, j, ti, tj, merged = pop(heap)
+            if toks[i] != ti or toks[j] != tj or nxt[i] != j:
+                continue  # stale
+            toks[i] = merged
+            toks[j] = -1
+            k = nxt[j]
+            nxt[i] = k
+            if k != -1:
+                prv[k] = i
+                cand = pair(merged, toks[k])
+                if cand is not None:
+                    push(heap, (-cand[0], i, k, merged, toks[k], cand[1]))
+            p = prv[i]
+            if p != -1:
+                cand = pair(toks[p], merged)
+                if cand is not None:
+                    push(heap, (-cand[0], p, i, toks[p], merged, cand[1]))
+        out: list[int] = []
+        i = 0  # the head is never removed (merges always keep the left node)
+        while i != -1:
+            out.append(toks[i])
+            i = nxt[i]
+        return out
+
+    # -- decoding ---------------------------------------------------------
+
+    def piece_bytes(self, prev_id: int | None, id: int) -> bytes:
+        """The bytes run.c's ``decode(prev_id, id)`` produces for one step.
+
+        A piece right after BOS (``prev_id == 1``) loses its leading space; byte
+        pieces ``<0xNN>`` become the raw byte; BOS and EOS give ``b""``.
+        ``prev_id`` may be ``None`` (no previous token).
+
+        Raises:
+            InvalidTokenError: ``id`` is not in ``[0, vocab_size)``.
+        """
+        id = self._check_id(id)
+        if prev_id == BOS_ID:
+            return self._out_after_bos[id]
+        return self._out[id]
+
+    def decode_bytes(self, ids: Iterable[int], prev_id: int | None = None) -> bytes:
+        """Like :meth:`decode`, but return the raw bytes (possibly not valid UTF-8)."""
+        out = self._out
+        after_bos = self._out_after_bos
+        parts: list[bytes] = []
+        prev = prev_id
+        for token in ids:
+            token = self._check_id(token)
+            parts.append(after_bos[token] if prev == BOS_ID else out[token])
+            prev = token
+        return b"".join(parts)
+
+    def decode(self, ids: Iterable[int], prev_id: int | None = None) -> str:
+        """Decode token ids to text, following run.c's ``decode()``.
+
+        BOS and EOS are skipped; the piece right after a BOS loses its leading space
+        (the dummy prefix); ``<0xNN>`` pieces become raw bytes; the bytes are then
+        decoded as UTF-8 with ``errors="replace"``.  So
+        ``decode(encode(s)) == s`` for any string ``s`` without lone surrogates.
+
+        Args:
+            ids: token ids (any iterable of ints, e.g. a list or a numpy array).
+            prev_id: the token that precedes ``ids[0]``, if any (pass 1 when ``ids``
+                follow a BOS that is not included).
+
+        Raises:
+            InvalidTokenError: an id is not in ``[0, vocab_size)``.
+        """
+        return self.decode_bytes(ids, prev_id).decode("utf-8", errors="replace")
+
+    def stream(self, prev_id: int | None = BOS_ID) -> StreamDecoder:
+        """A :class:`StreamDecoder` that starts after token ``prev_id`` (default BOS)."""
+        return StreamDecoder(self, prev_id)
+
+
+class StreamDecoder:
+    """Incremental decoder for generated tokens, one token at a time.
+
+    :meth:`push` returns only complete characters: bytes of a multi-byte UTF-8
+    character split over several byte tokens are held back until the character is
+    complete; sequences that cannot become valid UTF-8 turn into U+FFFD as soon as
+    that is certain.  The concatenation of everything :meth:`push` and :meth:`flush`
+    return equals ``tokenizer.decode(ids, prev_id=prev_id)``.
+
+    Args:
+        tokenizer: the tokenizer whose pieces to use.
+        prev_id: the token before the first pushed one (e.g. the last prompt token,
+            or 1 right after BOS, which strips the first piece's leading space);
+            ``None`` for no previous token.
+    """
+
+    def __init__(self, tokenizer: Tokenizer, prev_id: int | None = BOS_ID) -> None:
+        self._tokenizer = tokenizer
+        self._prev: int | None = None if prev_id is None else operator.index(prev_id)
+        self._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+
+    @property
+    def prev_id(self) -> int | None:
+        """The last token seen (pushed, or given to the constructor)."""
+        return self._prev
+
+    def push(self, id: int) -> str:
+        """Add one token; return the text it completes (possibly ``""``).
+
+        Raises:
+            InvalidTokenError: ``id`` is not in ``[0, vocab_size)``.
+        """
+        data = self._tokenizer.piece_bytes(self._prev, id)
+        self._prev = operator.index(id)
+        return self._decoder.decode(data)
+
+    def push_many(self, ids: Iterable[int]) -> str:
+        """Push several tokens; return the text they complete."""
+        return "".join(self.push(t) for t in ids)
+
+    def flush(self) -> str:
+        """End of stream: return held-back bytes (an incomplete character becomes U+FFFD)."""
+        text = self._decoder.decode(b"", final=True)
+        self._decoder.reset()
+        return text
+

@@ -1,0 +1,27 @@
+//! Reference kernels: plain loops, summing in the same order as llama2.c's run.c / runq.c.
+
+use super::Kernels;
+
+pub struct Scalar;
+
+impl Kernels for Scalar {
+    fn dot_f32(a: &[f32], b: &[f32]) -> f32 {
+        let mut sum = 0.0f32;
+        for (x, y) in a.iter().zip(b) {
+            sum += x * y;
+        }
+        sum
+    }
+
+    fn dot_q8(w: &[i8], w_scales: &[f32], x: &[i8], x_scales: &[f32], group_size: usize) -> f32 {
+        let mut sum = 0.0f32;
+        for g in 0..w.len() / group_size {
+            let mut idot = 0i32;
+            for k in g * group_size..(g + 1) * group_size {
+                idot += w[k] as i32 * x[k] as i32;
+            }
+            sum += idot as f32 * w_scales[g] * x_scales[g];
+        }
+        sum
+    }
+}

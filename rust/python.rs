@@ -1,0 +1,193 @@
+//! The PyO3 binding: converts types and errors, releases the GIL around compute, nothing more.
+//! The Python package (`python/llama2rs`) builds the user-facing API on top of these classes.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use numpy::{PyArray1, PyArray2, PyArrayMethods};
+use pyo3::exceptions::PyRuntimeError;
+use pyo3::prelude::*;
+use pyo3::types::{PyDict, PyType};
+
+use crate::error::Error;
+use crate::generate::Session;
+use crate::llama2c::Format;
+use crate::model::Model;
+use crate::sampler::SamplerConfig;
+
+/// Raise the `llama2rs.errors` class that means the same as `error`.
+fn to_pyerr(error: Error) -> PyErr {
+    let class_name = match &error {
+        Error::ModelFile { .. } => "ModelFileError",
+        Error::Config(_) => "ConfigError",
+        Error::InvalidToken { .. } => "InvalidTokenError",
+        Error::ContextLength { .. } => "ContextLengthError",
+        Error::Argument(_) => "ArgumentError",
+    };
+    let message = error.to_string();
+    Python::attach(|py| {
+        let class = py
+            .import("llama2rs.errors")
+            .and_then(|module| module.getattr(class_name))
+            .and_then(|class| class.cast_into::<PyType>().map_err(PyErr::from));
+        match class {
+            Ok(class) => PyErr::from_type(class, message),
+            Err(_) => PyRuntimeError::new_err(message),
+        }
+    })
+}
+
+/// Python ints to token ids; a negative or huge id is an invalid token, not an OverflowError.
+fn token_ids(tokens: &[i64], vocab_size: usize) -> Result<Vec<u32>, Error> {
+    tokens
+        .iter()
+        .enumerate()
+        .map(|(index, &t)| {
+            if t < 0 || t as u64 >= vocab_size as u64 {
+                Err(Error::InvalidToken { token: t, index, vocab_size })
+            } else {
+                Ok(t as u32)
+            }
+        })
+        .collect()
+}
+
+fn non_negative(name: &str, value: i64) -> Result<usize, Error> {
+    usize::try_from(value).map_err(|_| Error::Argument(format!("{name} must be >= 0, got {value}")))
+}
+
+/// A memory-mapped model (read-only, shareable between threads).
+#[pyclass(name = "Model", module = "llama2rs._core", frozen)]
+struct PyModel {
+    inner: Arc<Model>,
+}
+
+#[pymethods]
+impl PyModel {
+    #[new]
+    #[pyo3(signature = (path, n_threads = None))]
+    fn new(py: Python<'_>, path: PathBuf, n_threads: Option<i64>) -> PyResult<Self> {
+        let n_threads = match n_threads {
+            Some(n) if n < 1 => {
+                return Err(to_pyerr(Error::Argument(format!("n_threads must be at least 1, got {n}"))))
+            }
+            Some(n) => Some(n as usize),
+            None => None,
+        };
+        let model = py.detach(|| Model::open(&path, n_threads)).map_err(to_pyerr)?;
+        Ok(PyModel { inner: Arc::new(model) })
+    }
+
+    /// The shape as a dict of ints.
+    #[getter]
+    fn config<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        let c = self.inner.config();
+        let d = PyDict::new(py);
+        d.set_item("dim", c.dim)?;
+        d.set_item("hidden_dim", c.hidden_dim)?;
+        d.set_item("n_layers", c.n_layers)?;
+        d.set_item("n_heads", c.n_heads)?;
+        d.set_item("n_kv_heads", c.n_kv_heads)?;
+        d.set_item("vocab_size", c.vocab_size)?;
+        d.set_item("seq_len", c.seq_len)?;
+        Ok(d)
+    }
+
+    #[getter]
+    fn format(&self) -> &'static str {
+        self.inner.format().name()
+    }
+
+    /// Weights per Q8_0 scale, or None for fp32 files.
+    #[getter]
+    fn group_size(&self) -> Option<usize> {
+        match self.inner.format() {
+            Format::V2Q8 { group_size } => Some(group_size),
+            _ => None,
+        }
+    }
+
+    #[getter]
+    fn shared_classifier(&self) -> bool {
+        self.inner.shared_classifier()
+    }
+
+    #[getter]
+    fn n_threads(&self) -> usize {
+        self.inner.n_threads()
+    }
+
+    #[getter]
+    fn file_size(&self) -> usize {
+        self.inner.file_size()
+    }
+
+    #[getter]
+    fn path(&self) -> PathBuf {
+        self.inner.path().to_path_buf()
+    }
+
+    /// Teacher-forced logits, float32 `[len(tokens), vocab_size]`.
+    fn logits<'py>(&self, py: Python<'py>, tokens: Vec<i64>) -> PyResult<Bound<'py, PyArray2<f32>>> {
+        let vocab_size = self.inner.config().vocab_size;
+        let ids = token_ids(&tokens, vocab_size).map_err(to_pyerr)?;
+        let model = &self.inner;
+        let values = py.detach(|| model.logits(&ids)).map_err(to_pyerr)?;
+        PyArray1::from_vec(py, values).reshape([ids.len(), vocab_size])
+    }
+
+    /// A new generation session with its own KV cache and sampler.
+    #[pyo3(signature = (temperature, top_p, top_k, seed))]
+    fn session(&self, temperature: f64, top_p: f64, top_k: i64, seed: u64) -> PyResult<PySession> {
+        let sampler = SamplerConfig {
+            temperature: temperature as f32,
+            top_p: top_p as f32,
+            top_k: non_negative("top_k", top_k).map_err(to_pyerr)?,
+            seed,
+        };
+        let inner = Session::new(Arc::clone(&self.inner), sampler).map_err(to_pyerr)?;
+        Ok(PySession { inner })
+    }
+}
+
+/// One sequence being generated: feed tokens, sample the next one.
+#[pyclass(name = "Session", module = "llama2rs._core")]
+struct PySession {
+    inner: Session,
+}
+
+#[pymethods]
+impl PySession {
+    /// Run tokens through the model at the next positions (all checked before any runs).
+    fn feed(&mut self, py: Python<'_>, tokens: Vec<i64>) -> PyResult<()> {
+        let session = &mut self.inner;
+        let ids = token_ids(&tokens, session.vocab_size()).map_err(to_pyerr)?;
+        py.detach(|| session.feed(&ids)).map_err(to_pyerr)
+    }
+
+    /// Sample the next token id from the logits of the last token fed.
+    fn sample(&mut self, py: Python<'_>) -> PyResult<u32> {
+        let session = &mut self.inner;
+        py.detach(|| session.sample()).map_err(to_pyerr)
+    }
+
+    /// Number of tokens fed so far.
+    #[getter]
+    fn pos(&self) -> usize {
+        self.inner.pos()
+    }
+
+    /// Positions left in the context.
+    #[getter]
+    fn remaining(&self) -> usize {
+        self.inner.remaining()
+    }
+}
+
+#[pymodule]
+fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_class::<PyModel>()?;
+    m.add_class::<PySession>()?;
+    m.add("__version__", env!("CARGO_PKG_VERSION"))?;
+    Ok(())
+}
