@@ -1,13 +1,17 @@
 """Type stubs for the Rust extension (checked against it by mypy's stubtest in the tests)."""
 
 from os import PathLike
-from typing import Optional, Sequence, Union
+from pathlib import Path
+from typing import Optional, Sequence, Union, final
 
 import numpy as np
 import numpy.typing as npt
 
+__all__ = ["Model", "Session", "__version__"]
+
 __version__: str
 
+@final
 class Model:
     def __new__(cls, path: Union[str, PathLike[str]], n_threads: Optional[int] = None) -> Model: ...
     @property
@@ -23,10 +27,11 @@ class Model:
     @property
     def file_size(self) -> int: ...
     @property
-    def path(self) -> str: ...
+    def path(self) -> Path: ...
     def logits(self, tokens: Sequence[int]) -> npt.NDArray[np.float32]: ...
     def session(self, temperature: float, top_p: float, top_k: int, seed: int) -> Session: ...
 
+@final
 class Session:
     def feed(self, tokens: Sequence[int]) -> None: ...
     def sample(self) -> int: ...

@@ -1,0 +1,209 @@
+"""Bad input gets a clear llama2rs exception naming the problem, never a crash."""
+
+from __future__ import annotations
+
+import random
+import shutil
+import struct
+
+import pytest
+
+import llama2rs
+from llama2rs import (
+    ArgumentError,
+    ContextLengthError,
+    InvalidTokenError,
+    Llama2rsError,
+    ModelFileError,
+    TokenizerError,
+)
+from conftest import LLAMA2_TOKENIZER, STORIES, STORIES_Q80, TOK512, need
+
+STORIES_BYTES = 1056540  # 28-byte header + fp32 weights of stories260K (shared classifier)
+
+
+@pytest.fixture()
+def stories_copy(tmp_path):
+    need(STORIES)
+    path = tmp_path / "model.bin"
+    shutil.copyfile(STORIES, path)
+    return path
+
+
+def _patch(path, offset, fmt, *values):
+    with open(path, "r+b") as f:
+        f.seek(offset)
+        f.write(struct.pack(fmt, *values))
+
+
+def test_every_error_is_a_llama2rs_error():
+    for cls in (ArgumentError, ContextLengthError, InvalidTokenError, ModelFileError, TokenizerError,
+                llama2rs.ConfigError):
+        assert issubclass(cls, Llama2rsError) and issubclass(cls, ValueError)
+
+
+def test_missing_file(tmp_path):
+    with pytest.raises(ModelFileError, match=r"nope\.bin: cannot open"):
+        llama2rs.Model(tmp_path / "nope.bin")
+
+
+def test_directory_is_not_a_model(tmp_path):
+    with pytest.raises(ModelFileError):
+        llama2rs.Model(tmp_path)
+
+
+def test_empty_file(tmp_path):
+    path = tmp_path / "empty.bin"
+    path.write_bytes(b"")
+    with pytest.raises(ModelFileError, match="file is 0 bytes, shorter than the 28-byte llama2.c header"):
+        llama2rs.Model(path)
+
+
+def test_truncated_file_names_expected_and_found_sizes(stories_copy):
+    with open(stories_copy, "r+b") as f:
+        f.truncate(STORIES_BYTES - 1)
+    with pytest.raises(ModelFileError, match=rf"truncated: expected {STORIES_BYTES} bytes .* found {STORIES_BYTES - 1}"):
+        llama2rs.Model(stories_copy)
+
+
+def test_trailing_bytes(stories_copy):
+    with open(stories_copy, "ab") as f:
+        f.write(b"\0" * 4)
+    with pytest.raises(ModelFileError, match=rf"trailing bytes: expected {STORIES_BYTES} bytes"):
+        llama2rs.Model(stories_copy)
+
+
+@pytest.mark.parametrize(
+    "field, value, message",
+    [
+        (0, 0, r"dim must be in \[1, 65536\], got 0"),
+        (0, -64, r"dim must be in \[1, 65536\], got -64"),
+        (3, 7, r"dim \(64\) must be a multiple of n_heads \(7\)"),
+        (4, 3, r"n_heads \(8\) must be a multiple of n_kv_heads \(3\)"),
+        (3, 64, r"head size dim/n_heads \(1\) must be even for RoPE"),
+        (4, 16, r"n_heads \(8\) must be a multiple of n_kv_heads \(16\)"),
+        (6, 1 << 30, r"seq_len must be in"),
+        (2, 1000, r"truncated: expected"),
+    ],
+)
+def test_corrupt_header(stories_copy, field, value, message):
+    _patch(stories_copy, 4 * field, "<i", value)
+    with pytest.raises(ModelFileError, match=message):
+        llama2rs.Model(stories_copy)
+
+
+def test_unknown_format_version(tmp_path):
+    path = tmp_path / "v3.bin"
+    header = struct.pack("<Ii7iB", 0x616B3432, 3, 64, 172, 5, 8, 4, 512, 512, 1)
+    path.write_bytes(header.ljust(256, b"\0"))
+    with pytest.raises(ModelFileError, match="unsupported llama2.c format version 3"):
+        llama2rs.Model(path)
+
+
+def test_q80_header_checks(tmp_path):
+    need(STORIES_Q80)
+    data = bytearray(STORIES_Q80.read_bytes())
+    bad_group = bytearray(data)
+    bad_group[37:41] = struct.pack("<i", 0)
+    bad_flag = bytearray(data)
+    bad_flag[36] = 7
+    odd_group = bytearray(data)
+    odd_group[37:41] = struct.pack("<i", 5)
+    cases = [
+        (bad_group, "group size must be positive, got 0"),
+        (bad_flag, "shared_classifier flag must be 0 or 1, got 7"),
+        (odd_group, r"dim \(64\) is not a multiple of the Q8_0 group size \(5\)"),
+        (data[:-3], "truncated"),
+        (data[:100], "shorter than the 256-byte"),
+    ]
+    for i, (blob, message) in enumerate(cases):
+        path = tmp_path / f"q{i}.bin"
+        path.write_bytes(bytes(blob))
+        with pytest.raises(ModelFileError, match=message):
+            llama2rs.Model(path)
+
+
+def test_random_header_corruption_never_crashes(tmp_path):
+    need(STORIES)
+    data = STORIES.read_bytes()
+    rng = random.Random(1234)
+    path = tmp_path / "fuzz.bin"
+    opened = 0
+    for _ in range(200):
+        blob = bytearray(data[:4096])
+        for _ in range(rng.randint(1, 4)):
+            blob[rng.randrange(28)] = rng.randrange(256)
+        path.write_bytes(bytes(blob) + data[4096 : 4096 + rng.choice([0, 1000, len(data)])])
+        try:
+            llama2rs.Model(path, tokenizer_path=TOK512)
+            opened += 1
+        except (ModelFileError, TokenizerError):
+            pass
+    assert opened < 200
+
+
+# -- arguments ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(temperature=-1.0), r"temperature must be in \[0.0, inf\], got -1.0"),
+        (dict(temperature=float("nan")), "temperature must be in"),
+        (dict(top_p=1.5), r"top_p must be in \[0.0, 1.0\], got 1.5"),
+        (dict(top_k=-1), "top_k must be >= 0, got -1"),
+        (dict(max_tokens=-1), "max_tokens must be >= 0, got -1"),
+        (dict(max_tokens=2.5), "max_tokens must be an integer, got 2.5"),
+        (dict(seed=0), "seed must be >= 1, got 0"),
+        (dict(seed=1 << 64), "seed must be < 2\\*\\*64"),
+    ],
+)
+def test_bad_generation_arguments(stories, kwargs, message):
+    with pytest.raises(ArgumentError, match=message):
+        stories.generate("Once", **kwargs)
+
+
+def test_bad_prompt_type(stories):
+    with pytest.raises(ArgumentError, match="prompt must be a str, got int"):
+        stories.generate(42)
+
+
+def test_bad_thread_count():
+    need(STORIES)
+    for bad in (0, -2):
+        with pytest.raises(ArgumentError, match=f"n_threads must be >= 1, got {bad}"):
+            llama2rs.Model(STORIES, n_threads=bad)
+
+
+def test_unknown_token_ids(stories):
+    with pytest.raises(InvalidTokenError, match="token id 512 at index 1 is out of range for vocab_size 512"):
+        stories.logits([1, 512])
+    with pytest.raises(InvalidTokenError, match="token id -1 at index 0"):
+        stories.logits([-1])
+    with pytest.raises(InvalidTokenError, match="token id 9999"):
+        stories.generate_tokens([1, 9999])
+    with pytest.raises(InvalidTokenError, match="9999"):
+        stories.detokenize([1, 9999])
+
+
+def test_sequence_longer_than_context(stories):
+    seq_len = stories.config.seq_len
+    with pytest.raises(ContextLengthError, match=rf"needs {seq_len + 1} positions but the context length \(seq_len\) is {seq_len}"):
+        stories.logits([1] * (seq_len + 1))
+    long_prompt = "Once upon a time " * 200
+    with pytest.raises(ContextLengthError, match=rf"the prompt is \d+ tokens but the context length \(seq_len\) is {seq_len}"):
+        stories.generate(long_prompt)
+
+
+def test_tokenizer_of_another_vocab_is_refused():
+    need(STORIES, LLAMA2_TOKENIZER)
+    with pytest.raises(TokenizerError, match="512"):
+        llama2rs.Model(STORIES, tokenizer_path=LLAMA2_TOKENIZER)
+
+
+def test_model_without_tokenizer_still_computes_logits(stories_copy):
+    model = llama2rs.Model(stories_copy)  # tmp dir: no tokenizer beside it
+    assert model.tokenizer is None
+    assert model.logits([1, 403]).shape == (2, 512)
+    with pytest.raises(TokenizerError, match="no tokenizer for .*model.bin.*tokenizer_path"):
+        model.generate("Once")
