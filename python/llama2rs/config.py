@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from typing import Union
 
 from .errors import ConfigError
 
@@ -30,6 +31,11 @@ class Config:
     n_kv_heads: int
     vocab_size: int
     seq_len: int
+    # Facts llama2.c files do not store (llama2.c hard-codes these values); our own format does.
+    norm_eps: float = 1e-5
+    rope_theta: float = 10000.0
+    bos_id: int = 1
+    eos_id: int = 2
 
     def __post_init__(self) -> None:
         self.validate()
@@ -51,6 +57,14 @@ class Config:
                 raise ConfigError(f"{name} must be an integer, got {value!r}")
             if not 1 <= value <= upper:
                 raise ConfigError(f"{name} must be in [1, {upper}], got {value}")
+        for name in ("norm_eps", "rope_theta"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < float("inf"):
+                raise ConfigError(f"{name} must be a positive finite number, got {value!r}")
+        for name in ("bos_id", "eos_id"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < self.vocab_size:
+                raise ConfigError(f"{name} must be a token id in [0, {self.vocab_size}), got {value!r}")
         if self.dim % self.n_heads != 0:
             raise ConfigError(f"dim ({self.dim}) must be a multiple of n_heads ({self.n_heads})")
         if self.n_heads % self.n_kv_heads != 0:
@@ -74,5 +88,5 @@ class Config:
         """How many query heads share one kv head."""
         return self.n_heads // self.n_kv_heads
 
-    def to_dict(self) -> dict[str, int]:
+    def to_dict(self) -> dict[str, Union[int, float]]:
         return asdict(self)
