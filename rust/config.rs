@@ -11,7 +11,13 @@ pub const MAX_HEADS: usize = 1 << 10;
 pub const MAX_VOCAB: usize = 1 << 21;
 pub const MAX_SEQ_LEN: usize = 1 << 20;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// llama2.c's fixed values for what its files do not store.
+pub const LLAMA2C_NORM_EPS: f32 = 1e-5;
+pub const LLAMA2C_ROPE_THETA: f32 = 10000.0;
+pub const LLAMA2C_BOS: u32 = 1;
+pub const LLAMA2C_EOS: u32 = 2;
+
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Config {
     pub dim: usize,
     pub hidden_dim: usize,
@@ -20,6 +26,12 @@ pub struct Config {
     pub n_kv_heads: usize,
     pub vocab_size: usize,
     pub seq_len: usize,
+    /// RMSNorm epsilon.
+    pub norm_eps: f32,
+    /// RoPE base frequency.
+    pub rope_theta: f32,
+    pub bos_id: u32,
+    pub eos_id: u32,
 }
 
 impl Config {
@@ -48,6 +60,10 @@ impl Config {
             n_kv_heads: field("n_kv_heads", n_kv_heads, MAX_HEADS)?,
             vocab_size: field("vocab_size", vocab_size, MAX_VOCAB)?,
             seq_len: field("seq_len", seq_len, MAX_SEQ_LEN)?,
+            norm_eps: LLAMA2C_NORM_EPS,
+            rope_theta: LLAMA2C_ROPE_THETA,
+            bos_id: LLAMA2C_BOS,
+            eos_id: LLAMA2C_EOS,
         };
         config.validate()?;
         Ok(config)
@@ -67,6 +83,19 @@ impl Config {
         for (name, value, max) in bounds {
             if value < 1 || value > max {
                 return Err(Error::Config(format!("{name} must be in [1, {max}], got {value}")));
+            }
+        }
+        for (name, value) in [("norm_eps", self.norm_eps), ("rope_theta", self.rope_theta)] {
+            if !(value.is_finite() && value > 0.0) {
+                return Err(Error::Config(format!("{name} must be a positive finite number, got {value}")));
+            }
+        }
+        for (name, value) in [("bos_id", self.bos_id), ("eos_id", self.eos_id)] {
+            if value as usize >= self.vocab_size {
+                return Err(Error::Config(format!(
+                    "{name} must be a token id below vocab_size ({}), got {value}",
+                    self.vocab_size
+                )));
             }
         }
         if self.dim % self.n_heads != 0 {

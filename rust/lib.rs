@@ -1,7 +1,7 @@
 //! llama2rs: run Llama-2-style models on CPUs from memory-mapped llama2.c files.
 //!
 //! The core knows nothing of Python. Sections, in the order data flows:
-//! [`config`] (shapes) -> [`llama2c`] (file formats, zero-copy views in [`tensor`]) ->
+//! [`config`] (shapes) -> [`llama2c`] and [`l2rs`] (file formats, zero-copy views in [`tensor`]) ->
 //! [`kernels`] (matrix-vector products) -> [`model`] (the forward pass) ->
 //! [`sampler`] (next token) -> [`generate`] (a sequence's session).
 //! The PyO3 binding lives in `python` behind the `python` feature.
@@ -10,6 +10,7 @@ pub mod config;
 pub mod error;
 pub mod generate;
 pub mod kernels;
+pub mod l2rs;
 pub mod llama2c;
 pub mod model;
 pub mod sampler;

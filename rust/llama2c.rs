@@ -16,7 +16,7 @@ use std::path::Path;
 
 use crate::config::Config;
 use crate::error::{Error, Result};
-use crate::tensor::{Matrix, MatrixData, Q8Data};
+use crate::tensor::{LayerWeights, Matrix, MatrixData, Q8Data, Weights};
 
 pub const MAGIC: u32 = 0x616b_3432; // "ak42" read as a little-endian uint32
 pub const LEGACY_HEADER_BYTES: usize = 7 * 4;
@@ -48,34 +48,6 @@ pub struct Header {
     pub shared_classifier: bool,
     /// Byte offset of the first tensor.
     pub data_offset: usize,
-}
-
-#[derive(Debug)]
-pub struct LayerWeights<'a> {
-    pub rms_att: Cow<'a, [f32]>, // [dim]
-    pub wq: Matrix<'a>,          // [n_heads * head_size, dim]
-    pub wk: Matrix<'a>,          // [kv_dim, dim]
-    pub wv: Matrix<'a>,          // [kv_dim, dim]
-    pub wo: Matrix<'a>,          // [dim, n_heads * head_size]
-    pub rms_ffn: Cow<'a, [f32]>, // [dim]
-    pub w1: Matrix<'a>,          // [hidden_dim, dim]
-    pub w2: Matrix<'a>,          // [dim, hidden_dim]
-    pub w3: Matrix<'a>,          // [hidden_dim, dim]
-}
-
-#[derive(Debug)]
-pub struct Weights<'a> {
-    pub token_embedding: Matrix<'a>, // [vocab_size, dim]
-    pub layers: Vec<LayerWeights<'a>>,
-    pub rms_final: Cow<'a, [f32]>, // [dim]
-    /// `[vocab_size, dim]`; `None` when the classifier shares the token embedding.
-    pub classifier: Option<Matrix<'a>>,
-}
-
-impl<'a> Weights<'a> {
-    pub fn classifier(&self) -> &Matrix<'a> {
-        self.classifier.as_ref().unwrap_or(&self.token_embedding)
-    }
 }
 
 fn read_i32(bytes: &[u8], offset: usize) -> i64 {

@@ -12,12 +12,27 @@ use rayon::prelude::*;
 
 use crate::config::Config;
 use crate::error::{Error, Result};
-use crate::kernels::{fast::Fast, matvec, Input, QuantizedVec};
-use crate::llama2c::{self, Format, Weights};
-use crate::tensor::Matrix;
+use crate::kernels::{fast::Fast, matvec, Scratch};
+use crate::l2rs;
+use crate::llama2c;
+use crate::tensor::{Matrix, Weights};
 
-const RMS_NORM_EPS: f32 = 1e-5;
-const ROPE_THETA: f32 = 10000.0;
+/// Which kind of file a model came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FileFormat {
+    Llama2c(llama2c::Format),
+    /// Our safetensors file, of this format version.
+    Llama2rs { version: u64 },
+}
+
+impl FileFormat {
+    pub fn name(&self) -> String {
+        match self {
+            FileFormat::Llama2c(f) => f.name().to_string(),
+            FileFormat::Llama2rs { version } => format!("llama2rs-v{version}"),
+        }
+    }
+}
 
 /// A model opened from a file. Read-only: share it between threads freely; each
 /// generation owns a [`State`].
@@ -25,7 +40,10 @@ pub struct Model {
     // Declared before `_map` so the views are dropped first (they hold no resources anyway).
     weights: Weights<'static>,
     config: Config,
-    format: Format,
+    format: FileFormat,
+    /// The tokenizer stored in the file (llama2.c tokenizer.bin encoding), if any.
+    tokenizer: Option<&'static [u8]>,
+    metadata: std::collections::HashMap<String, String>,
     path: PathBuf,
     file_size: usize,
     pool: rayon::ThreadPool,
@@ -56,12 +74,21 @@ impl Model {
         // never mutated or remapped, and its address does not change when the struct moves;
         // the views are only handed out with the lifetime of `&self`.
         let bytes: &'static [u8] = unsafe { std::slice::from_raw_parts(map.as_ptr(), map.len()) };
-        let (header, weights) = llama2c::read_model(path, bytes)?;
+        let (config, format, weights, tokenizer, metadata) = if l2rs::is_safetensors(bytes) {
+            let c = l2rs::read_model(path, bytes)?;
+            let version = c.metadata.get("format_version").and_then(|v| v.parse().ok()).unwrap_or(l2rs::FORMAT_VERSION);
+            (c.config, FileFormat::Llama2rs { version }, c.weights, Some(c.tokenizer), c.metadata)
+        } else {
+            let (header, weights) = llama2c::read_model(path, bytes)?;
+            (header.config, FileFormat::Llama2c(header.format), weights, None, Default::default())
+        };
         let pool = build_pool(n_threads)?;
         Ok(Model {
             weights,
-            config: header.config,
-            format: header.format,
+            config,
+            format,
+            tokenizer,
+            metadata,
             path: path.to_path_buf(),
             file_size: bytes.len(),
             pool,
@@ -73,8 +100,22 @@ impl Model {
         &self.config
     }
 
-    pub fn format(&self) -> Format {
+    pub fn format(&self) -> FileFormat {
         self.format
+    }
+
+    /// The tokenizer stored in the file (tokenizer.bin encoding), for our own format.
+    pub fn tokenizer_bytes(&self) -> Option<&[u8]> {
+        self.tokenizer
+    }
+
+    /// The file's free-form metadata (our format's `__metadata__`; empty for llama2.c files).
+    pub fn metadata(&self) -> &std::collections::HashMap<String, String> {
+        &self.metadata
+    }
+
+    pub fn weights(&self) -> &Weights<'_> {
+        &self.weights
     }
 
     pub fn path(&self) -> &Path {
@@ -113,7 +154,7 @@ impl Model {
                 seq_len: self.config.seq_len,
             });
         }
-        let mut state = State::new(&self.config, self.format);
+        let mut state = State::new(&self.config);
         let mut out = Vec::with_capacity(tokens.len() * self.config.vocab_size);
         for (pos, &token) in tokens.iter().enumerate() {
             out.extend_from_slice(self.forward(&mut state, token, pos)?);
@@ -141,19 +182,17 @@ impl Model {
         let (dim, hs, kv_dim, kv_mul) = (c.dim, c.head_size(), c.kv_dim(), c.kv_mul());
         let seq_len = c.seq_len;
 
+        let eps = c.norm_eps;
         w.token_embedding.row_into(token, &mut s.x);
 
         for (l, layer) in w.layers.iter().enumerate() {
             // Attention: x -> xb (normed) -> q, k, v.
-            rmsnorm(&mut s.xb, &s.x, &layer.rms_att);
+            rmsnorm(&mut s.xb, &s.x, &layer.rms_att, eps);
             let cache_row = l * seq_len * kv_dim + pos * kv_dim;
-            {
-                let xin = prepare_input(&s.xb, &mut s.xq);
-                matvec::<Fast>(&mut s.q, &layer.wq, xin);
-                matvec::<Fast>(&mut s.key_cache[cache_row..cache_row + kv_dim], &layer.wk, xin);
-                matvec::<Fast>(&mut s.value_cache[cache_row..cache_row + kv_dim], &layer.wv, xin);
-            }
-            rope(&mut s.q, &mut s.key_cache[cache_row..cache_row + kv_dim], pos, hs);
+            matvec::<Fast>(&mut s.q, &layer.wq, &s.xb, &mut s.scratch);
+            matvec::<Fast>(&mut s.key_cache[cache_row..cache_row + kv_dim], &layer.wk, &s.xb, &mut s.scratch);
+            matvec::<Fast>(&mut s.value_cache[cache_row..cache_row + kv_dim], &layer.wv, &s.xb, &mut s.scratch);
+            rope(&mut s.q, &mut s.key_cache[cache_row..cache_row + kv_dim], pos, hs, c.rope_theta);
 
             // Each head attends over positions 0..=pos of its layer's cache.
             let layer_keys = &s.key_cache[l * seq_len * kv_dim..(l + 1) * seq_len * kv_dim];
@@ -184,33 +223,27 @@ impl Model {
                         }
                     }
                 });
-            let xin = prepare_input(&s.xb, &mut s.xq);
-            matvec::<Fast>(&mut s.xb2, &layer.wo, xin);
+            matvec::<Fast>(&mut s.xb2, &layer.wo, &s.xb, &mut s.scratch);
             for i in 0..dim {
                 s.x[i] += s.xb2[i];
             }
 
             // Feed-forward: w2(silu(w1 x) * w3 x).
-            rmsnorm(&mut s.xb, &s.x, &layer.rms_ffn);
-            {
-                let xin = prepare_input(&s.xb, &mut s.xq);
-                matvec::<Fast>(&mut s.hb, &layer.w1, xin);
-                matvec::<Fast>(&mut s.hb2, &layer.w3, xin);
-            }
+            rmsnorm(&mut s.xb, &s.x, &layer.rms_ffn, eps);
+            matvec::<Fast>(&mut s.hb, &layer.w1, &s.xb, &mut s.scratch);
+            matvec::<Fast>(&mut s.hb2, &layer.w3, &s.xb, &mut s.scratch);
             for (h, &h2) in s.hb.iter_mut().zip(&s.hb2) {
                 let silu = *h * (1.0 / (1.0 + (-*h).exp()));
                 *h = silu * h2;
             }
-            let hin = prepare_input(&s.hb, &mut s.hq);
-            matvec::<Fast>(&mut s.xb, &layer.w2, hin);
+            matvec::<Fast>(&mut s.xb, &layer.w2, &s.hb, &mut s.scratch);
             for i in 0..dim {
                 s.x[i] += s.xb[i];
             }
         }
 
-        rmsnorm_in_place(&mut s.x, &w.rms_final);
-        let xin = prepare_input(&s.x, &mut s.xq);
-        matvec::<Fast>(&mut s.logits, w.classifier(), xin);
+        rmsnorm_in_place(&mut s.x, &w.rms_final, eps);
+        matvec::<Fast>(&mut s.logits, w.classifier(), &s.x, &mut s.scratch);
     }
 }
 
@@ -227,40 +260,28 @@ fn build_pool(n_threads: Option<usize>) -> Result<rayon::ThreadPool> {
         .map_err(|e| Error::Argument(format!("cannot start {n} threads: {e}")))
 }
 
-/// For fp32 weights the input is used as is; for Q8_0 it is quantized once into `scratch`
-/// and shared by every matrix that reads it (runq.c quantizes once for q, k and v).
-fn prepare_input<'a>(x: &'a [f32], scratch: &'a mut Option<QuantizedVec>) -> Input<'a> {
-    match scratch {
-        None => Input::F32(x),
-        Some(q) => {
-            q.quantize(x);
-            Input::Q8(q)
-        }
-    }
-}
-
 /// `1 / sqrt(mean(x^2) + eps)`, in run.c's operation order.
-fn inverse_rms(x: &[f32]) -> f32 {
+fn inverse_rms(x: &[f32], eps: f32) -> f32 {
     let mut ss = 0.0f32;
     for v in x {
         ss += v * v;
     }
     ss /= x.len() as f32;
-    ss += RMS_NORM_EPS;
+    ss += eps;
     1.0 / ss.sqrt()
 }
 
 /// `out = weight * (x / rms(x))`.
-fn rmsnorm(out: &mut [f32], x: &[f32], weight: &[f32]) {
-    let inv = inverse_rms(x);
+fn rmsnorm(out: &mut [f32], x: &[f32], weight: &[f32], eps: f32) {
+    let inv = inverse_rms(x, eps);
     for ((o, &w), &v) in out.iter_mut().zip(weight).zip(x) {
         *o = w * (inv * v);
     }
 }
 
 /// `x = weight * (x / rms(x))`, for the final norm (run.c normalizes in place there).
-fn rmsnorm_in_place(x: &mut [f32], weight: &[f32]) {
-    let inv = inverse_rms(x);
+fn rmsnorm_in_place(x: &mut [f32], weight: &[f32], eps: f32) {
+    let inv = inverse_rms(x, eps);
     for (v, &w) in x.iter_mut().zip(weight) {
         *v = w * (inv * *v);
     }
@@ -281,10 +302,10 @@ pub(crate) fn softmax(x: &mut [f32]) {
 
 /// Rotary position embedding on interleaved pairs `(2i, 2i+1)` within each head
 /// (llama2.c's layout): rotates all of `q` and the `kv_dim` entries of `k`.
-fn rope(q: &mut [f32], k: &mut [f32], pos: usize, head_size: usize) {
+fn rope(q: &mut [f32], k: &mut [f32], pos: usize, head_size: usize, theta: f32) {
     for i in (0..q.len()).step_by(2) {
         let head_dim = (i % head_size) as f32;
-        let freq = 1.0 / ROPE_THETA.powf(head_dim / head_size as f32);
+        let freq = 1.0 / theta.powf(head_dim / head_size as f32);
         let angle = pos as f32 * freq;
         let (sin, cos) = (angle.sin(), angle.cos());
         let rotate = |v: &mut [f32]| {
@@ -314,19 +335,15 @@ pub struct State {
     pub logits: Vec<f32>,      // [vocab_size]
     pub key_cache: Vec<f32>,   // [n_layers, seq_len, kv_dim]
     pub value_cache: Vec<f32>, // [n_layers, seq_len, kv_dim]
-    /// Quantized copies of dim-wide / hidden-wide inputs (Q8_0 models only).
-    xq: Option<QuantizedVec>, // [dim]
-    hq: Option<QuantizedVec>, // [hidden_dim]
+    scratch: Scratch,          // matvec's working memory
 }
 
 impl State {
-    pub fn new(config: &Config, format: Format) -> State {
+    pub fn new(config: &Config) -> State {
         let c = config;
+        // Zeroed allocations of this size come from fresh pages: a long context costs memory
+        // only as far as it is used.
         let cache = c.n_layers * c.seq_len * c.kv_dim();
-        let quantized = |n: usize| match format {
-            Format::V2Q8 { group_size } => Some(QuantizedVec::with_capacity(n, group_size)),
-            _ => None,
-        };
         State {
             config: *c,
             x: vec![0.0; c.dim],
@@ -339,8 +356,7 @@ impl State {
             logits: vec![0.0; c.vocab_size],
             key_cache: vec![0.0; cache],
             value_cache: vec![0.0; cache],
-            xq: quantized(c.dim),
-            hq: quantized(c.hidden_dim),
+            scratch: Scratch::default(),
         }
     }
 }

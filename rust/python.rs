@@ -7,12 +7,12 @@ use std::sync::Arc;
 use numpy::{PyArray1, PyArray2, PyArrayMethods};
 use pyo3::exceptions::PyRuntimeError;
 use pyo3::prelude::*;
-use pyo3::types::{PyDict, PyType};
+use pyo3::types::{PyBytes, PyDict, PyType};
 
 use crate::error::Error;
 use crate::generate::Session;
 use crate::llama2c::Format;
-use crate::model::Model;
+use crate::model::{FileFormat, Model};
 use crate::sampler::SamplerConfig;
 
 /// Raise the `llama2rs.errors` class that means the same as `error`.
@@ -90,21 +90,37 @@ impl PyModel {
         d.set_item("n_kv_heads", c.n_kv_heads)?;
         d.set_item("vocab_size", c.vocab_size)?;
         d.set_item("seq_len", c.seq_len)?;
+        d.set_item("norm_eps", c.norm_eps as f64)?;
+        d.set_item("rope_theta", c.rope_theta as f64)?;
+        d.set_item("bos_id", c.bos_id)?;
+        d.set_item("eos_id", c.eos_id)?;
         Ok(d)
     }
 
     #[getter]
-    fn format(&self) -> &'static str {
+    fn format(&self) -> String {
         self.inner.format().name()
     }
 
-    /// Weights per Q8_0 scale, or None for fp32 files.
+    /// Weights per Q8_0 scale of a llama2.c version-2 file, else None.
     #[getter]
     fn group_size(&self) -> Option<usize> {
         match self.inner.format() {
-            Format::V2Q8 { group_size } => Some(group_size),
+            FileFormat::Llama2c(Format::V2Q8 { group_size }) => Some(group_size),
             _ => None,
         }
+    }
+
+    /// The tokenizer stored in the file (tokenizer.bin encoding), or None.
+    #[getter]
+    fn tokenizer_bytes<'py>(&self, py: Python<'py>) -> Option<Bound<'py, PyBytes>> {
+        self.inner.tokenizer_bytes().map(|b| PyBytes::new(py, b))
+    }
+
+    /// The file's metadata strings (empty for llama2.c files).
+    #[getter]
+    fn metadata(&self) -> std::collections::HashMap<String, String> {
+        self.inner.metadata().clone()
     }
 
     #[getter]

@@ -20,6 +20,44 @@ pub enum MatrixData<'a> {
     F32(Cow<'a, [f32]>),
     /// llama2.c version-2 "Q8_0": symmetric int8 in groups of `group_size` along each row.
     Q8(Q8Data<'a>),
+    /// Affine (zero-point) 4- or 8-bit groups, as GPTQ produces them.
+    Affine(AffineData<'a>),
+}
+
+/// `w[r, c] = scales[r, g] * (q[r, c] - zeros[r, g])` with `g = c / group_size`, where `c` counts
+/// *stored* columns: with act-order, stored column `j` holds input feature `perm[j]`, so the
+/// kernel multiplies with `x[perm]`. The last group of a row may be shorter.
+#[derive(Debug)]
+pub struct AffineData<'a> {
+    pub bits: u32, // 4 or 8
+    /// `[rows, row_bytes]`: 8-bit values as bytes; 4-bit values two per byte, the even stored
+    /// column in the low nibble; a row's odd last column leaves the high nibble 0.
+    pub values: &'a [u8],
+    pub scales: Cow<'a, [f32]>, // [rows, n_groups]
+    pub zeros: &'a [u8],        // [rows, n_groups]
+    pub group_size: usize,
+    pub perm: Option<Cow<'a, [u32]>>, // [cols]
+}
+
+impl AffineData<'_> {
+    /// Bytes per packed row.
+    pub fn row_bytes(bits: u32, cols: usize) -> usize {
+        (cols * bits as usize).div_ceil(8)
+    }
+
+    pub fn n_groups(&self, cols: usize) -> usize {
+        cols.div_ceil(self.group_size)
+    }
+
+    /// The integer at stored column `c` of a packed row.
+    #[inline]
+    pub fn value(&self, row: &[u8], c: usize) -> u8 {
+        if self.bits == 8 {
+            row[c]
+        } else {
+            (row[c / 2] >> ((c % 2) * 4)) & 0x0f
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -43,13 +81,45 @@ impl Matrix<'_> {
                     *o = q.values[i] as f32 * q.scales[i / q.group_size];
                 }
             }
+            MatrixData::Affine(a) => {
+                let groups = a.n_groups(self.cols);
+                let row_bytes = AffineData::row_bytes(a.bits, self.cols);
+                let packed = &a.values[row * row_bytes..(row + 1) * row_bytes];
+                for c in 0..self.cols {
+                    let g = row * groups + c / a.group_size;
+                    let w = a.scales[g] * (a.value(packed, c) as f32 - a.zeros[g] as f32);
+                    let feature = a.perm.as_ref().map_or(c, |p| p[c] as usize);
+                    out[feature] = w;
+                }
+            }
         }
     }
+}
 
-    pub fn group_size(&self) -> Option<usize> {
-        match &self.data {
-            MatrixData::F32(_) => None,
-            MatrixData::Q8(q) => Some(q.group_size),
-        }
+#[derive(Debug)]
+pub struct LayerWeights<'a> {
+    pub rms_att: Cow<'a, [f32]>, // [dim]
+    pub wq: Matrix<'a>,          // [n_heads * head_size, dim]
+    pub wk: Matrix<'a>,          // [kv_dim, dim]
+    pub wv: Matrix<'a>,          // [kv_dim, dim]
+    pub wo: Matrix<'a>,          // [dim, n_heads * head_size]
+    pub rms_ffn: Cow<'a, [f32]>, // [dim]
+    pub w1: Matrix<'a>,          // [hidden_dim, dim]
+    pub w2: Matrix<'a>,          // [dim, hidden_dim]
+    pub w3: Matrix<'a>,          // [hidden_dim, dim]
+}
+
+#[derive(Debug)]
+pub struct Weights<'a> {
+    pub token_embedding: Matrix<'a>, // [vocab_size, dim]
+    pub layers: Vec<LayerWeights<'a>>,
+    pub rms_final: Cow<'a, [f32]>, // [dim]
+    /// `[vocab_size, dim]`; `None` when the classifier shares the token embedding.
+    pub classifier: Option<Matrix<'a>>,
+}
+
+impl<'a> Weights<'a> {
+    pub fn classifier(&self) -> &Matrix<'a> {
+        self.classifier.as_ref().unwrap_or(&self.token_embedding)
     }
 }

@@ -1,6 +1,6 @@
 //! Reference kernels: plain loops, summing in the same order as llama2.c's run.c / runq.c.
 
-use super::Kernels;
+use super::{AffineRow, Kernels};
 
 pub struct Scalar;
 
@@ -21,6 +21,18 @@ impl Kernels for Scalar {
                 idot += w[k] as i32 * x[k] as i32;
             }
             sum += idot as f32 * w_scales[g] * x_scales[g];
+        }
+        sum
+    }
+
+    fn dot_affine(row: AffineRow, x: &[f32], _x_group_sums: &[f32]) -> f32 {
+        // Dequantize each weight, then multiply: the definition, with no factoring.
+        let mut sum = 0.0f32;
+        for (c, &xc) in x.iter().enumerate().take(row.cols) {
+            let g = c / row.group_size;
+            let q = if row.bits == 8 { row.values[c] } else { (row.values[c / 2] >> ((c % 2) * 4)) & 0x0f };
+            let w = row.scales[g] * (q as f32 - row.zeros[g] as f32);
+            sum += w * xc;
         }
         sum
     }

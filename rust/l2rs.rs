@@ -1,0 +1,252 @@
+//! llama2rs's own model file: a safetensors container holding the config, the tokenizer and
+//! the tensors, read in place from the memory map (zero-copy).
+//!
+//! `__metadata__` (all values are strings, as safetensors requires):
+//! - `format` = `"llama2rs"`, `format_version` = `"1"` (a newer version is refused);
+//! - `config` = JSON: dim, hidden_dim, n_layers, n_heads, n_kv_heads, vocab_size, seq_len,
+//!   norm_eps, rope_theta, rope_layout (`"interleaved"`: llama2.c's pairs; HF checkpoints are
+//!   permuted to it on export), bos_id, eos_id;
+//! - `affine_group_size` = columns per group of the affine-quantized matrices (`-1`: one group
+//!   per row), when there are any;
+//! - anything else (`source`, `quantization`, ...) is informational.
+//!
+//! Tensors (row-major; matrices are `[out_features, in_features]`):
+//! - `tokenizer` U8: the tokenizer in llama2.c's tokenizer.bin encoding;
+//! - `rms_final` F32 `[dim]`, `layers.{i}.rms_att` / `layers.{i}.rms_ffn` F32 `[dim]`;
+//! - every matrix `M` in `token_embedding`, `classifier` (absent when tied to the embedding),
+//!   `layers.{i}.{wq,wk,wv,wo,w1,w2,w3}`, in exactly one encoding:
+//!   - fp32: `M.weight` F32 `[rows, cols]`;
+//!   - Q8_0: `M.q8_0` I8 `[rows, cols]` + `M.q8_0_scales` F32 `[rows, cols / group]`;
+//!   - affine 4/8-bit: `M.q4` (or `M.q8`) U8 `[rows, ceil(cols * bits / 8)]` (4-bit: two per
+//!     byte, even stored column in the low nibble) + `M.scales` F32 `[rows, n_groups]` +
+//!     `M.zeros` U8 `[rows, n_groups]` + optional `M.perm` I32 `[cols]` (act-order: stored
+//!     column j holds input feature perm[j]).
+
+use std::borrow::Cow;
+use std::collections::{HashMap, HashSet};
+use std::path::Path;
+
+use safetensors::{Dtype, SafeTensors};
+use serde_json::Value;
+
+use crate::config::Config;
+use crate::error::{Error, Result};
+use crate::tensor::{AffineData, LayerWeights, Matrix, MatrixData, Q8Data, Weights};
+
+pub const FORMAT_NAME: &str = "llama2rs";
+pub const FORMAT_VERSION: u64 = 1;
+
+/// True when `bytes` look like a safetensors file (u64 header length, then a JSON object).
+pub fn is_safetensors(bytes: &[u8]) -> bool {
+    if bytes.len() < 10 {
+        return false;
+    }
+    let n = u64::from_le_bytes(bytes[..8].try_into().unwrap());
+    n >= 2 && n <= (bytes.len() - 8) as u64 && bytes[8] == b'{'
+}
+
+pub struct Contents<'a> {
+    pub config: Config,
+    pub weights: Weights<'a>,
+    pub tokenizer: &'a [u8],
+    pub metadata: HashMap<String, String>,
+}
+
+struct Reader<'a, 'p> {
+    path: &'p Path,
+    tensors: SafeTensors<'a>,
+    used: HashSet<String>,
+}
+
+impl<'a> Reader<'a, '_> {
+    fn fail(&self, message: impl Into<String>) -> Error {
+        Error::model_file(self.path, message)
+    }
+
+    fn has(&self, name: &str) -> bool {
+        self.tensors.tensor(name).is_ok()
+    }
+
+    /// The bytes of tensor `name`, checking its dtype and shape.
+    fn raw(&mut self, name: &str, dtype: Dtype, shape: &[usize]) -> Result<&'a [u8]> {
+        let view = self.tensors.tensor(name).map_err(|_| self.fail(format!("missing tensor '{name}'")))?;
+        if view.dtype() != dtype {
+            return Err(self.fail(format!("tensor '{name}' has dtype {:?}, expected {dtype:?}", view.dtype())));
+        }
+        if view.shape() != shape {
+            return Err(self.fail(format!("tensor '{name}' has shape {:?}, expected {shape:?}", view.shape())));
+        }
+        self.used.insert(name.to_string());
+        Ok(view.data())
+    }
+
+    fn f32s(&mut self, name: &str, shape: &[usize]) -> Result<Cow<'a, [f32]>> {
+        Ok(f32_cow(self.raw(name, Dtype::F32, shape)?))
+    }
+
+    fn matrix(&mut self, name: &str, rows: usize, cols: usize, affine_group: Option<i64>) -> Result<Matrix<'a>> {
+        let shape2 = |c: usize| [rows, c];
+        let data = if self.has(&format!("{name}.weight")) {
+            MatrixData::F32(self.f32s(&format!("{name}.weight"), &[rows, cols])?)
+        } else if self.has(&format!("{name}.q8_0")) {
+            let scales_name = format!("{name}.q8_0_scales");
+            let groups = self
+                .tensors
+                .tensor(&scales_name)
+                .map(|v| v.shape().get(1).copied().unwrap_or(0))
+                .map_err(|_| self.fail(format!("missing tensor '{scales_name}'")))?;
+            if groups == 0 || cols % groups != 0 {
+                return Err(self.fail(format!(
+                    "tensor '{scales_name}' has {groups} groups per row, which do not divide {cols} columns"
+                )));
+            }
+            let values = self.raw(&format!("{name}.q8_0"), Dtype::I8, &[rows, cols])?;
+            // SAFETY: i8 and u8 have the same layout.
+            let values = unsafe { std::slice::from_raw_parts(values.as_ptr() as *const i8, values.len()) };
+            let scales = self.f32s(&scales_name, &shape2(groups))?;
+            MatrixData::Q8(Q8Data { values, scales, group_size: cols / groups })
+        } else if let Some(bits) = [4u32, 8].into_iter().find(|b| self.has(&format!("{name}.q{b}"))) {
+            let group_size = match affine_group {
+                Some(g) if g > 0 => (g as usize).min(cols),
+                Some(-1) => cols,
+                Some(g) => return Err(self.fail(format!("affine_group_size must be positive or -1, got {g}"))),
+                None => return Err(self.fail("quantized tensors need 'affine_group_size' in the metadata")),
+            };
+            let groups = cols.div_ceil(group_size);
+            let values = self.raw(&format!("{name}.q{bits}"), Dtype::U8, &shape2(AffineData::row_bytes(bits, cols)))?;
+            let scales = self.f32s(&format!("{name}.scales"), &shape2(groups))?;
+            let zeros = self.raw(&format!("{name}.zeros"), Dtype::U8, &shape2(groups))?;
+            let top = (1u32 << bits) - 1;
+            if zeros.iter().any(|&z| z as u32 > top) {
+                return Err(self.fail(format!("tensor '{name}.zeros' has values above {top}")));
+            }
+            let perm_name = format!("{name}.perm");
+            let perm = if self.has(&perm_name) {
+                let raw = self.raw(&perm_name, Dtype::I32, &[cols])?;
+                let perm: Vec<u32> = raw.chunks_exact(4).map(|c| i32::from_le_bytes(c.try_into().unwrap()) as u32).collect();
+                let mut seen = vec![false; cols];
+                for &p in &perm {
+                    if p as usize >= cols || std::mem::replace(&mut seen[p as usize], true) {
+                        return Err(self.fail(format!("tensor '{perm_name}' is not a permutation of 0..{cols}")));
+                    }
+                }
+                Some(Cow::Owned(perm))
+            } else {
+                None
+            };
+            MatrixData::Affine(AffineData { bits, values, scales, zeros, group_size, perm })
+        } else {
+            return Err(self.fail(format!("missing tensor '{name}.weight' (or a quantized form of it)")));
+        };
+        Ok(Matrix { rows, cols, data })
+    }
+}
+
+/// View any 4-byte-aligned run of little-endian f32 in place; copy the rare unaligned one.
+fn f32_cow(raw: &[u8]) -> Cow<'_, [f32]> {
+    // SAFETY: any 4 bytes are a valid f32; align_to checks alignment and length.
+    let (head, body, tail) = unsafe { raw.align_to::<f32>() };
+    if head.is_empty() && tail.is_empty() {
+        Cow::Borrowed(body)
+    } else {
+        Cow::Owned(raw.chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect())
+    }
+}
+
+fn config_from_json(text: &str) -> std::result::Result<Config, String> {
+    let v: Value = serde_json::from_str(text).map_err(|e| format!("config is not valid JSON: {e}"))?;
+    let int = |key: &str| -> std::result::Result<i64, String> {
+        v.get(key).and_then(Value::as_i64).ok_or_else(|| format!("config.{key} is missing or not an integer"))
+    };
+    let float = |key: &str| -> std::result::Result<f32, String> {
+        v.get(key).and_then(Value::as_f64).map(|f| f as f32).ok_or_else(|| format!("config.{key} is missing or not a number"))
+    };
+    match v.get("rope_layout").and_then(Value::as_str) {
+        Some("interleaved") => {}
+        other => return Err(format!("config.rope_layout must be \"interleaved\", got {other:?}")),
+    }
+    let mut config = Config::from_header(
+        int("dim")?,
+        int("hidden_dim")?,
+        int("n_layers")?,
+        int("n_heads")?,
+        int("n_kv_heads")?,
+        int("vocab_size")?,
+        int("seq_len")?,
+    )
+    .map_err(|e| e.to_string())?;
+    config.norm_eps = float("norm_eps")?;
+    config.rope_theta = float("rope_theta")?;
+    let id = |key: &str| -> std::result::Result<u32, String> {
+        u32::try_from(int(key)?).map_err(|_| format!("config.{key} must be a non-negative token id"))
+    };
+    config.bos_id = id("bos_id")?;
+    config.eos_id = id("eos_id")?;
+    config.validate().map_err(|e| e.to_string())?;
+    Ok(config)
+}
+
+/// Parse and validate a llama2rs safetensors file.
+pub fn read_model<'a>(path: &Path, bytes: &'a [u8]) -> Result<Contents<'a>> {
+    let fail = |m: String| Error::model_file(path, m);
+    let tensors = SafeTensors::deserialize(bytes).map_err(|e| fail(format!("not a valid safetensors file: {e}")))?;
+    let (_, header) = SafeTensors::read_metadata(bytes).map_err(|e| fail(format!("not a valid safetensors file: {e}")))?;
+    let metadata = header.metadata().clone().unwrap_or_default();
+    match metadata.get("format").map(String::as_str) {
+        Some(FORMAT_NAME) => {}
+        other => {
+            return Err(fail(format!(
+                "not a llama2rs model: __metadata__.format is {other:?}, expected \"{FORMAT_NAME}\" (convert it with export.py)"
+            )))
+        }
+    }
+    let version: u64 = metadata
+        .get("format_version")
+        .and_then(|v| v.parse().ok())
+        .ok_or_else(|| fail("__metadata__.format_version is missing or not an integer".into()))?;
+    if version > FORMAT_VERSION {
+        return Err(fail(format!(
+            "file format version {version} is newer than this llama2rs reads (up to {FORMAT_VERSION}): upgrade llama2rs"
+        )));
+    }
+    let config = config_from_json(metadata.get("config").map(String::as_str).unwrap_or("null"))
+        .map_err(|e| fail(format!("bad config in __metadata__: {e}")))?;
+    let affine_group = match metadata.get("affine_group_size") {
+        None => None,
+        Some(text) => Some(text.parse::<i64>().map_err(|_| fail(format!("affine_group_size is not an integer: {text:?}")))?),
+    };
+
+    let mut r = Reader { path, tensors, used: HashSet::new() };
+    let c = config;
+    let (dim, hidden, q_dim, kv_dim) = (c.dim, c.hidden_dim, c.n_heads * c.head_size(), c.kv_dim());
+    let tokenizer_len = r.tensors.tensor("tokenizer").map(|v| v.shape().first().copied().unwrap_or(0)).unwrap_or(0);
+    let tokenizer = r.raw("tokenizer", Dtype::U8, &[tokenizer_len])?;
+    let token_embedding = r.matrix("token_embedding", c.vocab_size, dim, affine_group)?;
+    let rms_final = r.f32s("rms_final", &[dim])?;
+    let classifier = if r.has("classifier.weight") || r.has("classifier.q8_0") || r.has("classifier.q4") || r.has("classifier.q8") {
+        Some(r.matrix("classifier", c.vocab_size, dim, affine_group)?)
+    } else {
+        None
+    };
+    let mut layers = Vec::with_capacity(c.n_layers);
+    for l in 0..c.n_layers {
+        let p = format!("layers.{l}");
+        layers.push(LayerWeights {
+            rms_att: r.f32s(&format!("{p}.rms_att"), &[dim])?,
+            wq: r.matrix(&format!("{p}.wq"), q_dim, dim, affine_group)?,
+            wk: r.matrix(&format!("{p}.wk"), kv_dim, dim, affine_group)?,
+            wv: r.matrix(&format!("{p}.wv"), kv_dim, dim, affine_group)?,
+            wo: r.matrix(&format!("{p}.wo"), dim, q_dim, affine_group)?,
+            rms_ffn: r.f32s(&format!("{p}.rms_ffn"), &[dim])?,
+            w1: r.matrix(&format!("{p}.w1"), hidden, dim, affine_group)?,
+            w2: r.matrix(&format!("{p}.w2"), dim, hidden, affine_group)?,
+            w3: r.matrix(&format!("{p}.w3"), hidden, dim, affine_group)?,
+        });
+    }
+    let mut unknown: Vec<String> = r.tensors.names().into_iter().filter(|n| !r.used.contains(*n)).map(String::from).collect();
+    if !unknown.is_empty() {
+        unknown.sort();
+        return Err(fail(format!("unexpected tensors for this config: {}", unknown.join(", "))));
+    }
+    Ok(Contents { config, weights: Weights { token_embedding, layers, rms_final, classifier }, tokenizer, metadata })
+}
