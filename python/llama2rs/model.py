@@ -52,14 +52,16 @@ def _check_float(name: str, value: object, low: float, high: float) -> float:
 
 
 class Model:
-    """A Llama-2-style model opened from a llama2.c file (legacy, version 1 fp32, version 2 Q8_0).
+    """A Llama-2-style model: a llama2rs file (``*.l2rs.safetensors``, written by ``export.py``:
+    fp32, Q8_0 or 4/8-bit GPTQ weights, tokenizer inside) or a llama2.c file (legacy, version 1
+    fp32, version 2 Q8_0).
 
     The file is memory-mapped, not read: opening costs milliseconds whatever the size. A Model
     is read-only and can be shared by threads; every :meth:`generate` call owns its own state
     (KV cache, sampler) and computes with the GIL released.
 
-    ``tokenizer_path`` defaults to the tokenizer found beside the model (see
-    :func:`find_tokenizer`); without one, only the token-id methods work.
+    ``tokenizer_path`` defaults to the tokenizer stored in a llama2rs file, else the one found
+    beside the model (see :func:`find_tokenizer`); without one, only the token-id methods work.
     ``n_threads`` defaults to the number of available cores.
     """
 
@@ -73,11 +75,16 @@ class Model:
             n_threads = _check_int("n_threads", n_threads, 1)
         self._core = _core.Model(os.fspath(model_path), n_threads)
         self.config = Config(**self._core.config)
-        if tokenizer_path is None:
-            tokenizer_path = find_tokenizer(model_path)
-        self.tokenizer: Optional[Tokenizer] = (
-            None if tokenizer_path is None else Tokenizer(tokenizer_path, vocab_size=self.config.vocab_size)
-        )
+        self.tokenizer: Optional[Tokenizer] = None
+        embedded = self._core.tokenizer_bytes
+        if tokenizer_path is not None:
+            self.tokenizer = Tokenizer(tokenizer_path, vocab_size=self.config.vocab_size)
+        elif embedded:
+            self.tokenizer = Tokenizer.from_bytes(embedded, self.config.vocab_size, name=f"{model_path} (embedded)")
+        else:
+            found = find_tokenizer(model_path)
+            if found is not None:
+                self.tokenizer = Tokenizer(found, vocab_size=self.config.vocab_size)
 
     # -- facts -------------------------------------------------------------------------------
 
@@ -87,8 +94,13 @@ class Model:
 
     @property
     def format(self) -> str:
-        """``llama2c-legacy``, ``llama2c-v1`` or ``llama2c-v2-q8_0``."""
+        """``llama2rs-v1``, ``llama2c-legacy``, ``llama2c-v1`` or ``llama2c-v2-q8_0``."""
         return self._core.format
+
+    @property
+    def metadata(self) -> dict[str, str]:
+        """A llama2rs file's metadata (source, quantization, ...); empty for llama2.c files."""
+        return self._core.metadata
 
     @property
     def group_size(self) -> Optional[int]:
@@ -157,7 +169,7 @@ class Model:
             raise ArgumentError(f"seed must be < 2**64, got {seed}")
         ids = [int(i) for i in prompt_ids]
         if not ids:
-            raise ArgumentError("prompt_ids is empty: start it with BOS (1)")
+            raise ArgumentError(f"prompt_ids is empty: start it with BOS ({self.config.bos_id})")
         if len(ids) > self.config.seq_len:
             raise ContextLengthError(
                 f"the prompt is {len(ids)} tokens but the context length (seq_len) is {self.config.seq_len}"
@@ -167,7 +179,7 @@ class Model:
         return self._sample_loop(session, max_tokens, ignore_eos)
 
     def _sample_loop(self, session: _core.Session, max_tokens: int, ignore_eos: bool) -> Iterator[int]:
-        stop_ids = () if ignore_eos else (1, 2)  # BOS, EOS
+        stop_ids = () if ignore_eos else (self.config.bos_id, self.config.eos_id)
         for produced in range(1, max_tokens + 1):
             token = session.sample()
             if token in stop_ids:

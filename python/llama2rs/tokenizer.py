@@ -316,6 +316,26 @@ class Tokenizer:
             raise TokenizerError(f"{where}: tokenizer file not found") from None
         except OSError as exc:
             raise TokenizerError(f"{where}: cannot read tokenizer file: {exc}") from None
+        self._load(data, where, vocab_size)
+
+    @classmethod
+    def from_bytes(cls, data: bytes, vocab_size: int | None = None, name: str = "<bytes>") -> "Tokenizer":
+        """A tokenizer from the contents of a tokenizer.bin or tokenizer.model file (e.g. the
+        copy stored inside a llama2rs model file). ``name`` is used in error messages."""
+        self = cls.__new__(cls)
+        self._path = name
+        self._load(bytes(data), repr(name), vocab_size)
+        return self
+
+    def to_bin_bytes(self) -> bytes:
+        """This vocabulary in llama2.c's tokenizer.bin encoding (how llama2rs files store it)."""
+        parts = [struct.pack("<i", self._max_token_length)]
+        for piece, score in zip(self._pieces, self._scores):
+            parts.append(struct.pack("<fi", score, len(piece)))
+            parts.append(piece)
+        return b"".join(parts)
+
+    def _load(self, data: bytes, where: str, vocab_size: int | None) -> None:
         if not data:
             raise TokenizerError(f"{where}: tokenizer file is empty (0 bytes)")
         if _looks_like_model(data):
