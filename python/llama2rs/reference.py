@@ -17,18 +17,22 @@ Precision (the choices to know when comparing against another implementation):
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Mapping, Sequence
 
 import numpy as np
 
 from .config import Config
 from .errors import ArgumentError, ContextLengthError, InvalidTokenError
 from .llama2c import LoadedModel, Q8Tensor
+from .quant import AffineQuantized
 
 __all__ = [
     "RMS_EPS",
     "BOS",
     "forward",
+    "forward_weights",
+    "silu",
+    "softmax_rows",
     "rmsnorm",
     "rope_cos_sin",
     "apply_rope",
@@ -55,13 +59,13 @@ XORSHIFT_MULTIPLIER = 0x2545F4914F6CDD1D
 # building blocks
 
 
-def rmsnorm(x: np.ndarray, weight: np.ndarray) -> np.ndarray:
+def rmsnorm(x: np.ndarray, weight: np.ndarray, eps: float = RMS_EPS) -> np.ndarray:
     """``weight * x / sqrt(mean(x^2) + eps)`` over the last axis; x [T, dim] -> [T, dim]."""
     mean_square = np.mean(x * x, axis=-1, keepdims=True)  # [T, 1]
-    return weight.astype(np.float64) * (x / np.sqrt(mean_square + RMS_EPS))  # [T, dim]
+    return weight.astype(np.float64) * (x / np.sqrt(mean_square + eps))  # [T, dim]
 
 
-def rope_cos_sin(head_size: int, n_positions: int) -> tuple[np.ndarray, np.ndarray]:
+def rope_cos_sin(head_size: int, n_positions: int, theta: float = ROPE_THETA) -> tuple[np.ndarray, np.ndarray]:
     """cos and sin of the RoPE angles, each [T, head_size // 2], as float64.
 
     Pair ``j`` of a head (dims ``2j, 2j+1``) turns by ``pos * freq_j`` with
@@ -70,7 +74,7 @@ def rope_cos_sin(head_size: int, n_positions: int) -> tuple[np.ndarray, np.ndarr
     """
     head_dim_index = np.arange(0, head_size, 2, dtype=np.float32)  # [hs/2]: 0, 2, 4, ...
     exponent = head_dim_index / np.float32(head_size)  # [hs/2] float32
-    freq = np.float32(1.0) / np.power(np.float32(ROPE_THETA), exponent)  # [hs/2] float32
+    freq = np.float32(1.0) / np.power(np.float32(theta), exponent)  # [hs/2] float32
     positions = np.arange(n_positions, dtype=np.float32)  # [T]
     angle = positions[:, None] * freq[None, :]  # [T, hs/2] float32, like C's pos * freq
     angle64 = angle.astype(np.float64)  # [T, hs/2]
@@ -131,26 +135,31 @@ def _q8_linear(x: np.ndarray, weight: Q8Tensor) -> np.ndarray:
 
 
 def linear(x: np.ndarray, weight) -> np.ndarray:
-    """``x @ W.T`` for a float or Q8_0 weight; x [T, n], weight [d, n] -> [T, d] float64."""
+    """``x @ W.T`` for a float, Q8_0 or affine-quantized weight (the latter dequantized
+    exactly, in float64); x [T, n], weight [d, n] -> [T, d] float64."""
     if isinstance(weight, Q8Tensor):
         return _q8_linear(x, weight)
+    if isinstance(weight, AffineQuantized):
+        weight = weight.dequantize()
     return x @ np.asarray(weight, dtype=np.float64).T  # [T, d]
 
 
 def _embed(table, token_ids: np.ndarray) -> np.ndarray:
     """Rows of the token embedding; a Q8_0 table is dequantized (float32, like runq.c)."""
+    if isinstance(table, AffineQuantized):
+        return table.dequantize()[token_ids].astype(np.float64)  # [T, dim]
     if isinstance(table, Q8Tensor):
         rows = Q8Tensor(table.q[token_ids], table.scale[token_ids], table.group_size)
         return rows.dequantize().astype(np.float64)  # [T, dim]
     return np.asarray(table, dtype=np.float64)[token_ids]  # [T, dim]
 
 
-def _silu(x: np.ndarray) -> np.ndarray:
+def silu(x: np.ndarray) -> np.ndarray:
     """x * sigmoid(x), with the sigmoid written via tanh so large |x| cannot overflow."""
     return x * (0.5 * (1.0 + np.tanh(0.5 * x)))
 
 
-def _softmax_rows(scores: np.ndarray) -> np.ndarray:
+def softmax_rows(scores: np.ndarray) -> np.ndarray:
     """Softmax over the last axis (float64), subtracting the row max first."""
     shifted = scores - scores.max(axis=-1, keepdims=True)
     exps = np.exp(shifted)
@@ -179,7 +188,7 @@ def _attention(config: Config, weights: dict, layer: int, x_normed: np.ndarray,
     scores = np.einsum("thd,shd->hts", queries, keys_per_head) / np.sqrt(head_size)  # [H, T, T]
     future = np.triu(np.ones((n_positions, n_positions), dtype=bool), k=1)  # [T, T]: key after query
     scores = np.where(future[None, :, :], -np.inf, scores)  # [H, T, T]
-    attention = _softmax_rows(scores)  # [H, T, T]
+    attention = softmax_rows(scores)  # [H, T, T]
     mixed = np.einsum("hts,shd->thd", attention, values_per_head)  # [T, H, hs]
     return linear(mixed.reshape(n_positions, config.dim), weights["wo"][layer])  # [T, dim]
 
@@ -188,7 +197,7 @@ def _feed_forward(weights: dict, layer: int, x_normed: np.ndarray) -> np.ndarray
     """SwiGLU ``w2(silu(w1 x) * w3 x)``; x_normed [T, dim] -> [T, dim]."""
     gate = linear(x_normed, weights["w1"][layer])  # [T, hidden]
     up = linear(x_normed, weights["w3"][layer])  # [T, hidden]
-    return linear(_silu(gate) * up, weights["w2"][layer])  # [T, dim]
+    return linear(silu(gate) * up, weights["w2"][layer])  # [T, dim]
 
 
 def _check_tokens(config: Config, tokens: Sequence[int]) -> np.ndarray:
@@ -213,15 +222,21 @@ def forward(model: LoadedModel, tokens: Sequence[int]) -> np.ndarray:
 
     Float and Q8_0 weights are both handled (each matrix by its own type).
     """
-    config, weights = model.config, model.weights
+    return forward_weights(model.config, model.weights, tokens)
+
+
+def forward_weights(config: Config, weights: Mapping, tokens: Sequence[int]) -> np.ndarray:
+    """:func:`forward` on a weights mapping in llama2.c's naming (``weights["wq"][layer]``
+    indexes a layer; matrices float, Q8_0 or affine-quantized)."""
     token_ids = _check_tokens(config, tokens)  # [T]
-    cos, sin = rope_cos_sin(config.head_size, token_ids.size)  # [T, hs/2] each
+    eps = config.norm_eps
+    cos, sin = rope_cos_sin(config.head_size, token_ids.size, config.rope_theta)  # [T, hs/2] each
 
     x = _embed(weights["token_embedding"], token_ids)  # [T, dim] residual stream
     for layer in range(config.n_layers):
-        x = x + _attention(config, weights, layer, rmsnorm(x, weights["rms_att"][layer]), cos, sin)
-        x = x + _feed_forward(weights, layer, rmsnorm(x, weights["rms_ffn"][layer]))
-    x_final = rmsnorm(x, weights["rms_final"])  # [T, dim]
+        x = x + _attention(config, weights, layer, rmsnorm(x, weights["rms_att"][layer], eps), cos, sin)
+        x = x + _feed_forward(weights, layer, rmsnorm(x, weights["rms_ffn"][layer], eps))
+    x_final = rmsnorm(x, weights["rms_final"], eps)  # [T, dim]
     return linear(x_final, weights["wcls"]).astype(np.float32)  # [T, vocab]
 
 
