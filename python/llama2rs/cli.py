@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from typing import Iterator, NoReturn, Optional, Sequence
+from typing import Callable, Iterator, NoReturn, Optional, Sequence
 
 from .errors import ArgumentError, Llama2rsError
 
@@ -76,6 +76,22 @@ def build_parser() -> argparse.ArgumentParser:
 
     info = commands.add_parser("info", help="print a model file's format and config")
     info.add_argument("model", help="model file")
+
+    from .export import add_export_arguments
+
+    export = commands.add_parser("export", help="convert a llama2.c file or HuggingFace checkpoint (same as export.py)")
+    add_export_arguments(export)
+    quantize = commands.add_parser("quantize", help="quantize a model to 4 bits (GPTQ with --calibration, else RTN)")
+    add_export_arguments(quantize, positional_input=True)
+
+    ppl = commands.add_parser("perplexity", help="perplexity on a text, and KL divergence from a base model")
+    ppl.add_argument("model", help="model file")
+    ppl.add_argument("--text", required=True, help="UTF-8 text file to score")
+    ppl.add_argument("--base", help="base model (e.g. the unquantized one): report mean KL(base || model)")
+    ppl.add_argument("--window", type=_positive_int, default=None, help="tokens per window (default: min(seq_len, 512))")
+    ppl.add_argument("--max-windows", type=_positive_int, default=None, help="score at most this many windows")
+    ppl.add_argument("-t", "--threads", type=_positive_int, default=None, help="threads (default: all cores)")
+    ppl.add_argument("-z", "--tokenizer", default=None, help="tokenizer file (default: the model's)")
     return parser
 
 
@@ -136,16 +152,46 @@ def _info(args: argparse.Namespace) -> int:
         ("group size", model.group_size if model.group_size is not None else "-"),
         ("tokenizer", model.tokenizer.path if model.tokenizer is not None else "none found"),
     ]
+    rows += [(key, model.metadata[key]) for key in ("source", "quantization") if key in model.metadata]
     width = max(len(name) for name, _ in rows)
     for name, value in rows:
         print(f"{name:<{width}}  {value}")
     return 0
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
-    args = build_parser().parse_args(argv)
+def _perplexity(args: argparse.Namespace) -> int:
+    from .evaluate import evaluate
+    from .model import Model
+
     try:
-        return _generate(args) if args.command == "generate" else _info(args)
+        text = open(args.text, encoding="utf-8").read()
+    except (OSError, UnicodeDecodeError) as e:
+        raise ArgumentError(f"cannot read --text {args.text}: {e}") from None
+    model = Model(args.model, tokenizer_path=args.tokenizer, n_threads=args.threads)
+    base = None if args.base is None else Model(args.base, tokenizer_path=args.tokenizer, n_threads=args.threads)
+    result = evaluate(model, text, base, args.window, args.max_windows)
+    print(f"perplexity: {result.perplexity:.4f} ({result.n_predictions} predictions in {result.n_windows} "
+          f"windows of {result.window} tokens)")
+    if result.kl_divergence is not None:
+        print(f"base perplexity: {result.base_perplexity:.4f}")
+        print(f"mean KL(base || model): {result.kl_divergence:.6f} nats/token")
+        print(f"top-1 agreement: {100 * result.top1_agreement:.2f}%")
+    return 0
+
+
+def _export(args: argparse.Namespace) -> int:
+    from .export import run_export
+
+    return run_export(args)
+
+
+COMMANDS = {"generate": _generate, "info": _info, "export": _export, "quantize": _export, "perplexity": _perplexity}
+
+
+def run_guarded(command: "Callable[[argparse.Namespace], int]", args: argparse.Namespace) -> int:
+    """Run a command, turning llama2rs errors into one line on stderr and an exit code."""
+    try:
+        return command(args)
     except Llama2rsError as error:
         code = EXIT_BAD_ARGUMENTS if isinstance(error, ArgumentError) else EXIT_FAILED
         print(f"llama2rs: error: {error}", file=sys.stderr)
@@ -154,6 +200,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return 0
     except KeyboardInterrupt:
         return 130
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
+    return run_guarded(COMMANDS[args.command], args)
 
 
 if __name__ == "__main__":

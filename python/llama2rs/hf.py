@@ -62,6 +62,7 @@ import json
 import math
 import os
 import struct
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple, Union
@@ -323,11 +324,24 @@ def write_safetensors(
         offset += len(data)
     header_bytes = json.dumps(header, separators=(",", ":")).encode("utf-8")
     header_bytes += b" " * (-len(header_bytes) % 8)
-    with open(os.fspath(path), "wb") as handle:
-        handle.write(struct.pack("<Q", len(header_bytes)))
-        handle.write(header_bytes)
-        for data in blobs:
-            handle.write(data)
+    # Write a temporary file and rename it over ``path``: arrays still memory-mapped from an
+    # older file at ``path`` keep their (unlinked) inode instead of faulting on a truncated one.
+    path = os.fspath(path)
+    fd, temp_path = tempfile.mkstemp(prefix=".tmp-", suffix=".safetensors",
+                                     dir=os.path.dirname(os.path.abspath(path)))
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(struct.pack("<Q", len(header_bytes)))
+            handle.write(header_bytes)
+            for data in blobs:
+                handle.write(data)
+        os.replace(temp_path, path)
+    except BaseException:
+        try:
+            os.unlink(temp_path)
+        except OSError:
+            pass
+        raise
 
 
 # ---------------------------------------------------------------------------------------
@@ -957,9 +971,12 @@ def _gptq_layer_tensors(
         scales_out = scales16
         g_out = g_idx
     elif tool == "gptqmodel":
-        # GPTQModel keeps zeros as-is (v2) in memory; its auto-padding kernels grow out to a
-        # multiple of 32 and in to a multiple of the group size (and whole 32-input blocks),
-        # leaving uninitialised memory there. Emulated with random garbage in every padding field.
+        # GPTQModel packs zeros as-is (v2) and converts to v1 at save time by a word-wide
+        # subtraction (convert_gptq_v2_to_v1_format_module). Its own saves use the unpadded
+        # shapes (pack_block needs in % 32 == 0); its older auto-padding kernels grew out to a
+        # multiple of 32 and in to a multiple of the group size by resize_() in post_init,
+        # i.e. uninitialised memory, which a re-saved model carries. Emulated here: padding up
+        # to those sizes (and whole 32-input blocks), random garbage in every padding field.
         out_pad = out_f + (-out_f % 32)
         step = 32 if group_size == -1 else math.lcm(32, gs)
         in_pad = in_f + (-in_f % step)
@@ -978,7 +995,7 @@ def _gptq_layer_tensors(
         g_out[:in_f] = g_idx
     else:
         raise ArgumentError(f"tool must be 'autogptq' or 'gptqmodel', got {tool!r}")
-    tensors = {
+    tensors: Dict[str, np.ndarray] = {
         "qweight": qweight.view(np.int32),
         "qzeros": np.ascontiguousarray(qzeros).view(np.int32),
         "scales": scales_out,

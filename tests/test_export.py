@@ -1,0 +1,217 @@
+"""export.py / llama2rs export: llama2.c files into llama2rs files, quantization, and the
+validation of llama2rs files on open."""
+
+from __future__ import annotations
+
+import json
+import os
+import struct
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import llama2rs
+from llama2rs import calibrate, export, l2rs, llama2c, reference
+from llama2rs.config import Config
+from llama2rs.errors import ArgumentError, ModelFileError
+from llama2rs.quant import AffineQuantized
+from conftest import REPO_ROOT, STORIES, STORIES_Q80, TOK512, assert_q80_close, need
+
+IDS = [1, 403, 407, 261, 378, 432, 383, 286, 261, 376, 298, 315]
+
+
+def _export_llama2c(tmp_path, src=STORIES, name="out.l2rs.safetensors", **kwargs):
+    need(src, TOK512)
+    source = export.load_source("llama2c", src, TOK512)
+    return export.export(source, tmp_path / name, progress=False, **kwargs)
+
+
+def _mapping(weights: l2rs.ModelWeights) -> dict:
+    """llama2rs weights in the reference's llama2.c naming."""
+    out = {"token_embedding": weights.token_embedding, "rms_final": weights.rms_final,
+           "wcls": weights.token_embedding if weights.classifier is None else weights.classifier}
+    for name in ("rms_att", "rms_ffn", *l2rs.MATRIX_NAMES):
+        out[name] = [layer[name] for layer in weights.layers]
+    return out
+
+
+def test_llama2c_export_runs_alone_and_identically(tmp_path):
+    out = _export_llama2c(tmp_path)
+    model = llama2rs.Model(out)  # nothing else: the tokenizer is inside
+    original = llama2rs.Model(STORIES, tokenizer_path=TOK512)
+    assert model.format == "llama2rs-v1" and model.tokenizer is not None
+    assert model.config == original.config
+    np.testing.assert_array_equal(model.logits(IDS), original.logits(IDS))
+    assert model.complete("Once upon a time", max_tokens=60) == original.complete("Once upon a time", max_tokens=60)
+    assert "stories260K.bin" in model.metadata["source"]
+
+
+def test_q80_file_exports_without_requantizing(tmp_path):
+    out = _export_llama2c(tmp_path, STORIES_Q80)
+    np.testing.assert_array_equal(llama2rs.Model(out).logits(IDS), llama2rs.Model(STORIES_Q80).logits(IDS))
+    assert json.loads(llama2rs.Model(out).metadata["quantization"])["method"] == "q8_0"
+
+
+@pytest.mark.parametrize("quantize, method, group", [("q8", "rtn", 64), ("q4", "rtn", 32), ("q4", "rtn", -1),
+                                                     ("q4", "rtn", 128)])
+def test_quantized_export_matches_reference(tmp_path, quantize, method, group):
+    out = _export_llama2c(tmp_path, quantize=quantize, method=method, group_size=group)
+    config, weights, _ = l2rs.read_model(out)
+    w1 = weights.layers[0]["w1"]
+    if quantize == "q4":
+        assert isinstance(w1, AffineQuantized) and w1.group_size == min(group if group > 0 else 64, 64)
+    expected = reference.forward_weights(config, _mapping(weights), IDS)
+    ours = llama2rs.Model(out).logits(IDS)
+    if quantize == "q4":  # fp32 activations against the exact dequantization
+        np.testing.assert_allclose(ours, expected, rtol=0, atol=1e-4)
+    else:  # Q8_0 quantizes activations too; hidden 172 gets groups of 4
+        assert_q80_close(ours, expected, max_abs=0.3, max_mean=0.02)
+
+
+@pytest.fixture(scope="module")
+def texts():
+    """Calibration and evaluation texts sampled from stories260K itself (different seeds)."""
+    need(STORIES, TOK512)
+    base = llama2rs.Model(STORIES, tokenizer_path=TOK512)
+    sample = lambda seeds: "\n".join(base.complete("", max_tokens=300, temperature=1.0, seed=s) for s in seeds)
+    return sample(range(1, 25)), sample(range(1000, 1012))
+
+
+def test_gptq_beats_rtn_in_kl_divergence(tmp_path, texts):
+    """Acceptance: stories260K at 4 bits, group 32: GPTQ (calibrated on one text) is closer to the
+    fp32 model than round-to-nearest, measured on another text."""
+    from llama2rs.evaluate import evaluate
+
+    calibration, held_out = texts
+    base = llama2rs.Model(STORIES, tokenizer_path=TOK512)
+    kl = {}
+    for label, kwargs in {"rtn": dict(method="rtn"),
+                          "gptq": dict(method="gptq", calibration_text=calibration),
+                          "gptq-act-order": dict(method="gptq", calibration_text=calibration, act_order=True)}.items():
+        out = _export_llama2c(tmp_path, name=f"{label}.safetensors", quantize="q4", group_size=32, **kwargs)
+        result = evaluate(llama2rs.Model(out), held_out, base=base, window=256)
+        kl[label] = result.kl_divergence
+        assert 0 < result.kl_divergence < 1 and result.perplexity > 1
+    assert kl["gptq"] < 0.8 * kl["rtn"], kl
+    assert kl["gptq-act-order"] < 0.8 * kl["rtn"], kl
+
+
+def test_evaluate_against_numpy(tmp_path, texts):
+    from llama2rs.evaluate import evaluate
+
+    base = llama2rs.Model(STORIES, tokenizer_path=TOK512)
+    text = texts[1][:2000]
+    same = evaluate(base, text, base=base, window=128)
+    assert same.kl_divergence == pytest.approx(0.0, abs=1e-9) and same.top1_agreement == 1.0
+    # Perplexity by hand from the reference logits of the same windows.
+    ids = base.tokenize(text, bos=False)
+    windows = calibrate.calibration_windows(ids, 128, 1 << 30, 1)
+    loaded = llama2c.read_model(STORIES)
+    nll, n = 0.0, 0
+    for w in windows:
+        logits = reference.forward(loaded, w).astype(np.float64)
+        logp = logits - np.log(np.exp(logits - logits.max(1, keepdims=True)).sum(1, keepdims=True)) - logits.max(1, keepdims=True)
+        nll -= sum(logp[i, w[i + 1]] for i in range(len(w) - 1))
+        n += len(w) - 1
+    assert same.perplexity == pytest.approx(np.exp(nll / n), rel=1e-4)
+    assert same.n_predictions == n
+
+
+def test_refuses_to_requantize(tmp_path):
+    q4 = _export_llama2c(tmp_path, quantize="q4", method="rtn", group_size=32)
+    with pytest.raises(ArgumentError, match="already quantized"):
+        export.export(export.load_source("auto", q4), tmp_path / "again.safetensors", quantize="q4", progress=False)
+
+
+def test_gptq_without_calibration_is_an_argument_error(tmp_path):
+    with pytest.raises(ArgumentError, match="needs --calibration"):
+        _export_llama2c(tmp_path, quantize="q4", method="gptq")
+    assert os.listdir(tmp_path) == []
+
+
+def test_failed_write_leaves_nothing(tmp_path, monkeypatch):
+    need(STORIES, TOK512)
+    source = export.load_source("llama2c", STORIES, TOK512)
+    calls = []
+
+    def explode(name, done, total):
+        calls.append(name)
+        if done == 10:
+            raise RuntimeError("disk full")
+
+    with pytest.raises(RuntimeError, match="disk full"):
+        l2rs.write_model(tmp_path / "x.safetensors", source.config, source.weights, source.tokenizer.to_bin_bytes(),
+                         progress=explode)
+    assert len(calls) == 10 and os.listdir(tmp_path) == []
+
+
+# -- validation of llama2rs files -----------------------------------------------------------
+
+
+def _rewrite_header(path, edit):
+    data = path.read_bytes()
+    n = int.from_bytes(data[:8], "little")
+    header = json.loads(data[8 : 8 + n])
+    edit(header)
+    text = json.dumps(header).encode()
+    text += b" " * (-(8 + len(text)) % 64)
+    # Keep the data where it was relative to the header's end.
+    path.write_bytes(len(text).to_bytes(8, "little") + text + data[8 + n :])
+
+
+@pytest.mark.parametrize(
+    "edit, message",
+    [
+        (lambda h: h["__metadata__"].update(format_version="2"), "format version 2 is newer than this llama2rs reads"),
+        (lambda h: h["__metadata__"].update(format="other"), "not a llama2rs model"),
+        (lambda h: h["__metadata__"].update(config="{"), "bad config in __metadata__"),
+        (lambda h: h["__metadata__"].update(config=json.dumps({**json.loads(h["__metadata__"]["config"]), "n_heads": 7})),
+         r"dim \(64\) must be a multiple of n_heads \(7\)"),
+        (lambda h: h["__metadata__"].update(config=json.dumps({**json.loads(h["__metadata__"]["config"]), "rope_layout": "rotate_half"})),
+         "rope_layout"),
+        (lambda h: h.update({"extra": h.pop("rms_final")}), "missing tensor 'rms_final'"),
+        (lambda h: h["layers.0.wq.weight"].update(dtype="I32"), r"'layers.0.wq.weight' has dtype I32, expected F32"),
+        (lambda h: h["layers.1.w2.weight"].update(shape=[172, 64]), r"has shape \[172, 64\], expected \[64, 172\]"),
+    ],
+)
+def test_bad_llama2rs_files(tmp_path, edit, message):
+    out = _export_llama2c(tmp_path)
+    _rewrite_header(out, edit)
+    with pytest.raises(ModelFileError, match=message):
+        llama2rs.Model(out)
+
+
+def test_truncated_llama2rs_file(tmp_path):
+    out = _export_llama2c(tmp_path)
+    data = out.read_bytes()
+    out.write_bytes(data[:-5])
+    with pytest.raises(ModelFileError, match="not a valid safetensors file"):
+        llama2rs.Model(out)
+
+
+def test_export_cli_and_top_level_script(tmp_path):
+    need(STORIES, TOK512)
+    out = tmp_path / "cli.l2rs.safetensors"
+    result = subprocess.run([sys.executable, str(REPO_ROOT / "export.py"), "--llama2c", str(STORIES), "--tokenizer",
+                             str(TOK512), "-o", str(out), "--quantize", "q4", "--group-size", "64", "-q"],
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert "wrote" in result.stderr and out.exists()
+    info = subprocess.run([sys.executable, "-m", "llama2rs", "info", str(out)], capture_output=True, text=True)
+    assert '"method": "rtn"' in info.stdout and "llama2rs-v1" in info.stdout
+    bad = subprocess.run([sys.executable, "-m", "llama2rs", "export", "--llama2c", str(STORIES), "-o",
+                          str(tmp_path / "x"), "--quantize", "q5"], capture_output=True, text=True)
+    assert bad.returncode == 2 and "invalid choice: 'q5'" in bad.stderr
+
+
+def test_perplexity_cli(tmp_path, texts):
+    need(STORIES, TOK512)
+    text = tmp_path / "t.txt"
+    text.write_text(texts[1][:3000], encoding="utf-8")
+    result = subprocess.run([sys.executable, "-m", "llama2rs", "perplexity", str(STORIES), "-z", str(TOK512),
+                             "--text", str(text), "--base", str(STORIES), "--window", "128"],
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert "mean KL(base || model): 0.000000" in result.stdout and "top-1 agreement: 100.00%" in result.stdout
