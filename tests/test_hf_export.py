@@ -1,0 +1,133 @@
+"""HuggingFace checkpoints (float and GPTQ) through export.py, against an independent NumPy
+implementation of transformers' Llama that reads the HF tensors directly (rotate-half RoPE)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+import llama2rs
+from llama2rs import export, hf, llama2c
+from llama2rs.config import Config
+from llama2rs.hf_reference import hf_forward
+from conftest import TOK512_MODEL, need
+
+# (dim, hidden_dim, n_layers, n_heads, n_kv_heads): vocab 512 to use tok512.model
+SHAPES = {
+    "gqa2": (64, 172, 2, 8, 4),
+    "gqa4-hs12": (48, 100, 2, 4, 1),
+    "mha-hs24": (96, 200, 2, 4, 4),
+    "odd-out-60": (60, 172, 2, 6, 2),
+}
+
+
+def _config(shape: str, **extra) -> Config:
+    return Config(*SHAPES[shape], vocab_size=512, seq_len=64, **extra)
+
+
+def _tokens(n=20, seed=0):
+    rng = np.random.default_rng(seed)
+    return [1] + rng.integers(3, 512, size=n - 1).tolist()
+
+
+def _export(tmp_path, directory, **kwargs):
+    source = export.load_source("hf", directory)
+    return llama2rs.Model(export.export(source, tmp_path / "out.l2rs.safetensors", progress=False, **kwargs))
+
+
+def _hf(directory):
+    cfg = json.loads((directory / "config.json").read_text())
+    quant_file = directory / "quantize_config.json"
+    quant = json.loads(quant_file.read_text()) if quant_file.exists() else None
+    tensors = {}
+    for f in sorted(directory.glob("*.safetensors")):
+        tensors.update(hf.read_safetensors(f))
+    return tensors, cfg, quant
+
+
+@pytest.mark.parametrize("shape", list(SHAPES))
+@pytest.mark.parametrize("dtype, shards, tied", [("float32", 1, True), ("float32", 3, False),
+                                                 ("bfloat16", 2, True), ("float16", 1, False)])
+def test_float_checkpoint_logits_match_transformers_math(tmp_path, shape, dtype, shards, tied):
+    need(TOK512_MODEL)
+    config = _config(shape, norm_eps=1e-6, rope_theta=500000.0)
+    weights = llama2c.random_weights(config, seed=len(shape), shared_classifier=tied)
+    directory = hf.write_hf_checkpoint(tmp_path / "hf", config, weights, dtype=dtype, shards=shards, tied=tied,
+                                       tokenizer_model=TOK512_MODEL)
+    model = _export(tmp_path, directory)
+    assert model.config.norm_eps == pytest.approx(1e-6) and model.config.rope_theta == 500000.0
+    assert model.shared_classifier == tied
+    tokens = _tokens(config.seq_len)
+    expected = hf_forward(*_hf(directory)[:2], tokens)
+    np.testing.assert_allclose(model.logits(tokens), expected, rtol=0, atol=1e-4)
+
+
+def test_float_checkpoint_greedy_text_matches_and_tokenizer_is_embedded(tmp_path):
+    need(TOK512_MODEL)
+    config = _config("gqa2")
+    weights = llama2c.random_weights(config, seed=3, scale=3.0)
+    directory = hf.write_hf_checkpoint(tmp_path / "hf", config, weights, tokenizer_model=TOK512_MODEL)
+    model = _export(tmp_path, directory)
+    prompt = model.tokenize("Once upon a time")
+    generated = list(model.generate_tokens(prompt, 30, temperature=0.0, ignore_eos=True))
+    # Greedy by the reference: each token is the argmax of the reference's logits before it.
+    logits = hf_forward(*_hf(directory)[:2], prompt + generated[:-1])
+    assert generated == logits[len(prompt) - 1 :].argmax(axis=1).tolist()
+    assert model.detokenize(prompt) == "Once upon a time"
+
+
+GPTQ_CASES = [
+    # tool, format, bits, group, desc_act, sym, shape
+    ("autogptq", "gptq", 4, 32, False, True, "gqa2"),
+    ("autogptq", "gptq", 4, 64, True, False, "gqa2"),
+    ("autogptq", "gptq", 8, 32, False, False, "odd-out-60"),
+    ("gptqmodel", "gptq", 4, 32, True, True, "odd-out-60"),
+    ("gptqmodel", "gptq_v2", 4, -1, False, False, "gqa4-hs12"),
+    ("gptqmodel", "gptq_v2", 4, 128, True, False, "mha-hs24"),
+    ("gptqmodel", "gptq", 8, 64, True, True, "gqa2"),
+    ("gptqmodel", "gptq_v2", 4, 32, False, False, "odd-out-60"),
+]
+
+
+@pytest.mark.parametrize("tool, fmt, bits, group, desc_act, sym, shape", GPTQ_CASES)
+def test_gptq_checkpoint_matches_exact_dequantized_reference(tmp_path, tool, fmt, bits, group, desc_act, sym, shape):
+    need(TOK512_MODEL)
+    config = _config(shape)
+    weights = llama2c.random_weights(config, seed=7)
+    directory = tmp_path / "gptq"
+    hf.write_gptq_checkpoint(directory, config, weights, bits=bits, group_size=group, desc_act=desc_act, sym=sym,
+                             tool=tool, checkpoint_format=fmt, tokenizer_model=TOK512_MODEL)
+    model = _export(tmp_path, directory)
+    quant = json.loads(model.metadata["quantization"])
+    assert quant["bits"] == bits and quant["desc_act"] == desc_act
+    tokens = _tokens(24, seed=1)
+    tensors, cfg, quant_cfg = _hf(directory)
+    expected = hf_forward(tensors, cfg, tokens, quant_cfg)  # dequantize exactly, then fp32 math
+    np.testing.assert_allclose(model.logits(tokens), expected, rtol=0, atol=1e-4)
+
+
+def test_gptq_checkpoint_cannot_be_requantized(tmp_path):
+    need(TOK512_MODEL)
+    config = _config("gqa2")
+    directory = tmp_path / "gptq"
+    hf.write_gptq_checkpoint(directory, config, llama2c.random_weights(config, seed=1), tokenizer_model=TOK512_MODEL)
+    with pytest.raises(llama2rs.ArgumentError, match="already quantized"):
+        export.export(export.load_source("hf", directory), tmp_path / "x", quantize="q8", progress=False)
+
+
+def test_hf_float_checkpoint_quantized_with_gptq(tmp_path):
+    """--hf DIR --quantize q4 --method gptq: the file carries 4-bit weights and stays close."""
+    need(TOK512_MODEL)
+    config = _config("gqa2")
+    weights = llama2c.random_weights(config, seed=5)
+    directory = hf.write_hf_checkpoint(tmp_path / "hf", config, weights, tokenizer_model=TOK512_MODEL)
+    calibration = " ".join(["the cat sat on the mat and looked at the dog"] * 40)
+    model = _export(tmp_path, directory, quantize="q4", method="gptq", group_size=32,
+                    calibration_text=calibration, calibration_windows=8, calibration_length=64)
+    assert json.loads(model.metadata["quantization"])["method"] == "gptq"
+    tokens = _tokens(30, seed=2)
+    exact = hf_forward(*_hf(directory)[:2], tokens)
+    diff = np.abs(model.logits(tokens) - exact)
+    assert 1e-4 < diff.mean() < 0.5 * np.abs(exact).mean()
