@@ -75,18 +75,29 @@ class Model:
             n_threads = _check_int("n_threads", n_threads, 1)
         self._core = _core.Model(os.fspath(model_path), n_threads)
         self.config = Config(**self._core.config)
-        self.tokenizer: Optional[Tokenizer] = None
-        embedded = self._core.tokenizer_bytes
+        self._tokenizer: Optional[Tokenizer] = None
+        # A tokenizer stored in the file is parsed on first use (~25 ms for 32000 tokens), so
+        # opening stays in milliseconds; a tokenizer file is checked against the model now.
+        self._embedded_tokenizer: Optional[bytes] = None
         if tokenizer_path is not None:
-            self.tokenizer = Tokenizer(tokenizer_path, vocab_size=self.config.vocab_size)
-        elif embedded:
-            self.tokenizer = Tokenizer.from_bytes(embedded, self.config.vocab_size, name=f"{model_path} (embedded)")
+            self._tokenizer = Tokenizer(tokenizer_path, vocab_size=self.config.vocab_size)
+        elif self._core.tokenizer_bytes:
+            self._embedded_tokenizer = self._core.tokenizer_bytes
         else:
             found = find_tokenizer(model_path)
             if found is not None:
-                self.tokenizer = Tokenizer(found, vocab_size=self.config.vocab_size)
+                self._tokenizer = Tokenizer(found, vocab_size=self.config.vocab_size)
 
     # -- facts -------------------------------------------------------------------------------
+
+    @property
+    def tokenizer(self) -> Optional[Tokenizer]:
+        """The model's tokenizer, or None when it has none."""
+        if self._tokenizer is None and self._embedded_tokenizer is not None:
+            name = f"{self.path} (embedded)"
+            self._tokenizer = Tokenizer.from_bytes(self._embedded_tokenizer, self.config.vocab_size, name=name)
+            self._embedded_tokenizer = None
+        return self._tokenizer
 
     @property
     def path(self) -> Path:
