@@ -48,9 +48,9 @@ impl Session {
                 seq_len: self.model.config().seq_len,
             });
         }
-        for &token in tokens {
-            self.model.forward(&mut self.state, token, self.pos)?;
-            self.pos += 1;
+        for batch in tokens.chunks(crate::model::PREFILL_BATCH) {
+            self.model.forward_batch(&mut self.state, batch, self.pos, false)?;
+            self.pos += batch.len();
         }
         Ok(())
     }
@@ -60,6 +60,7 @@ impl Session {
         if self.pos == 0 {
             return Err(Error::Argument("feed at least one token (e.g. BOS) before sampling".into()));
         }
-        Ok(self.sampler.sample(&mut self.state.logits) as u32)
+        let vocab_size = self.vocab_size();
+        Ok(self.sampler.sample(&mut self.state.logits[..vocab_size]) as u32)
     }
 }

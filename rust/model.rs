@@ -12,7 +12,7 @@ use rayon::prelude::*;
 
 use crate::config::Config;
 use crate::error::{Error, Result};
-use crate::kernels::{fast::Fast, matvec, Scratch};
+use crate::kernels::{matmul, Isa, KernelChoice, Scratch};
 use crate::l2rs;
 use crate::llama2c;
 use crate::tensor::{Matrix, Weights};
@@ -47,6 +47,7 @@ pub struct Model {
     path: PathBuf,
     file_size: usize,
     pool: rayon::ThreadPool,
+    kernels: KernelChoice,
     _map: Mmap,
 }
 
@@ -65,6 +66,15 @@ impl Model {
     /// operating system pages weights in when the forward pass first touches them.
     /// `n_threads = None` uses all available cores.
     pub fn open(path: impl AsRef<Path>, n_threads: Option<usize>) -> Result<Model> {
+        Self::open_with(path, n_threads, KernelChoice::new(Isa::detect()))
+    }
+
+    /// `open` with an explicit kernel choice (e.g. to force the scalar reference, or exact fp32
+    /// activations for 4-bit weights).
+    pub fn open_with(path: impl AsRef<Path>, n_threads: Option<usize>, kernels: KernelChoice) -> Result<Model> {
+        if !kernels.isa.supported() {
+            return Err(Error::Argument(format!("this CPU cannot run the {} kernels", kernels.isa.name())));
+        }
         let path = path.as_ref();
         let file = File::open(path).map_err(|e| Error::model_file(path, format!("cannot open: {e}")))?;
         // SAFETY: the map is read-only. If another process truncates the file while it is
@@ -92,6 +102,7 @@ impl Model {
             path: path.to_path_buf(),
             file_size: bytes.len(),
             pool,
+            kernels,
             _map: map,
         })
     }
@@ -126,6 +137,10 @@ impl Model {
         self.file_size
     }
 
+    pub fn kernels(&self) -> KernelChoice {
+        self.kernels
+    }
+
     pub fn n_threads(&self) -> usize {
         self.pool.current_num_threads()
     }
@@ -156,8 +171,8 @@ impl Model {
         }
         let mut state = State::new(&self.config);
         let mut out = Vec::with_capacity(tokens.len() * self.config.vocab_size);
-        for (pos, &token) in tokens.iter().enumerate() {
-            out.extend_from_slice(self.forward(&mut state, token, pos)?);
+        for (i, batch) in tokens.chunks(PREFILL_BATCH).enumerate() {
+            out.extend_from_slice(self.forward_batch(&mut state, batch, i * PREFILL_BATCH, true)?);
         }
         Ok(out)
     }
@@ -165,87 +180,146 @@ impl Model {
     /// Run one token at position `pos` and return the logits (`[vocab_size]`).
     /// The cache in `state` must hold positions `0..pos` of the same sequence.
     pub fn forward<'s>(&self, state: &'s mut State, token: u32, pos: usize) -> Result<&'s [f32]> {
-        self.check_tokens(&[token])?;
-        if pos >= self.config.seq_len {
-            return Err(Error::ContextLength { what: "position", needed: pos + 1, seq_len: self.config.seq_len });
+        self.forward_batch(state, &[token], pos, false)
+    }
+
+    /// Run `tokens` at positions `pos..pos + tokens.len()` as one batch: every weight matrix is
+    /// read once for the whole batch. Returns the logits of every token (`[n, vocab_size]`)
+    /// with `all_logits`, else of the last one (`[vocab_size]`).
+    pub fn forward_batch<'s>(
+        &self,
+        state: &'s mut State,
+        tokens: &[u32],
+        pos: usize,
+        all_logits: bool,
+    ) -> Result<&'s [f32]> {
+        self.check_tokens(tokens)?;
+        if tokens.is_empty() {
+            return Err(Error::Argument("forward_batch needs at least one token".into()));
+        }
+        if pos + tokens.len() > self.config.seq_len {
+            return Err(Error::ContextLength {
+                what: "position",
+                needed: pos + tokens.len(),
+                seq_len: self.config.seq_len,
+            });
         }
         if state.config != self.config {
             return Err(Error::Argument("state was made for a model of another shape".into()));
         }
-        self.pool.install(|| self.forward_in_pool(state, token as usize, pos));
-        Ok(&state.logits)
+        state.reserve(tokens.len(), all_logits);
+        self.pool.install(|| self.forward_in_pool(state, tokens, pos, all_logits));
+        let n_logits = if all_logits { tokens.len() } else { 1 };
+        Ok(&state.logits[..n_logits * self.config.vocab_size])
     }
 
-    fn forward_in_pool(&self, s: &mut State, token: usize, pos: usize) {
+    fn forward_in_pool(&self, s: &mut State, tokens: &[u32], pos0: usize, all_logits: bool) {
         let c = &self.config;
         let w = &self.weights;
-        let (dim, hs, kv_dim, kv_mul) = (c.dim, c.head_size(), c.kv_dim(), c.kv_mul());
-        let seq_len = c.seq_len;
+        let k = self.kernels;
+        let n = tokens.len();
+        let (dim, hidden, hs, kv_dim, kv_mul) = (c.dim, c.hidden_dim, c.head_size(), c.kv_dim(), c.kv_mul());
+        let (seq_len, eps) = (c.seq_len, c.norm_eps);
+        let x = &mut s.x[..n * dim];
+        let xb = &mut s.xb[..n * dim];
+        let xb2 = &mut s.xb2[..n * dim];
+        let q = &mut s.q[..n * dim];
+        let hb = &mut s.hb[..n * hidden];
+        let hb2 = &mut s.hb2[..n * hidden];
 
-        let eps = c.norm_eps;
-        w.token_embedding.row_into(token, &mut s.x);
+        for (t, &token) in tokens.iter().enumerate() {
+            w.token_embedding.row_into(token as usize, &mut x[t * dim..(t + 1) * dim]);
+        }
 
         for (l, layer) in w.layers.iter().enumerate() {
-            // Attention: x -> xb (normed) -> q, k, v.
-            rmsnorm(&mut s.xb, &s.x, &layer.rms_att, eps);
-            let cache_row = l * seq_len * kv_dim + pos * kv_dim;
-            matvec::<Fast>(&mut s.q, &layer.wq, &s.xb, &mut s.scratch);
-            matvec::<Fast>(&mut s.key_cache[cache_row..cache_row + kv_dim], &layer.wk, &s.xb, &mut s.scratch);
-            matvec::<Fast>(&mut s.value_cache[cache_row..cache_row + kv_dim], &layer.wv, &s.xb, &mut s.scratch);
-            rope(&mut s.q, &mut s.key_cache[cache_row..cache_row + kv_dim], pos, hs, c.rope_theta);
+            // Attention: x -> xb (normed) -> q, and k, v straight into the cache rows.
+            for t in 0..n {
+                rmsnorm(&mut xb[t * dim..(t + 1) * dim], &x[t * dim..(t + 1) * dim], &layer.rms_att, eps);
+            }
+            let layer_cache = l * seq_len * kv_dim;
+            let rows = layer_cache + pos0 * kv_dim..layer_cache + (pos0 + n) * kv_dim;
+            matmul(q, &layer.wq, xb, n, &mut s.scratch, k);
+            matmul(&mut s.key_cache[rows.clone()], &layer.wk, xb, n, &mut s.scratch, k);
+            matmul(&mut s.value_cache[rows.clone()], &layer.wv, xb, n, &mut s.scratch, k);
+            for t in 0..n {
+                let key = &mut s.key_cache[rows.start + t * kv_dim..rows.start + (t + 1) * kv_dim];
+                rope(&mut q[t * dim..(t + 1) * dim], key, pos0 + t, hs, c.rope_theta);
+            }
 
-            // Each head attends over positions 0..=pos of its layer's cache.
-            let layer_keys = &s.key_cache[l * seq_len * kv_dim..(l + 1) * seq_len * kv_dim];
-            let layer_values = &s.value_cache[l * seq_len * kv_dim..(l + 1) * seq_len * kv_dim];
-            let q = &s.q;
-            s.xb.par_chunks_mut(hs)
-                .zip(s.att.par_chunks_mut(seq_len))
-                .enumerate()
-                .for_each(|(h, (out, att))| {
-                    let q = &q[h * hs..(h + 1) * hs];
-                    let kv_offset = (h / kv_mul) * hs;
-                    let scale = (hs as f32).sqrt();
+            // Each head attends, token by token, over positions 0..=pos of its layer's cache
+            // (the causal mask); heads run in parallel and write disjoint slices of xb.
+            let layer_keys = &s.key_cache[layer_cache..layer_cache + seq_len * kv_dim];
+            let layer_values = &s.value_cache[layer_cache..layer_cache + seq_len * kv_dim];
+            let q = &*q;
+            let out = SyncPtr(xb.as_mut_ptr());
+            s.att.par_chunks_mut(seq_len).enumerate().for_each(|(h, att)| {
+                let out = out;
+                let kv_offset = (h / kv_mul) * hs;
+                let scale = (hs as f32).sqrt();
+                for t in 0..n {
+                    let pos = pos0 + t;
+                    let q = &q[t * dim + h * hs..t * dim + (h + 1) * hs];
                     let att = &mut att[..=pos];
-                    for (t, a) in att.iter_mut().enumerate() {
-                        let k = &layer_keys[t * kv_dim + kv_offset..t * kv_dim + kv_offset + hs];
+                    for (p, a) in att.iter_mut().enumerate() {
+                        let key = &layer_keys[p * kv_dim + kv_offset..p * kv_dim + kv_offset + hs];
                         let mut score = 0.0f32;
                         for i in 0..hs {
-                            score += q[i] * k[i];
+                            score += q[i] * key[i];
                         }
                         *a = score / scale;
                     }
                     softmax(att);
-                    out.fill(0.0);
-                    for (t, &a) in att.iter().enumerate() {
-                        let v = &layer_values[t * kv_dim + kv_offset..t * kv_dim + kv_offset + hs];
+                    // SAFETY: head h of token t owns xb[t, h*hs..(h+1)*hs]; no other task writes it.
+                    let o = unsafe { std::slice::from_raw_parts_mut(out.0.add(t * dim + h * hs), hs) };
+                    o.fill(0.0);
+                    for (p, &a) in att.iter().enumerate() {
+                        let v = &layer_values[p * kv_dim + kv_offset..p * kv_dim + kv_offset + hs];
                         for i in 0..hs {
-                            out[i] += a * v[i];
+                            o[i] += a * v[i];
                         }
                     }
-                });
-            matvec::<Fast>(&mut s.xb2, &layer.wo, &s.xb, &mut s.scratch);
-            for i in 0..dim {
-                s.x[i] += s.xb2[i];
+                }
+            });
+            matmul(xb2, &layer.wo, xb, n, &mut s.scratch, k);
+            for (xi, &d) in x.iter_mut().zip(xb2.iter()) {
+                *xi += d;
             }
 
             // Feed-forward: w2(silu(w1 x) * w3 x).
-            rmsnorm(&mut s.xb, &s.x, &layer.rms_ffn, eps);
-            matvec::<Fast>(&mut s.hb, &layer.w1, &s.xb, &mut s.scratch);
-            matvec::<Fast>(&mut s.hb2, &layer.w3, &s.xb, &mut s.scratch);
-            for (h, &h2) in s.hb.iter_mut().zip(&s.hb2) {
+            for t in 0..n {
+                rmsnorm(&mut xb[t * dim..(t + 1) * dim], &x[t * dim..(t + 1) * dim], &layer.rms_ffn, eps);
+            }
+            matmul(hb, &layer.w1, xb, n, &mut s.scratch, k);
+            matmul(hb2, &layer.w3, xb, n, &mut s.scratch, k);
+            for (h, &h2) in hb.iter_mut().zip(hb2.iter()) {
                 let silu = *h * (1.0 / (1.0 + (-*h).exp()));
                 *h = silu * h2;
             }
-            matvec::<Fast>(&mut s.xb, &layer.w2, &s.hb, &mut s.scratch);
-            for i in 0..dim {
-                s.x[i] += s.xb[i];
+            matmul(xb, &layer.w2, hb, n, &mut s.scratch, k);
+            for (xi, &d) in x.iter_mut().zip(xb.iter()) {
+                *xi += d;
             }
         }
 
-        rmsnorm_in_place(&mut s.x, &w.rms_final, eps);
-        matvec::<Fast>(&mut s.logits, w.classifier(), &s.x, &mut s.scratch);
+        // In place, as run.c does; only the rows whose logits are wanted.
+        let first = if all_logits { 0 } else { n - 1 };
+        for t in first..n {
+            rmsnorm_in_place(&mut x[t * dim..(t + 1) * dim], &w.rms_final, eps);
+        }
+        let m = n - first;
+        matmul(&mut s.logits[..m * c.vocab_size], w.classifier(), &x[first * dim..], m, &mut s.scratch, k);
     }
 }
+
+/// Prompts and `logits()` run in batches of this many tokens: large enough that each weight
+/// is read once for many tokens, small enough that the batch's activations stay in cache.
+pub const PREFILL_BATCH: usize = 64;
+
+/// A raw pointer the attention heads write through at disjoint offsets.
+#[derive(Clone, Copy)]
+struct SyncPtr(*mut f32);
+unsafe impl Send for SyncPtr {}
+unsafe impl Sync for SyncPtr {}
 
 fn build_pool(n_threads: Option<usize>) -> Result<rayon::ThreadPool> {
     let n = match n_threads {
@@ -321,21 +395,22 @@ fn rope(q: &mut [f32], k: &mut [f32], pos: usize, head_size: usize, theta: f32) 
 }
 
 /// Everything one sequence needs while it runs: activations and the KV cache.
-/// Allocated once; a forward pass allocates nothing.
+/// Batch buffers grow to the largest batch seen and are then reused: decoding one token at a
+/// time allocates nothing.
 #[derive(Debug, Clone)]
 pub struct State {
     config: Config,
-    pub x: Vec<f32>,           // [dim] residual stream
-    pub xb: Vec<f32>,          // [dim] normed input / attention output / ffn output
-    pub xb2: Vec<f32>,         // [dim] attention projection
-    pub hb: Vec<f32>,          // [hidden_dim]
-    pub hb2: Vec<f32>,         // [hidden_dim]
-    pub q: Vec<f32>,           // [dim]
+    pub x: Vec<f32>,           // [batch, dim] residual stream
+    pub xb: Vec<f32>,          // [batch, dim] normed input / attention output / ffn output
+    pub xb2: Vec<f32>,         // [batch, dim] attention projection
+    pub hb: Vec<f32>,          // [batch, hidden_dim]
+    pub hb2: Vec<f32>,         // [batch, hidden_dim]
+    pub q: Vec<f32>,           // [batch, dim]
     pub att: Vec<f32>,         // [n_heads, seq_len] attention scores
-    pub logits: Vec<f32>,      // [vocab_size]
+    pub logits: Vec<f32>,      // [batch or 1, vocab_size]
     pub key_cache: Vec<f32>,   // [n_layers, seq_len, kv_dim]
     pub value_cache: Vec<f32>, // [n_layers, seq_len, kv_dim]
-    scratch: Scratch,          // matvec's working memory
+    scratch: Scratch,          // matmul's working memory
 }
 
 impl State {
@@ -344,20 +419,39 @@ impl State {
         // Zeroed allocations of this size come from fresh pages: a long context costs memory
         // only as far as it is used.
         let cache = c.n_layers * c.seq_len * c.kv_dim();
-        State {
+        let mut state = State {
             config: *c,
-            x: vec![0.0; c.dim],
-            xb: vec![0.0; c.dim],
-            xb2: vec![0.0; c.dim],
-            hb: vec![0.0; c.hidden_dim],
-            hb2: vec![0.0; c.hidden_dim],
-            q: vec![0.0; c.dim],
+            x: Vec::new(),
+            xb: Vec::new(),
+            xb2: Vec::new(),
+            hb: Vec::new(),
+            hb2: Vec::new(),
+            q: Vec::new(),
             att: vec![0.0; c.n_heads * c.seq_len],
-            logits: vec![0.0; c.vocab_size],
+            logits: Vec::new(),
             key_cache: vec![0.0; cache],
             value_cache: vec![0.0; cache],
             scratch: Scratch::default(),
-        }
+        };
+        state.reserve(1, true);
+        state
+    }
+
+    /// Make the batch buffers hold `n` tokens (and `n` rows of logits if `all_logits`).
+    fn reserve(&mut self, n: usize, all_logits: bool) {
+        let c = self.config;
+        let grow = |v: &mut Vec<f32>, len: usize| {
+            if v.len() < len {
+                v.resize(len, 0.0);
+            }
+        };
+        grow(&mut self.x, n * c.dim);
+        grow(&mut self.xb, n * c.dim);
+        grow(&mut self.xb2, n * c.dim);
+        grow(&mut self.q, n * c.dim);
+        grow(&mut self.hb, n * c.hidden_dim);
+        grow(&mut self.hb2, n * c.hidden_dim);
+        grow(&mut self.logits, if all_logits { n } else { 1 } * c.vocab_size);
     }
 }
 

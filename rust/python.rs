@@ -11,6 +11,7 @@ use pyo3::types::{PyBytes, PyDict, PyType};
 
 use crate::error::Error;
 use crate::generate::Session;
+use crate::kernels::{Isa, KernelChoice};
 use crate::llama2c::Format;
 use crate::model::{FileFormat, Model};
 use crate::sampler::SamplerConfig;
@@ -65,8 +66,8 @@ struct PyModel {
 #[pymethods]
 impl PyModel {
     #[new]
-    #[pyo3(signature = (path, n_threads = None))]
-    fn new(py: Python<'_>, path: PathBuf, n_threads: Option<i64>) -> PyResult<Self> {
+    #[pyo3(signature = (path, n_threads = None, kernels = None, exact = false))]
+    fn new(py: Python<'_>, path: PathBuf, n_threads: Option<i64>, kernels: Option<String>, exact: bool) -> PyResult<Self> {
         let n_threads = match n_threads {
             Some(n) if n < 1 => {
                 return Err(to_pyerr(Error::Argument(format!("n_threads must be at least 1, got {n}"))))
@@ -74,8 +75,29 @@ impl PyModel {
             Some(n) => Some(n as usize),
             None => None,
         };
-        let model = py.detach(|| Model::open(&path, n_threads)).map_err(to_pyerr)?;
+        let isa = match kernels.as_deref() {
+            None | Some("auto") => Isa::detect(),
+            Some(name) => Isa::from_name(name).ok_or_else(|| {
+                to_pyerr(Error::Argument(format!(
+                    "kernels must be one of auto, scalar, portable, avx2, avx512; got {name:?}"
+                )))
+            })?,
+        };
+        let choice = KernelChoice { isa, int8_activations: !exact };
+        let model = py.detach(|| Model::open_with(&path, n_threads, choice)).map_err(to_pyerr)?;
         Ok(PyModel { inner: Arc::new(model) })
+    }
+
+    /// The kernel implementation in use (`scalar`, `portable`, `avx2`, `avx512`).
+    #[getter]
+    fn kernels(&self) -> &'static str {
+        self.inner.kernels().isa.name()
+    }
+
+    /// True when 4-bit weights multiply fp32 activations (the exact path).
+    #[getter]
+    fn exact(&self) -> bool {
+        !self.inner.kernels().int8_activations
     }
 
     /// The shape as a dict of ints.
@@ -200,8 +222,15 @@ impl PySession {
     }
 }
 
+/// The kernel implementations this CPU can run, slowest first.
+#[pyfunction]
+fn available_kernels() -> Vec<&'static str> {
+    Isa::available().into_iter().map(Isa::name).collect()
+}
+
 #[pymodule]
 fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_function(wrap_pyfunction!(available_kernels, m)?)?;
     m.add_class::<PyModel>()?;
     m.add_class::<PySession>()?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;

@@ -32,9 +32,10 @@ def _tokens(n=20, seed=0):
     return [1] + rng.integers(3, 512, size=n - 1).tolist()
 
 
-def _export(tmp_path, directory, **kwargs):
+def _export(tmp_path, directory, exact=False, **kwargs):
     source = export.load_source("hf", directory)
-    return llama2rs.Model(export.export(source, tmp_path / "out.l2rs.safetensors", progress=False, **kwargs))
+    out = export.export(source, tmp_path / "out.l2rs.safetensors", progress=False, **kwargs)
+    return llama2rs.Model(out, exact=exact)
 
 
 def _hf(directory):
@@ -99,13 +100,15 @@ def test_gptq_checkpoint_matches_exact_dequantized_reference(tmp_path, tool, fmt
     directory = tmp_path / "gptq"
     hf.write_gptq_checkpoint(directory, config, weights, bits=bits, group_size=group, desc_act=desc_act, sym=sym,
                              tool=tool, checkpoint_format=fmt, tokenizer_model=TOK512_MODEL)
-    model = _export(tmp_path, directory)
+    model = _export(tmp_path, directory, exact=True)
     quant = json.loads(model.metadata["quantization"])
     assert quant["bits"] == bits and quant["desc_act"] == desc_act
     tokens = _tokens(24, seed=1)
     tensors, cfg, quant_cfg = _hf(directory)
     expected = hf_forward(tensors, cfg, tokens, quant_cfg)  # dequantize exactly, then fp32 math
     np.testing.assert_allclose(model.logits(tokens), expected, rtol=0, atol=1e-4)
+    fast = llama2rs.Model(model.path).logits(tokens)  # default kernels: int8 activations for 4-bit
+    assert np.linalg.norm(fast - expected) < 1e-3 * np.linalg.norm(expected)
 
 
 def test_gptq_checkpoint_cannot_be_requantized(tmp_path):

@@ -16,7 +16,7 @@ from .errors import (
     ModelFileError,
     TokenizerError,
 )
-from .model import Model, find_tokenizer
+from .model import Model, available_kernels, find_tokenizer
 from .tokenizer import Tokenizer
 
 __all__ = [
@@ -25,6 +25,7 @@ __all__ = [
     "Tokenizer",
     "Config",
     "find_tokenizer",
+    "available_kernels",
     "Llama2rsError",
     "ModelFileError",
     "ConfigError",

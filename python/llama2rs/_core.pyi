@@ -7,13 +7,24 @@ from typing import Optional, Sequence, Union, final
 import numpy as np
 import numpy.typing as npt
 
-__all__ = ["Model", "Session", "__version__"]
+__all__ = ["Model", "Session", "__version__", "available_kernels"]
 
 __version__: str
 
+def available_kernels() -> list[str]: ...
 @final
 class Model:
-    def __new__(cls, path: Union[str, PathLike[str]], n_threads: Optional[int] = None) -> Model: ...
+    def __new__(
+        cls,
+        path: Union[str, PathLike[str]],
+        n_threads: Optional[int] = None,
+        kernels: Optional[str] = None,
+        exact: bool = False,
+    ) -> Model: ...
+    @property
+    def kernels(self) -> str: ...
+    @property
+    def exact(self) -> bool: ...
     @property
     def config(self) -> dict[str, Union[int, float]]: ...
     @property

@@ -14,7 +14,12 @@ from .config import Config
 from .errors import ArgumentError, ContextLengthError, TokenizerError
 from .tokenizer import Tokenizer
 
-__all__ = ["Model", "find_tokenizer"]
+__all__ = ["Model", "find_tokenizer", "available_kernels"]
+
+
+def available_kernels() -> list[str]:
+    """The kernel implementations this CPU can run, slowest first (``scalar`` ... ``avx512``)."""
+    return _core.available_kernels()
 
 PathLike = Union[str, "os.PathLike[str]"]
 
@@ -63,6 +68,10 @@ class Model:
     ``tokenizer_path`` defaults to the tokenizer stored in a llama2rs file, else the one found
     beside the model (see :func:`find_tokenizer`); without one, only the token-id methods work.
     ``n_threads`` defaults to the number of available cores.
+    ``kernels`` picks the implementation (``"auto"``: the fastest this CPU runs, chosen at run
+    time; or ``"avx512"``, ``"avx2"``, ``"portable"``, ``"scalar"`` from
+    :func:`available_kernels`). 4-bit weights multiply int8-quantized activations (blocks of
+    32) unless ``exact=True``, which keeps activations in fp32.
     """
 
     def __init__(
@@ -70,10 +79,12 @@ class Model:
         model_path: PathLike,
         tokenizer_path: Optional[PathLike] = None,
         n_threads: Optional[int] = None,
+        kernels: str = "auto",
+        exact: bool = False,
     ) -> None:
         if n_threads is not None:
             n_threads = _check_int("n_threads", n_threads, 1)
-        self._core = _core.Model(os.fspath(model_path), n_threads)
+        self._core = _core.Model(os.fspath(model_path), n_threads, kernels, bool(exact))
         self.config = Config(**self._core.config)
         self._tokenizer: Optional[Tokenizer] = None
         # A tokenizer stored in the file is parsed on first use (~25 ms for 32000 tokens), so
@@ -125,6 +136,15 @@ class Model:
     @property
     def n_threads(self) -> int:
         return self._core.n_threads
+
+    @property
+    def kernels(self) -> str:
+        """The kernel implementation in use: ``scalar``, ``portable``, ``avx2`` or ``avx512``."""
+        return self._core.kernels
+
+    @property
+    def exact(self) -> bool:
+        return self._core.exact
 
     @property
     def file_size(self) -> int:

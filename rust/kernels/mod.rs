@@ -5,8 +5,11 @@
 //! runs. Tests check that they agree on random shapes. Row-parallel drivers (`matvec`) split
 //! the output rows over the rayon pool the caller installed.
 
+pub mod act;
 pub mod fast;
 pub mod scalar;
+#[cfg(target_arch = "x86_64")]
+pub mod x86;
 
 use rayon::prelude::*;
 
@@ -76,81 +79,223 @@ impl QuantizedVec {
     }
 }
 
-/// Per-call working memory of `matvec`, reused across calls so decoding allocates nothing.
+/// Which implementation runs the kernels. Chosen once per model from the CPU's features
+/// (`Isa::detect`); every one of them is tested against `Scalar`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Isa {
+    /// The reference kernels (`scalar.rs`): plain loops.
+    Scalar,
+    /// Portable Rust (`fast.rs`), vectorized by the compiler for the baseline target.
+    Portable,
+    /// x86-64 AVX2 + FMA (`x86.rs`).
+    Avx2,
+    /// x86-64 AVX-512 with VNNI (`x86.rs`).
+    Avx512,
+}
+
+impl Isa {
+    pub fn name(self) -> &'static str {
+        match self {
+            Isa::Scalar => "scalar",
+            Isa::Portable => "portable",
+            Isa::Avx2 => "avx2",
+            Isa::Avx512 => "avx512",
+        }
+    }
+
+    pub fn from_name(name: &str) -> Option<Isa> {
+        [Isa::Scalar, Isa::Portable, Isa::Avx2, Isa::Avx512].into_iter().find(|i| i.name() == name)
+    }
+
+    /// Can this CPU run it?
+    pub fn supported(self) -> bool {
+        match self {
+            Isa::Scalar | Isa::Portable => true,
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx2 => is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma"),
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx512 => {
+                is_x86_feature_detected!("avx512f")
+                    && is_x86_feature_detected!("avx512bw")
+                    && is_x86_feature_detected!("avx512vnni")
+            }
+            #[cfg(not(target_arch = "x86_64"))]
+            _ => false,
+        }
+    }
+
+    /// The fastest implementation this CPU supports.
+    pub fn detect() -> Isa {
+        [Isa::Avx512, Isa::Avx2].into_iter().find(|i| i.supported()).unwrap_or(Isa::Portable)
+    }
+
+    /// Every implementation this CPU supports, slowest first.
+    pub fn available() -> Vec<Isa> {
+        [Isa::Scalar, Isa::Portable, Isa::Avx2, Isa::Avx512].into_iter().filter(|i| i.supported()).collect()
+    }
+}
+
+/// How a model's matrices are multiplied.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct KernelChoice {
+    pub isa: Isa,
+    /// 4-bit weights: quantize the activation to int8 (blocks of 32) and use integer dot
+    /// products (fast). `false` keeps it fp32 (the exact path).
+    pub int8_activations: bool,
+}
+
+impl KernelChoice {
+    pub fn new(isa: Isa) -> KernelChoice {
+        KernelChoice { isa, int8_activations: true }
+    }
+}
+
+/// Per-call working memory of `matmul`, reused across calls so decoding allocates nothing.
 #[derive(Debug, Default, Clone)]
 pub struct Scratch {
-    q8: QuantizedVec,      // [cols] the input quantized, for Q8_0 weights
-    permuted: Vec<f32>,    // [cols] the input in stored column order, for act-order weights
-    group_sums: Vec<f32>,  // [n_groups] input sums per group, for affine weights
+    q8: Vec<QuantizedVec>,         // [n_tokens] inputs quantized for Q8_0 weights
+    int8: Vec<act::Int8Activation>, // [n_tokens] inputs quantized for 4-bit weights
+    permuted: Vec<f32>,            // [n_tokens, cols] inputs in stored column order (act-order)
+    group_sums: Vec<Vec<f32>>,     // [n_tokens][n_groups] input sums per group (affine weights)
 }
 
 /// Output rows per rayon task: enough work per task (~16K multiply-adds) that scheduling
 /// does not dominate on small models.
-fn rows_per_task(cols: usize) -> usize {
-    (16 * 1024 / cols.max(1)).max(1)
+fn rows_per_task(cols: usize, n_tokens: usize) -> usize {
+    (16 * 1024 / (cols * n_tokens).max(1)).max(1)
 }
 
-/// `out[r] = dot(w[r, :], x)` for every row, rows in parallel on the current rayon pool.
-pub fn matvec<K: Kernels>(out: &mut [f32], w: &Matrix, x: &[f32], scratch: &mut Scratch) {
+/// A raw output pointer that row tasks write through at disjoint indices.
+#[derive(Clone, Copy)]
+struct OutPtr(*mut f32);
+unsafe impl Send for OutPtr {}
+unsafe impl Sync for OutPtr {}
+
+/// `out[t, r] = dot(w[r, :], x[t, :])` for `n_tokens` inputs at once (`out` is
+/// `[n_tokens, rows]`, `x` is `[n_tokens, cols]`). Rows run in parallel on the current rayon
+/// pool; each row is read from memory once and applied to every token while it is in cache.
+pub fn matmul(out: &mut [f32], w: &Matrix, x: &[f32], n_tokens: usize, scratch: &mut Scratch, k: KernelChoice) {
     let (rows, cols) = (w.rows, w.cols);
-    assert_eq!(out.len(), rows, "matvec: output length");
-    assert_eq!(x.len(), cols, "matvec: input length");
-    let min_len = rows_per_task(cols);
+    assert_eq!(out.len(), rows * n_tokens, "matmul: output length");
+    assert_eq!(x.len(), cols * n_tokens, "matmul: input length");
+    let min_len = rows_per_task(cols, n_tokens);
+    let dst = OutPtr(out.as_mut_ptr());
+    // SAFETY (all writes below): each (t, r) is written by exactly one task, inside `out`.
+    let for_rows = |f: &(dyn Fn(usize, usize) -> f32 + Sync)| {
+        (0..rows).into_par_iter().with_min_len(min_len).for_each(|r| {
+            let dst = dst;
+            for t in 0..n_tokens {
+                unsafe { *dst.0.add(t * rows + r) = f(r, t) };
+            }
+        });
+    };
+    let token = |t: usize| &x[t * cols..(t + 1) * cols];
     match &w.data {
-        MatrixData::F32(w) => {
-            out.par_iter_mut().enumerate().with_min_len(min_len).for_each(|(r, o)| {
-                *o = K::dot_f32(&w[r * cols..(r + 1) * cols], x);
-            });
+        MatrixData::F32(wd) => {
+            let row = |r: usize| &wd[r * cols..(r + 1) * cols];
+            match k.isa {
+                Isa::Scalar => for_rows(&|r, t| scalar::Scalar::dot_f32(row(r), token(t))),
+                Isa::Portable => for_rows(&|r, t| fast::Fast::dot_f32(row(r), token(t))),
+                #[cfg(target_arch = "x86_64")]
+                Isa::Avx2 => for_rows(&|r, t| unsafe { x86::dot_f32_avx2(row(r), token(t)) }),
+                #[cfg(target_arch = "x86_64")]
+                Isa::Avx512 => for_rows(&|r, t| unsafe { x86::dot_f32_avx512(row(r), token(t)) }),
+                #[cfg(not(target_arch = "x86_64"))]
+                _ => for_rows(&|r, t| fast::Fast::dot_f32(row(r), token(t))),
+            }
         }
-        MatrixData::Q8(w) => {
-            let gs = w.group_size;
-            scratch.q8.quantize(x, gs);
+        MatrixData::Q8(q) => {
+            let gs = q.group_size;
+            scratch.q8.resize_with(n_tokens, QuantizedVec::default);
+            for t in 0..n_tokens {
+                scratch.q8[t].quantize(token(t), gs);
+            }
             let xq = &scratch.q8;
             let groups = cols / gs;
-            out.par_iter_mut().enumerate().with_min_len(min_len).for_each(|(r, o)| {
-                *o = K::dot_q8(
-                    &w.values[r * cols..(r + 1) * cols],
-                    &w.scales[r * groups..(r + 1) * groups],
-                    &xq.values,
-                    &xq.scales,
-                    gs,
+            let dot = |r: usize, t: usize, reference: bool| {
+                let args = (
+                    &q.values[r * cols..(r + 1) * cols],
+                    &q.scales[r * groups..(r + 1) * groups],
+                    &xq[t].values[..],
+                    &xq[t].scales[..],
                 );
-            });
+                if reference {
+                    scalar::Scalar::dot_q8(args.0, args.1, args.2, args.3, gs)
+                } else {
+                    fast::Fast::dot_q8(args.0, args.1, args.2, args.3, gs)
+                }
+            };
+            // The integer sums are exact and the float part runs in group order either way.
+            for_rows(&|r, t| dot(r, t, k.isa == Isa::Scalar));
         }
         MatrixData::Affine(a) => {
             let x = match &a.perm {
                 None => x,
                 Some(perm) => {
                     scratch.permuted.clear();
-                    scratch.permuted.extend(perm.iter().map(|&p| x[p as usize]));
-                    &scratch.permuted
+                    for t in 0..n_tokens {
+                        let xt = token(t);
+                        scratch.permuted.extend(perm.iter().map(|&p| xt[p as usize]));
+                    }
+                    &scratch.permuted[..]
                 }
             };
-            scratch.group_sums.clear();
-            scratch.group_sums.extend(x.chunks(a.group_size).map(|g| g.iter().sum::<f32>()));
-            let sums = &scratch.group_sums;
+            let token = |t: usize| &x[t * cols..(t + 1) * cols];
             let groups = a.n_groups(cols);
             let row_bytes = AffineData::row_bytes(a.bits, cols);
-            out.par_iter_mut().enumerate().with_min_len(min_len).for_each(|(r, o)| {
-                let row = AffineRow {
-                    bits: a.bits,
-                    values: &a.values[r * row_bytes..(r + 1) * row_bytes],
-                    scales: &a.scales[r * groups..(r + 1) * groups],
-                    zeros: &a.zeros[r * groups..(r + 1) * groups],
-                    group_size: a.group_size,
-                    cols,
-                };
-                *o = K::dot_affine(row, x, sums);
-            });
+            let row = |r: usize| AffineRow {
+                bits: a.bits,
+                values: &a.values[r * row_bytes..(r + 1) * row_bytes],
+                scales: &a.scales[r * groups..(r + 1) * groups],
+                zeros: &a.zeros[r * groups..(r + 1) * groups],
+                group_size: a.group_size,
+                cols,
+            };
+            scratch.group_sums.resize_with(n_tokens, Vec::new);
+            let int8 = k.int8_activations
+                && a.bits == 4
+                && k.isa != Isa::Portable
+                && act::lanes_fit_groups(a.group_size, cols);
+            if int8 {
+                scratch.int8.resize_with(n_tokens, Default::default);
+                for t in 0..n_tokens {
+                    scratch.int8[t].quantize(token(t));
+                    scratch.int8[t].group_sums(a.group_size, &mut scratch.group_sums[t]);
+                }
+                let (acts, sums) = (&scratch.int8, &scratch.group_sums);
+                match k.isa {
+                    #[cfg(target_arch = "x86_64")]
+                    Isa::Avx512 => for_rows(&|r, t| unsafe { x86::dot_q4_i8_avx512(row(r), &acts[t], &sums[t]) }),
+                    #[cfg(target_arch = "x86_64")]
+                    Isa::Avx2 => for_rows(&|r, t| unsafe { x86::dot_q4_i8_avx2(row(r), &acts[t], &sums[t]) }),
+                    _ => for_rows(&|r, t| scalar::dot_q4_i8(row(r), &acts[t])),
+                }
+            } else {
+                for t in 0..n_tokens {
+                    let sums = &mut scratch.group_sums[t];
+                    sums.clear();
+                    sums.extend(token(t).chunks(a.group_size).map(|g| g.iter().sum::<f32>()));
+                }
+                let sums = &scratch.group_sums;
+                if k.isa == Isa::Scalar {
+                    for_rows(&|r, t| scalar::Scalar::dot_affine(row(r), token(t), &sums[t]));
+                } else {
+                    for_rows(&|r, t| fast::Fast::dot_affine(row(r), token(t), &sums[t]));
+                }
+            }
         }
     }
 }
 
+/// `matmul` for one input vector.
+pub fn matvec(out: &mut [f32], w: &Matrix, x: &[f32], scratch: &mut Scratch, k: KernelChoice) {
+    matmul(out, w, x, 1, scratch, k);
+}
+
 #[cfg(test)]
 mod tests {
-    use super::fast::Fast;
-    use super::scalar::Scalar;
     use super::*;
+    use crate::tensor::Q8Data;
 
     /// Small deterministic generator (xorshift) so tests need no extra crates.
     struct Rng(u64);
@@ -161,36 +306,65 @@ mod tests {
             self.0 ^= self.0 << 17;
             ((self.0 >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
         }
+        fn unit(&mut self) -> f32 {
+            (self.next_f32() + 1.0) / 2.0
+        }
         fn vec(&mut self, n: usize) -> Vec<f32> {
             (0..n).map(|_| self.next_f32()).collect()
         }
     }
 
-    const SHAPES: &[(usize, usize)] =
-        &[(1, 1), (3, 7), (5, 8), (17, 31), (9, 33), (64, 64), (172, 64), (64, 172), (13, 129), (7, 300)];
+    const SHAPES: &[(usize, usize)] = &[
+        (1, 1), (3, 7), (5, 8), (17, 31), (9, 33), (64, 64), (172, 64), (64, 172), (13, 129), (7, 300),
+        (33, 256), (5, 1000),
+    ];
+
+    fn choices() -> Vec<KernelChoice> {
+        Isa::available().into_iter().map(KernelChoice::new).collect()
+    }
+
+    fn run(w: &Matrix, x: &[f32], n_tokens: usize, k: KernelChoice) -> Vec<f32> {
+        let mut out = vec![0.0; w.rows * n_tokens];
+        matmul(&mut out, w, x, n_tokens, &mut Scratch::default(), k);
+        out
+    }
+
+    fn assert_close(a: &[f32], b: &[f32], tol: f64, what: &str) {
+        for (i, (&x, &y)) in a.iter().zip(b).enumerate() {
+            let scale = 1.0 + (y as f64).abs();
+            assert!(((x - y) as f64).abs() <= tol * scale, "{what} [{i}]: {x} vs {y}");
+        }
+    }
 
     #[test]
-    fn fast_f32_dot_matches_scalar() {
+    fn every_isa_runs_here_and_detect_picks_a_supported_one() {
+        assert!(Isa::detect().supported());
+        assert!(Isa::available().contains(&Isa::Scalar) && Isa::available().contains(&Isa::Portable));
+        assert_eq!(Isa::from_name("avx2"), Some(Isa::Avx2));
+    }
+
+    #[test]
+    fn f32_kernels_match_scalar_and_float64() {
         let mut rng = Rng(0x1234_5678);
         for &(rows, cols) in SHAPES {
             let w = rng.vec(rows * cols);
-            let x = rng.vec(cols);
+            let x = rng.vec(2 * cols);
             let m = Matrix { rows, cols, data: MatrixData::F32(w.clone().into()) };
-            let (mut fast, mut scalar) = (vec![0.0; rows], vec![0.0; rows]);
-            matvec::<Fast>(&mut fast, &m, &x, &mut Scratch::default());
-            matvec::<Scalar>(&mut scalar, &m, &x, &mut Scratch::default());
-            for r in 0..rows {
-                // Independent expectation: a float64 sum.
-                let exact: f64 = (0..cols).map(|c| w[r * cols + c] as f64 * x[c] as f64).sum();
+            let exact: Vec<f32> = (0..2)
+                .flat_map(|t| {
+                    let (w, x) = (&w, &x);
+                    (0..rows).map(move |r| (0..cols).map(|c| w[r * cols + c] as f64 * x[t * cols + c] as f64).sum::<f64>() as f32)
+                })
+                .collect();
+            for k in choices() {
                 let tol = 1e-5 * (cols as f64).sqrt().max(1.0);
-                assert!((fast[r] as f64 - exact).abs() < tol, "fast {rows}x{cols} row {r}");
-                assert!((scalar[r] as f64 - exact).abs() < tol, "scalar {rows}x{cols} row {r}");
+                assert_close(&run(&m, &x, 2, k), &exact, tol, &format!("f32 {rows}x{cols} {:?}", k.isa));
             }
         }
     }
 
     #[test]
-    fn fast_q8_dot_equals_scalar_exactly() {
+    fn q8_kernels_equal_scalar_exactly() {
         let mut rng = Rng(0x9e37_79b9);
         for &(rows, cols) in SHAPES {
             for gs in [1usize, 2, 4, 8, 32, 64] {
@@ -206,26 +380,21 @@ mod tests {
                 let m = Matrix {
                     rows,
                     cols,
-                    data: MatrixData::Q8(crate::tensor::Q8Data {
-                        values: &wq.values,
-                        scales: wq.scales.clone().into(),
-                        group_size: gs,
-                    }),
+                    data: MatrixData::Q8(Q8Data { values: &wq.values, scales: wq.scales.clone().into(), group_size: gs }),
                 };
-                let (mut fast, mut scalar) = (vec![0.0; rows], vec![0.0; rows]);
-                matvec::<Fast>(&mut fast, &m, &x, &mut Scratch::default());
-                matvec::<Scalar>(&mut scalar, &m, &x, &mut Scratch::default());
-                assert_eq!(fast, scalar, "{rows}x{cols} gs {gs}");
+                let reference = run(&m, &x, 1, KernelChoice::new(Isa::Scalar));
+                for k in choices() {
+                    assert_eq!(run(&m, &x, 1, k), reference, "{rows}x{cols} gs {gs} {:?}", k.isa);
+                }
                 // Independent expectation: dequantize both and multiply in float64.
                 for r in 0..rows {
                     let exact: f64 = (0..cols)
                         .map(|c| {
                             let i = r * cols + c;
-                            (wq.values[i] as f64 * wq.scales[i / gs] as f64)
-                                * (xq.values[c] as f64 * xq.scales[c / gs] as f64)
+                            (wq.values[i] as f64 * wq.scales[i / gs] as f64) * (xq.values[c] as f64 * xq.scales[c / gs] as f64)
                         })
                         .sum();
-                    assert!((fast[r] as f64 - exact).abs() < 1e-4, "{rows}x{cols} gs {gs} row {r}");
+                    assert!((reference[r] as f64 - exact).abs() < 1e-4, "{rows}x{cols} gs {gs} row {r}");
                 }
             }
         }
@@ -248,8 +417,34 @@ mod tests {
         out
     }
 
+    struct Affine {
+        q: Vec<u8>,
+        packed: Vec<u8>,
+        zeros: Vec<u8>,
+        scales: Vec<f32>,
+        perm: Option<Vec<u32>>,
+    }
+
+    fn random_affine(rng: &mut Rng, rows: usize, cols: usize, bits: u32, gs: usize, act_order: bool) -> Affine {
+        let top = ((1u32 << bits) - 1) as f32;
+        let groups = cols.div_ceil(gs);
+        let q: Vec<u8> = (0..rows * cols).map(|_| (rng.unit() * top).round() as u8).collect();
+        let zeros: Vec<u8> = (0..rows * groups).map(|_| (rng.unit() * top).round() as u8).collect();
+        let scales: Vec<f32> = (0..rows * groups).map(|_| rng.unit() * 0.1 + 0.001).collect();
+        let perm = act_order.then(|| {
+            let mut p: Vec<u32> = (0..cols as u32).collect();
+            for i in (1..cols).rev() {
+                let j = ((rng.unit() * (i + 1) as f32) as usize).min(i);
+                p.swap(i, j);
+            }
+            p
+        });
+        let packed = pack(&q, rows, cols, bits);
+        Affine { q, packed, zeros, scales, perm }
+    }
+
     #[test]
-    fn fast_affine_matches_scalar_and_float64_dequantization() {
+    fn affine_kernels_match_float64_dequantization() {
         let mut rng = Rng(0xabcd_ef01);
         for &(rows, cols) in SHAPES {
             for bits in [4u32, 8] {
@@ -258,58 +453,88 @@ mod tests {
                         continue;
                     }
                     for act_order in [false, true] {
-                        let top = (1u32 << bits) - 1;
-                        let groups = cols.div_ceil(gs);
-                        let unit = |r: &mut Rng| (r.next_f32() + 1.0) / 2.0; // [0, 1)
-                        let q: Vec<u8> = (0..rows * cols).map(|_| (unit(&mut rng) * top as f32).round() as u8).collect();
-                        let zeros: Vec<u8> = (0..rows * groups).map(|_| (unit(&mut rng) * top as f32).round() as u8).collect();
-                        let scales: Vec<f32> = (0..rows * groups).map(|_| unit(&mut rng) * 0.1 + 0.001).collect();
-                        // A deterministic shuffle of the columns for act-order.
-                        let perm: Vec<u32> = if act_order {
-                            let mut p: Vec<u32> = (0..cols as u32).collect();
-                            for i in (1..cols).rev() {
-                                let j = ((unit(&mut rng) * (i + 1) as f32) as usize).min(i);
-                                p.swap(i, j);
-                            }
-                            p
-                        } else {
-                            Vec::new()
-                        };
-                        let x = rng.vec(cols);
-                        let packed = pack(&q, rows, cols, bits);
+                        let a = random_affine(&mut rng, rows, cols, bits, gs, act_order);
+                        let n_tokens = 3;
+                        let x = rng.vec(n_tokens * cols);
                         let m = Matrix {
                             rows,
                             cols,
                             data: MatrixData::Affine(AffineData {
                                 bits,
-                                values: &packed,
-                                scales: scales.clone().into(),
-                                zeros: &zeros,
+                                values: &a.packed,
+                                scales: a.scales.clone().into(),
+                                zeros: &a.zeros,
                                 group_size: gs,
-                                perm: act_order.then(|| perm.clone().into()),
+                                perm: a.perm.clone().map(Into::into),
                             }),
                         };
-                        let (mut fast, mut scalar) = (vec![0.0; rows], vec![0.0; rows]);
-                        matvec::<Fast>(&mut fast, &m, &x, &mut Scratch::default());
-                        matvec::<Scalar>(&mut scalar, &m, &x, &mut Scratch::default());
-                        for r in 0..rows {
-                            let exact: f64 = (0..cols)
-                                .map(|c| {
-                                    let g = r * groups + c / gs;
-                                    let w = scales[g] as f64 * (q[r * cols + c] as f64 - zeros[g] as f64);
-                                    let feature = if act_order { perm[c] as usize } else { c };
-                                    w * x[feature] as f64
-                                })
-                                .sum();
-                            let tol = 1e-4 * (1.0 + exact.abs());
-                            let what = format!("{rows}x{cols} bits {bits} gs {gs} act_order {act_order} row {r}");
-                            assert!((fast[r] as f64 - exact).abs() < tol, "fast {what}: {} vs {exact}", fast[r]);
-                            assert!((scalar[r] as f64 - exact).abs() < tol, "scalar {what}: {} vs {exact}", scalar[r]);
+                        let groups = cols.div_ceil(gs);
+                        // w[r, feature] in float64, then w @ x per token.
+                        let exact = |int8: bool| -> Vec<f32> {
+                            let mut out = Vec::new();
+                            for t in 0..n_tokens {
+                                let xt = &x[t * cols..(t + 1) * cols];
+                                let stored: Vec<f32> = match &a.perm {
+                                    Some(p) => p.iter().map(|&i| xt[i as usize]).collect(),
+                                    None => xt.to_vec(),
+                                };
+                                let mut act = act::Int8Activation::default();
+                                act.quantize(&stored);
+                                for r in 0..rows {
+                                    let sum: f64 = (0..cols)
+                                        .map(|c| {
+                                            let g = r * groups + c / gs;
+                                            let w = a.scales[g] as f64 * (a.q[r * cols + c] as f64 - a.zeros[g] as f64);
+                                            w * if int8 { act.value(c) as f64 } else { stored[c] as f64 }
+                                        })
+                                        .sum();
+                                    out.push(sum as f32);
+                                }
+                            }
+                            // matmul's layout is [token, row]
+                            out
+                        };
+                        let exact_f32 = exact(false);
+                        let exact_int8 = exact(true);
+                        for k in choices() {
+                            let what = format!("{rows}x{cols} bits {bits} gs {gs} act_order {act_order} {:?}", k.isa);
+                            let fp = run(&m, &x, n_tokens, KernelChoice { isa: k.isa, int8_activations: false });
+                            assert_close(&fp, &exact_f32, 1e-4, &format!("f32 activations {what}"));
+                            let int8_used = bits == 4 && k.isa != Isa::Portable && act::lanes_fit_groups(gs, cols);
+                            let q = run(&m, &x, n_tokens, k);
+                            let expected = if int8_used { &exact_int8 } else { &exact_f32 };
+                            assert_close(&q, expected, 1e-4, &format!("int8 activations {what}"));
                         }
                     }
                 }
             }
         }
+    }
+
+    #[test]
+    fn int8_activations_stay_close_to_exact() {
+        // The int8 path trades a little accuracy for speed: measure how little on a wide layer.
+        let mut rng = Rng(77);
+        let (rows, cols, gs) = (64, 1024, 128);
+        let a = random_affine(&mut rng, rows, cols, 4, gs, false);
+        let m = Matrix {
+            rows,
+            cols,
+            data: MatrixData::Affine(AffineData {
+                bits: 4,
+                values: &a.packed,
+                scales: a.scales.clone().into(),
+                zeros: &a.zeros,
+                group_size: gs,
+                perm: None,
+            }),
+        };
+        let x = rng.vec(cols);
+        let exact = run(&m, &x, 1, KernelChoice { isa: Isa::Scalar, int8_activations: false });
+        let int8 = run(&m, &x, 1, KernelChoice::new(Isa::Scalar));
+        let norm: f64 = exact.iter().map(|v| (*v as f64).powi(2)).sum::<f64>().sqrt();
+        let err: f64 = exact.iter().zip(&int8).map(|(a, b)| ((a - b) as f64).powi(2)).sum::<f64>().sqrt();
+        assert!(err / norm < 2e-4, "relative error {}", err / norm);
     }
 
     #[test]

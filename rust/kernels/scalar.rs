@@ -1,5 +1,6 @@
 //! Reference kernels: plain loops, summing in the same order as llama2.c's run.c / runq.c.
 
+use super::act::Int8Activation;
 use super::{AffineRow, Kernels};
 
 pub struct Scalar;
@@ -36,4 +37,16 @@ impl Kernels for Scalar {
         }
         sum
     }
+}
+
+/// Reference for the integer 4-bit path: each weight dequantized, times the dequantized int8
+/// activation, summed in column order.
+pub fn dot_q4_i8(row: AffineRow, act: &Int8Activation) -> f32 {
+    let mut sum = 0.0f32;
+    for c in 0..row.cols {
+        let g = c / row.group_size;
+        let q = (row.values[c / 2] >> ((c % 2) * 4)) & 0x0f;
+        sum += row.scales[g] * (q as f32 - row.zeros[g] as f32) * act.value(c);
+    }
+    sum
 }

@@ -1,0 +1,137 @@
+//! Activations quantized to int8 for the integer 4-bit kernels: blocks of 32 values share one
+//! fp32 scale `d = max|x| / 127`, and the vector is zero-padded to a multiple of 128 so every
+//! SIMD step is whole.
+//!
+//! One int8 pass alone loses ~1% of a layer's output (the rounding error is up to d/2 on every
+//! value), more than the fp16/bf16 kernels of GPTQ tools. So the rounding error is quantized
+//! too: `x ~ d * (q + r / 254)` with `r = round(254 * (x/d - q))` in [-127, 127]. Two integer
+//! dot products per weight load give ~16-bit activations; decoding is bound by memory, not by
+//! these instructions.
+//!
+//! The 4-bit weights keep two columns per byte (even column in the low nibble), so a SIMD load
+//! of 64 weight bytes unpacks into the 64 even and the 64 odd columns of a 128-column chunk.
+//! `interleaved` stores the activation in that order (per chunk: 64 even-column values, then
+//! 64 odd-column values), so the integer dot products line up with no shuffles. A 32-bit lane
+//! of those products covers 8 consecutive columns, hence `lane_scales`: the block scale of
+//! each 8-column lane.
+
+/// Columns per SIMD chunk (64 weight bytes).
+pub const CHUNK: usize = 128;
+/// Values per activation scale.
+pub const BLOCK: usize = 32;
+/// The residual's unit is `d / RESIDUAL` (its range [-0.5, 0.5] * 254 fits int8).
+pub const RESIDUAL: f32 = 254.0;
+
+/// Reorder each 128-value chunk into its 64 even-position values, then its 64 odd ones.
+fn interleave(natural: &[i8], out: &mut Vec<i8>) {
+    out.clear();
+    out.resize(natural.len(), 0);
+    for (c, chunk) in natural.chunks_exact(CHUNK).enumerate() {
+        let out = &mut out[c * CHUNK..(c + 1) * CHUNK];
+        for j in 0..CHUNK / 2 {
+            out[j] = chunk[2 * j];
+            out[CHUNK / 2 + j] = chunk[2 * j + 1];
+        }
+    }
+}
+/// Columns per 32-bit lane of products (4 even + 4 odd).
+pub const LANE: usize = 8;
+
+#[derive(Debug, Default, Clone)]
+pub struct Int8Activation {
+    pub cols: usize,
+    pub padded: usize,
+    pub natural: Vec<i8>,      // [padded] natural column order
+    pub residual: Vec<i8>,     // [padded] the rounding error, in units of d / 254
+    pub interleaved: Vec<i8>,  // [padded] per chunk: even columns, then odd columns
+    pub residual_interleaved: Vec<i8>, // [padded] the same for `residual`
+    pub block_scales: Vec<f32>, // [padded / BLOCK]
+    pub lane_scales: Vec<f32>,  // [padded / LANE]
+}
+
+impl Int8Activation {
+    pub fn quantize(&mut self, x: &[f32]) {
+        let cols = x.len();
+        let padded = cols.div_ceil(CHUNK) * CHUNK;
+        self.cols = cols;
+        self.padded = padded;
+        self.natural.clear();
+        self.natural.resize(padded, 0);
+        self.residual.clear();
+        self.residual.resize(padded, 0);
+        self.block_scales.clear();
+        for (b, block) in x.chunks(BLOCK).enumerate() {
+            let max_abs = block.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+            let scale = max_abs / 127.0;
+            self.block_scales.push(scale);
+            if scale > 0.0 {
+                let inv = 1.0 / scale;
+                for (i, v) in block.iter().enumerate() {
+                    let scaled = v * inv;
+                    let q = scaled.round();
+                    self.natural[b * BLOCK + i] = q as i8;
+                    self.residual[b * BLOCK + i] = ((scaled - q) * RESIDUAL).round().clamp(-127.0, 127.0) as i8;
+                }
+            }
+        }
+        self.block_scales.resize(padded / BLOCK, 0.0);
+        interleave(&self.natural, &mut self.interleaved);
+        interleave(&self.residual, &mut self.residual_interleaved);
+        self.lane_scales.clear();
+        self.lane_scales.extend((0..padded / LANE).map(|l| self.block_scales[l * LANE / BLOCK]));
+    }
+
+    /// The dequantized value of column `c`.
+    #[inline]
+    pub fn value(&self, c: usize) -> f32 {
+        let d = self.block_scales[c / BLOCK];
+        d * self.natural[c] as f32 + (d / RESIDUAL) * self.residual[c] as f32
+    }
+
+    /// `out[g] = sum of the dequantized values of group g` (groups of `group_size` columns).
+    pub fn group_sums(&self, group_size: usize, out: &mut Vec<f32>) {
+        out.clear();
+        out.extend((0..self.cols.div_ceil(group_size)).map(|g| {
+            (g * group_size..((g + 1) * group_size).min(self.cols)).map(|c| self.value(c)).sum::<f32>()
+        }));
+    }
+}
+
+/// True when the SIMD 4-bit kernels can apply one weight scale per 8-column lane: groups are
+/// whole lanes and either tile a chunk or span whole chunks (or there is one group per row).
+pub fn lanes_fit_groups(group_size: usize, cols: usize) -> bool {
+    group_size >= cols || group_size % CHUNK == 0 || (CHUNK % group_size == 0 && group_size % LANE == 0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn layout_and_scales() {
+        let x: Vec<f32> = (0..130).map(|i| i as f32 - 60.0).collect();
+        let mut a = Int8Activation::default();
+        a.quantize(&x);
+        assert_eq!((a.cols, a.padded), (130, 256));
+        // Block 0 holds -60..-29: scale 60/127, and -60 maps to -127.
+        assert_eq!(a.block_scales[0], 60.0 / 127.0);
+        assert_eq!(a.natural[0], -127);
+        // Interleaving: chunk 0 starts with columns 0, 2, 4 ... then 1, 3, 5 ...
+        assert_eq!(a.interleaved[1], a.natural[2]);
+        assert_eq!(a.interleaved[64], a.natural[1]);
+        assert_eq!(a.interleaved[65], a.natural[3]);
+        // Padding is zero; lane 16 (columns 128..135) uses block 4's scale.
+        assert!(a.natural[130..].iter().all(|&v| v == 0));
+        assert_eq!(a.lane_scales[16], a.block_scales[4]);
+        let mut sums = Vec::new();
+        a.group_sums(64, &mut sums);
+        assert_eq!(sums.len(), 3);
+        let direct: f32 = (128..130).map(|c| a.value(c)).sum();
+        assert_eq!(sums[2], direct);
+        // With the residual, every value is within d / 508 of the input.
+        for (c, &v) in x.iter().enumerate() {
+            let d = a.block_scales[c / BLOCK];
+            assert!((a.value(c) - v).abs() <= d / 500.0, "column {c}: {} vs {v}", a.value(c));
+        }
+    }
+}
