@@ -12,6 +12,7 @@ pub mod generate;
 pub mod kernels;
 pub mod l2rs;
 pub mod llama2c;
+pub mod membw;
 pub mod model;
 pub mod sampler;
 pub mod tensor;

@@ -228,8 +228,16 @@ fn available_kernels() -> Vec<&'static str> {
     Isa::available().into_iter().map(Isa::name).collect()
 }
 
+/// Memory read bandwidth in bytes/s: `n_threads` threads stream a buffer of `n_bytes`.
+#[pyfunction]
+#[pyo3(signature = (n_bytes = 1 << 30, n_threads = 1, repeats = 3))]
+fn read_bandwidth(py: Python<'_>, n_bytes: usize, n_threads: usize, repeats: usize) -> f64 {
+    py.detach(|| crate::membw::read_bandwidth(n_bytes, n_threads, repeats))
+}
+
 #[pymodule]
 fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_function(wrap_pyfunction!(read_bandwidth, m)?)?;
     m.add_function(wrap_pyfunction!(available_kernels, m)?)?;
     m.add_class::<PyModel>()?;
     m.add_class::<PySession>()?;

@@ -7,11 +7,12 @@ from typing import Optional, Sequence, Union, final
 import numpy as np
 import numpy.typing as npt
 
-__all__ = ["Model", "Session", "__version__", "available_kernels"]
+__all__ = ["Model", "Session", "__version__", "available_kernels", "read_bandwidth"]
 
 __version__: str
 
 def available_kernels() -> list[str]: ...
+def read_bandwidth(n_bytes: int = ..., n_threads: int = 1, repeats: int = 3) -> float: ...
 @final
 class Model:
     def __new__(

@@ -92,7 +92,21 @@ def build_parser() -> argparse.ArgumentParser:
     ppl.add_argument("--max-windows", type=_positive_int, default=None, help="score at most this many windows")
     ppl.add_argument("-t", "--threads", type=_positive_int, default=None, help="threads (default: all cores)")
     ppl.add_argument("-z", "--tokenizer", default=None, help="tokenizer file (default: the model's)")
+
+    bench = commands.add_parser("bench", help="prefill and decode speed, against the memory-bandwidth limit")
+    bench.add_argument("model", help="model file")
+    bench.add_argument("-t", "--threads", type=_positive_int, action="append", help="thread count (repeatable; default 1 and 2)")
+    bench.add_argument("--prompt", type=_positive_int, default=128, help="prompt tokens (default 128)")
+    bench.add_argument("--decode", type=_positive_int, default=64, help="tokens to decode (default 64)")
+    bench.add_argument("--repeats", type=_positive_int, default=3, help="runs per figure (median; default 3)")
     return parser
+
+
+def _bench(args: argparse.Namespace) -> int:
+    from .bench import report
+
+    print(report(args.model, args.threads, args.prompt, args.decode, args.repeats))
+    return 0
 
 
 def _generate(args: argparse.Namespace) -> int:
@@ -185,7 +199,8 @@ def _export(args: argparse.Namespace) -> int:
     return run_export(args)
 
 
-COMMANDS = {"generate": _generate, "info": _info, "export": _export, "quantize": _export, "perplexity": _perplexity}
+COMMANDS = {"generate": _generate, "info": _info, "export": _export, "quantize": _export, "perplexity": _perplexity,
+            "bench": _bench}
 
 
 def run_guarded(command: "Callable[[argparse.Namespace], int]", args: argparse.Namespace) -> int:

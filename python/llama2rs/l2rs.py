@@ -56,24 +56,37 @@ class ModelWeights:
     metadata: dict = field(default_factory=dict)
 
 
-def _matrix_tensors(name: str, m: Matrix) -> Iterator[tuple[str, np.ndarray]]:
+# A tensor to write: its name, dtype, shape, and a function that makes its data when it is
+# written (so a large model is never materialized as float32 all at once).
+_Pending = tuple[str, np.dtype, tuple[int, ...], Callable[[], np.ndarray]]
+
+
+def _pending(name: str, dtype, shape, make: Callable[[], np.ndarray]) -> _Pending:
+    return (name, np.dtype(dtype), tuple(int(d) for d in shape), make)
+
+
+def _pack4(q: np.ndarray) -> np.ndarray:
+    rows, cols = q.shape
+    padded = q if cols % 2 == 0 else np.pad(q, ((0, 0), (0, 1)))
+    return (padded[:, 0::2] | (padded[:, 1::2] << 4)).astype(np.uint8)  # [rows, ceil(cols/2)]
+
+
+def _matrix_tensors(name: str, m: Matrix) -> Iterator[_Pending]:
     if isinstance(m, AffineQuantized):
         rows, cols = m.q.shape
         if m.bits == 4:
-            padded = m.q if cols % 2 == 0 else np.pad(m.q, ((0, 0), (0, 1)))
-            packed = (padded[:, 0::2] | (padded[:, 1::2] << 4)).astype(np.uint8)  # [rows, ceil(cols/2)]
+            yield _pending(f"{name}.q4", np.uint8, (rows, (cols + 1) // 2), lambda: _pack4(m.q))
         else:
-            packed = m.q
-        yield f"{name}.q{m.bits}", np.ascontiguousarray(packed, dtype=np.uint8)
-        yield f"{name}.scales", np.ascontiguousarray(m.scales, dtype=np.float32)
-        yield f"{name}.zeros", np.ascontiguousarray(m.zeros, dtype=np.uint8)
+            yield _pending(f"{name}.q8", np.uint8, (rows, cols), lambda: m.q)
+        yield _pending(f"{name}.scales", np.float32, m.scales.shape, lambda: m.scales)
+        yield _pending(f"{name}.zeros", np.uint8, m.zeros.shape, lambda: m.zeros)
         if m.perm is not None:
-            yield f"{name}.perm", np.ascontiguousarray(m.perm, dtype=np.int32)
+            yield _pending(f"{name}.perm", np.int32, m.perm.shape, lambda: m.perm)
     elif isinstance(m, Q8Tensor):
-        yield f"{name}.q8_0", np.ascontiguousarray(m.q, dtype=np.int8)
-        yield f"{name}.q8_0_scales", np.ascontiguousarray(m.scale, dtype=np.float32)
+        yield _pending(f"{name}.q8_0", np.int8, m.q.shape, lambda: m.q)
+        yield _pending(f"{name}.q8_0_scales", np.float32, m.scale.shape, lambda: m.scale)
     else:
-        yield f"{name}.weight", np.ascontiguousarray(m, dtype=np.float32)
+        yield _pending(f"{name}.weight", np.float32, np.shape(m), lambda: m)
 
 
 def _affine_group_size(matrices: Iterable[Matrix]) -> Optional[int]:
@@ -110,18 +123,20 @@ def write_model(
     """Write a llama2rs model file. It is written to a temporary file beside ``path`` and renamed
     at the end, so a failure never leaves a partial file. ``progress(name, done, total)`` is
     called after each tensor."""
-    tensors: list[tuple[str, np.ndarray]] = [("tokenizer", np.frombuffer(tokenizer_bin, dtype=np.uint8))]
+    tokenizer = np.frombuffer(tokenizer_bin, dtype=np.uint8)
+    tensors: list[_Pending] = [_pending("tokenizer", np.uint8, tokenizer.shape, lambda: tokenizer)]
     all_matrices: list[Matrix] = [weights.token_embedding]
     tensors += list(_matrix_tensors("token_embedding", weights.token_embedding))
     if weights.classifier is not None:
         tensors += list(_matrix_tensors("classifier", weights.classifier))
         all_matrices.append(weights.classifier)
-    tensors.append(("rms_final", np.asarray(weights.rms_final, dtype=np.float32)))
+    tensors.append(_pending("rms_final", np.float32, np.shape(weights.rms_final), lambda: weights.rms_final))
     if len(weights.layers) != config.n_layers:
         raise ArgumentError(f"expected {config.n_layers} layers, got {len(weights.layers)}")
     for i, layer in enumerate(weights.layers):
-        tensors.append((f"layers.{i}.rms_att", np.asarray(layer["rms_att"], dtype=np.float32)))
-        tensors.append((f"layers.{i}.rms_ffn", np.asarray(layer["rms_ffn"], dtype=np.float32)))
+        for norm in ("rms_att", "rms_ffn"):
+            tensors.append(_pending(f"layers.{i}.{norm}", np.float32, np.shape(layer[norm]),
+                                    lambda layer=layer, norm=norm: layer[norm]))
         for name in MATRIX_NAMES:
             tensors += list(_matrix_tensors(f"layers.{i}.{name}", layer[name]))
             all_matrices.append(layer[name])
@@ -134,15 +149,15 @@ def write_model(
         meta.setdefault(key, str(value))
 
     # 4-byte types first, then bytes: every fp32 tensor starts 4-aligned (no holes allowed).
-    tensors.sort(key=lambda t: t[1].dtype.itemsize < 4)
+    tensors.sort(key=lambda t: t[1].itemsize < 4)
     header: dict = {"__metadata__": meta}
     offset = 0
-    for name, array in tensors:
-        if array.dtype not in _DTYPES:
-            raise ArgumentError(f"tensor {name}: unsupported dtype {array.dtype}")
-        header[name] = {"dtype": _DTYPES[array.dtype], "shape": list(array.shape),
-                        "data_offsets": [offset, offset + array.nbytes]}
-        offset += array.nbytes
+    for name, dtype, shape, _ in tensors:
+        if dtype not in _DTYPES:
+            raise ArgumentError(f"tensor {name}: unsupported dtype {dtype}")
+        nbytes = dtype.itemsize * int(np.prod(shape, dtype=np.int64))
+        header[name] = {"dtype": _DTYPES[dtype], "shape": list(shape), "data_offsets": [offset, offset + nbytes]}
+        offset += nbytes
     text = json.dumps(header, separators=(",", ":")).encode("utf-8")
     text += b" " * (-(8 + len(text)) % HEADER_ALIGN)
 
@@ -152,8 +167,11 @@ def write_model(
         with os.fdopen(fd, "wb") as f:
             f.write(len(text).to_bytes(8, "little"))
             f.write(text)
-            for done, (name, array) in enumerate(tensors, 1):
-                f.write(np.ascontiguousarray(array).tobytes())  # little-endian hosts only
+            for done, (name, dtype, shape, make) in enumerate(tensors, 1):
+                array = np.ascontiguousarray(make(), dtype=dtype)
+                if array.shape != shape:
+                    raise ArgumentError(f"tensor {name}: shape {array.shape}, expected {shape}")
+                f.write(array.tobytes())  # little-endian hosts only
                 if progress is not None:
                     progress(name, done, len(tensors))
         os.replace(tmp, path)

@@ -85,58 +85,136 @@ fn zero_term(row: &AffineRow, group_sums: &[f32]) -> f32 {
     total
 }
 
+/// What the 4-bit SIMD kernels need to know about a matrix's groups, worked out once per
+/// matrix rather than once per row.
+#[derive(Debug, Clone, Copy)]
+pub struct Q4Plan {
+    /// Group of each 8-column lane within a 128-column chunk (when groups are < 128 columns).
+    lane_group: [i32; 16],
+    /// Groups per 128-column chunk (1 when a group spans whole chunks).
+    per_chunk_groups: usize,
+    /// One scale per chunk: groups of >= 128 columns, or one group per row.
+    broadcast: bool,
+    group_size: usize,
+    cols: usize,
+}
+
+impl Q4Plan {
+    pub fn new(group_size: usize, cols: usize) -> Q4Plan {
+        let mut lane_group = [0i32; 16];
+        for (k, g) in lane_group.iter_mut().enumerate() {
+            *g = ((8 * k) / group_size.min(CHUNK)) as i32;
+        }
+        Q4Plan {
+            lane_group,
+            per_chunk_groups: if group_size < CHUNK { CHUNK / group_size } else { 1 },
+            broadcast: group_size >= CHUNK || group_size >= cols,
+            group_size,
+            cols,
+        }
+    }
+}
+
+/// The weight side of one chunk (128 columns, 64 bytes) of a row: the unpacked low and high
+/// nibbles (even and odd columns) and the weight scale of each 8-column lane.
+#[inline(always)]
+unsafe fn load_chunk_avx512(row: &AffineRow, plan: &Q4Plan, lane_group: __m512i, c: usize) -> (__m512i, __m512i, __m512) {
+    let low4 = _mm512_set1_epi8(0x0f);
+    let start = c * 64;
+    let wp = row.values.as_ptr().add(start);
+    // Ask for the weights 32 cache lines ahead: rows end every few KB, and the hardware
+    // prefetcher restarts slowly across those boundaries.
+    _mm_prefetch::<_MM_HINT_T0>(wp.wrapping_add(2048) as *const i8);
+    let remaining = row.values.len() - start;
+    // A plain load streams best; the masked one only for a row's ragged end.
+    let wv = if remaining >= 64 {
+        _mm512_loadu_si512(wp as *const _)
+    } else {
+        _mm512_maskz_loadu_epi8((1u64 << remaining) - 1, wp as *const i8)
+    };
+    let lo = _mm512_and_si512(wv, low4);
+    let hi = _mm512_and_si512(_mm512_srli_epi16(wv, 4), low4);
+    let n_groups = row.scales.len();
+    let s = if plan.broadcast {
+        let g = if plan.group_size >= plan.cols { 0 } else { (c * CHUNK / plan.group_size).min(n_groups - 1) };
+        _mm512_set1_ps(*row.scales.get_unchecked(g))
+    } else {
+        let base = c * plan.per_chunk_groups;
+        let mask = ((1u32 << (n_groups - base).min(plan.per_chunk_groups)) - 1) as u16;
+        _mm512_permutexvar_ps(lane_group, _mm512_maskz_loadu_ps(mask, row.scales.as_ptr().add(base)))
+    };
+    (lo, hi, s)
+}
+
+/// The activation side of one chunk: `acc + sum over lanes of s * d * (idot + rdot / 254)`.
+#[inline(always)]
+unsafe fn chunk_dot_avx512(lo: __m512i, hi: __m512i, s: __m512, act: &Int8Activation, c: usize, acc: __m512) -> __m512 {
+    let xp = act.interleaved.as_ptr().add(c * CHUNK);
+    let rp = act.residual_interleaved.as_ptr().add(c * CHUNK);
+    let idot = _mm512_dpbusd_epi32(
+        _mm512_dpbusd_epi32(_mm512_setzero_si512(), lo, _mm512_loadu_si512(xp as *const _)),
+        hi,
+        _mm512_loadu_si512(xp.add(64) as *const _),
+    );
+    let rdot = _mm512_dpbusd_epi32(
+        _mm512_dpbusd_epi32(_mm512_setzero_si512(), lo, _mm512_loadu_si512(rp as *const _)),
+        hi,
+        _mm512_loadu_si512(rp.add(64) as *const _),
+    );
+    let dot = _mm512_fmadd_ps(_mm512_cvtepi32_ps(rdot), _mm512_set1_ps(1.0 / RESIDUAL), _mm512_cvtepi32_ps(idot));
+    let d = _mm512_loadu_ps(act.lane_scales.as_ptr().add(c * 16));
+    _mm512_fmadd_ps(_mm512_mul_ps(dot, d), s, acc)
+}
+
+#[inline(always)]
+unsafe fn chunk_avx512(
+    row: &AffineRow,
+    act: &Int8Activation,
+    plan: &Q4Plan,
+    lane_group: __m512i,
+    c: usize,
+    acc: __m512,
+) -> __m512 {
+    let (lo, hi, s) = load_chunk_avx512(row, plan, lane_group, c);
+    chunk_dot_avx512(lo, hi, s, act, c, acc)
+}
+
 /// One row of 4-bit weights times an int8 activation (see `act.rs` for the layout):
 /// `sum_c s_g (q_c - z_g) x_c` = `sum_lanes s * d * idot` - `sum_g s_g z_g sum(x in g)`.
-#[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
-pub unsafe fn dot_q4_i8_avx512(row: AffineRow, act: &Int8Activation, group_sums: &[f32]) -> f32 {
-    let gs = row.group_size;
-    let n_groups = row.scales.len();
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
+pub unsafe fn dot_q4_i8_avx512(row: AffineRow, act: &Int8Activation, group_sums: &[f32], plan: &Q4Plan) -> f32 {
+    let lane_group = _mm512_loadu_si512(plan.lane_group.as_ptr() as *const _);
     let chunks = act.padded / CHUNK;
-    let low4 = _mm512_set1_epi8(0x0f);
-    // Lane k of a chunk covers columns 8k..8k+7: its group within the chunk is 8k / gs.
-    let per_chunk_groups = if gs < CHUNK { CHUNK / gs } else { 1 };
-    let mut lane_groups = [0i32; 16];
-    for (k, g) in lane_groups.iter_mut().enumerate() {
-        *g = ((8 * k) / gs.min(CHUNK)) as i32;
+    // Two accumulators, so consecutive chunks do not wait on each other's FMA.
+    let (mut even, mut odd) = (_mm512_setzero_ps(), _mm512_setzero_ps());
+    let mut c = 0;
+    while c + 2 <= chunks {
+        even = chunk_avx512(&row, act, plan, lane_group, c, even);
+        odd = chunk_avx512(&row, act, plan, lane_group, c + 1, odd);
+        c += 2;
     }
-    let lane_group = _mm512_loadu_si512(lane_groups.as_ptr() as *const _);
-    let broadcast = gs >= CHUNK || gs >= row.cols;
-    let wp = row.values.as_ptr();
-    let xp = act.interleaved.as_ptr();
-    let rp = act.residual_interleaved.as_ptr();
-    let dp = act.lane_scales.as_ptr();
-    let inv_residual = _mm512_set1_ps(1.0 / RESIDUAL);
+    if c < chunks {
+        even = chunk_avx512(&row, act, plan, lane_group, c, even);
+    }
+    _mm512_reduce_add_ps(_mm512_add_ps(even, odd)) - zero_term_avx512(&row, group_sums)
+}
+
+/// `zero_term`, 16 groups per step.
+#[inline(always)]
+unsafe fn zero_term_avx512(row: &AffineRow, group_sums: &[f32]) -> f32 {
+    let n = row.scales.len();
     let mut acc = _mm512_setzero_ps();
-    for c in 0..chunks {
-        let start = c * 64;
-        let remaining = row.values.len().saturating_sub(start);
-        let wv = if remaining >= 64 {
-            _mm512_loadu_si512(wp.add(start) as *const _)
-        } else {
-            _mm512_maskz_loadu_epi8((1u64 << remaining) - 1, wp.add(start) as *const i8)
-        };
-        let lo = _mm512_and_si512(wv, low4);
-        let hi = _mm512_and_si512(_mm512_srli_epi16(wv, 4), low4);
-        let xe = _mm512_loadu_si512(xp.add(c * CHUNK) as *const _);
-        let xo = _mm512_loadu_si512(xp.add(c * CHUNK + 64) as *const _);
-        let re = _mm512_loadu_si512(rp.add(c * CHUNK) as *const _);
-        let ro = _mm512_loadu_si512(rp.add(c * CHUNK + 64) as *const _);
-        let idot = _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(_mm512_setzero_si512(), lo, xe), hi, xo);
-        let rdot = _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(_mm512_setzero_si512(), lo, re), hi, ro);
-        let dot = _mm512_fmadd_ps(_mm512_cvtepi32_ps(rdot), inv_residual, _mm512_cvtepi32_ps(idot));
-        let d = _mm512_loadu_ps(dp.add(c * 16));
-        let s = if broadcast {
-            let g = if gs >= row.cols { 0 } else { (c * CHUNK / gs).min(n_groups - 1) };
-            _mm512_set1_ps(*row.scales.get_unchecked(g))
-        } else {
-            let base = c * per_chunk_groups;
-            let avail = (n_groups - base).min(per_chunk_groups);
-            let v = _mm512_maskz_loadu_ps(((1u32 << avail) - 1) as u16, row.scales.as_ptr().add(base));
-            _mm512_permutexvar_ps(lane_group, v)
-        };
-        acc = _mm512_fmadd_ps(_mm512_mul_ps(dot, d), s, acc);
+    let mut g = 0;
+    while g < n {
+        let mask: u16 = if n - g >= 16 { 0xffff } else { ((1u32 << (n - g)) - 1) as u16 };
+        let s = _mm512_maskz_loadu_ps(mask, row.scales.as_ptr().add(g));
+        let x = _mm512_maskz_loadu_ps(mask, group_sums.as_ptr().add(g));
+        let z8 = _mm_maskz_loadu_epi8(mask, row.zeros.as_ptr().add(g) as *const i8);
+        let z = _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(z8));
+        acc = _mm512_fmadd_ps(_mm512_mul_ps(s, z), x, acc);
+        g += 16;
     }
-    _mm512_reduce_add_ps(acc) - zero_term(&row, group_sums)
+    _mm512_reduce_add_ps(acc)
 }
 
 #[target_feature(enable = "avx2,fma")]
@@ -197,4 +275,101 @@ pub unsafe fn dot_q4_i8_avx2(row: AffineRow, act: &Int8Activation, group_sums: &
     let mut lanes = [0.0f32; 8];
     _mm256_storeu_ps(lanes.as_mut_ptr(), acc);
     lanes.iter().sum::<f32>() - zero_term(&row, group_sums)
+}
+
+// ---------------------------------------------------------------------------------------------
+// 4-bit weights x many fp32 activations (prefill): a small GEMM
+
+/// Rows dequantized per step, and tokens per register tile (ROWS x TOKENS accumulators).
+pub const GEMM_ROWS: usize = 4;
+const GEMM_TOKENS: usize = 4;
+
+/// Dequantize one row (stored column order) into `out` (`[cols]`, fp32): `s * (q - z)`.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl")]
+unsafe fn dequantize_q4_row_avx512(row: &AffineRow, out: &mut [f32]) {
+    let cols = row.cols;
+    let gs = row.group_size;
+    let mut c = 0;
+    while c < cols {
+        // 16 columns: 8 packed bytes.
+        let n = (cols - c).min(16);
+        let bytes = n.div_ceil(2);
+        let packed = _mm_maskz_loadu_epi8(((1u32 << bytes) - 1) as u16, row.values.as_ptr().add(c / 2) as *const i8);
+        let wide = _mm512_cvtepu8_epi32(packed); // 16 lanes, bytes 0..15 (only 8 used)
+        // Lane j holds byte j/2's low (even j) or high (odd j) nibble.
+        let idx = _mm512_setr_epi32(0, 0, 1, 1, 2, 2, 3, 3, 4, 4, 5, 5, 6, 6, 7, 7);
+        let shifts = _mm512_setr_epi32(0, 4, 0, 4, 0, 4, 0, 4, 0, 4, 0, 4, 0, 4, 0, 4);
+        let q = _mm512_and_si512(_mm512_srlv_epi32(_mm512_permutexvar_epi32(idx, wide), shifts), _mm512_set1_epi32(15));
+        let qf = _mm512_cvtepi32_ps(q);
+        let (s, z) = if gs % 16 == 0 || gs >= cols {
+            let g = c / gs;
+            (_mm512_set1_ps(row.scales[g]), _mm512_set1_ps(row.zeros[g] as f32))
+        } else {
+            let mut sv = [0.0f32; 16];
+            let mut zv = [0.0f32; 16];
+            for j in 0..n {
+                sv[j] = row.scales[(c + j) / gs];
+                zv[j] = row.zeros[(c + j) / gs] as f32;
+            }
+            (_mm512_loadu_ps(sv.as_ptr()), _mm512_loadu_ps(zv.as_ptr()))
+        };
+        let w = _mm512_mul_ps(s, _mm512_sub_ps(qf, z));
+        _mm512_mask_storeu_ps(out.as_mut_ptr().add(c), ((1u32 << n) - 1) as u16, w);
+        c += 16;
+    }
+}
+
+/// `out[t * out_stride + r] = dot(W[r], x[t])` for the `rows.len() <= GEMM_ROWS` rows given
+/// and all `n_tokens` tokens of `x` (`[n_tokens, cols]`, fp32, stored column order). The rows
+/// are dequantized once into `buffer` and reused by every token: the exact result, at GEMM speed.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl")]
+pub unsafe fn gemm_q4_f32_avx512(
+    rows: &[AffineRow],
+    x: &[f32],
+    n_tokens: usize,
+    buffer: &mut Vec<f32>,
+    mut write: impl FnMut(usize, usize, f32),
+) {
+    let cols = rows[0].cols;
+    let stride = cols.div_ceil(16) * 16;
+    buffer.clear();
+    buffer.resize(GEMM_ROWS * stride, 0.0);
+    for (i, row) in rows.iter().enumerate() {
+        dequantize_q4_row_avx512(row, &mut buffer[i * stride..i * stride + cols]);
+    }
+    let wp = buffer.as_ptr();
+    let steps = cols / 16;
+    let tail = cols % 16;
+    let tail_mask: u16 = ((1u32 << tail) - 1) as u16;
+    let mut t0 = 0;
+    while t0 < n_tokens {
+        let nt = (n_tokens - t0).min(GEMM_TOKENS);
+        let mut acc = [[_mm512_setzero_ps(); GEMM_TOKENS]; GEMM_ROWS];
+        let xp: [*const f32; GEMM_TOKENS] = std::array::from_fn(|j| x.as_ptr().add((t0 + j.min(nt - 1)) * cols));
+        for k in 0..steps {
+            let xv: [__m512; GEMM_TOKENS] = std::array::from_fn(|j| _mm512_loadu_ps(xp[j].add(16 * k)));
+            for i in 0..GEMM_ROWS {
+                let wv = _mm512_loadu_ps(wp.add(i * stride + 16 * k));
+                for j in 0..GEMM_TOKENS {
+                    acc[i][j] = _mm512_fmadd_ps(wv, xv[j], acc[i][j]);
+                }
+            }
+        }
+        if tail > 0 {
+            let xv: [__m512; GEMM_TOKENS] =
+                std::array::from_fn(|j| _mm512_maskz_loadu_ps(tail_mask, xp[j].add(16 * steps)));
+            for i in 0..GEMM_ROWS {
+                let wv = _mm512_loadu_ps(wp.add(i * stride + 16 * steps));
+                for j in 0..GEMM_TOKENS {
+                    acc[i][j] = _mm512_fmadd_ps(wv, xv[j], acc[i][j]);
+                }
+            }
+        }
+        for (i, acc_i) in acc.iter().enumerate().take(rows.len()) {
+            for (j, a) in acc_i.iter().enumerate().take(nt) {
+                write(t0 + j, i, _mm512_reduce_add_ps(*a));
+            }
+        }
+        t0 += nt;
+    }
 }
