@@ -290,6 +290,9 @@ pub fn matmul(out: &mut [f32], w: &Matrix, x: &[f32], n_tokens: usize, scratch: 
                     #[cfg(target_arch = "x86_64")]
                     Isa::Avx512 => {
                         let plan = x86::Q4Plan::new(a.group_size, cols);
+                        // One row at a time: a single sequential stream through the matrix
+                        // measured faster than pairs of rows sharing activation loads (35 vs 23
+                        // tok/s on TinyLlama's shape), which split it into two streams.
                         for_rows(&|r, t| unsafe { x86::dot_q4_i8_avx512(row(r), &acts[t], &sums[t], &plan) });
                     }
                     #[cfg(target_arch = "x86_64")]

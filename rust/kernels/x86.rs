@@ -146,24 +146,35 @@ unsafe fn load_chunk_avx512(row: &AffineRow, plan: &Q4Plan, lane_group: __m512i,
     (lo, hi, s)
 }
 
-/// The activation side of one chunk: `acc + sum over lanes of s * d * (idot + rdot / 254)`.
+/// One chunk of an activation: even and odd columns, their residuals, the lane scales.
+struct ActChunk {
+    xe: __m512i,
+    xo: __m512i,
+    re: __m512i,
+    ro: __m512i,
+    d: __m512,
+}
+
 #[inline(always)]
-unsafe fn chunk_dot_avx512(lo: __m512i, hi: __m512i, s: __m512, act: &Int8Activation, c: usize, acc: __m512) -> __m512 {
+unsafe fn load_act_avx512(act: &Int8Activation, c: usize) -> ActChunk {
     let xp = act.interleaved.as_ptr().add(c * CHUNK);
     let rp = act.residual_interleaved.as_ptr().add(c * CHUNK);
-    let idot = _mm512_dpbusd_epi32(
-        _mm512_dpbusd_epi32(_mm512_setzero_si512(), lo, _mm512_loadu_si512(xp as *const _)),
-        hi,
-        _mm512_loadu_si512(xp.add(64) as *const _),
-    );
-    let rdot = _mm512_dpbusd_epi32(
-        _mm512_dpbusd_epi32(_mm512_setzero_si512(), lo, _mm512_loadu_si512(rp as *const _)),
-        hi,
-        _mm512_loadu_si512(rp.add(64) as *const _),
-    );
+    ActChunk {
+        xe: _mm512_loadu_si512(xp as *const _),
+        xo: _mm512_loadu_si512(xp.add(64) as *const _),
+        re: _mm512_loadu_si512(rp as *const _),
+        ro: _mm512_loadu_si512(rp.add(64) as *const _),
+        d: _mm512_loadu_ps(act.lane_scales.as_ptr().add(c * 16)),
+    }
+}
+
+/// `acc + sum over lanes of s * d * (idot + rdot / 254)` for one chunk of one row.
+#[inline(always)]
+unsafe fn chunk_dot_avx512(lo: __m512i, hi: __m512i, s: __m512, a: &ActChunk, acc: __m512) -> __m512 {
+    let idot = _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(_mm512_setzero_si512(), lo, a.xe), hi, a.xo);
+    let rdot = _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(_mm512_setzero_si512(), lo, a.re), hi, a.ro);
     let dot = _mm512_fmadd_ps(_mm512_cvtepi32_ps(rdot), _mm512_set1_ps(1.0 / RESIDUAL), _mm512_cvtepi32_ps(idot));
-    let d = _mm512_loadu_ps(act.lane_scales.as_ptr().add(c * 16));
-    _mm512_fmadd_ps(_mm512_mul_ps(dot, d), s, acc)
+    _mm512_fmadd_ps(_mm512_mul_ps(dot, a.d), s, acc)
 }
 
 #[inline(always)]
@@ -176,7 +187,7 @@ unsafe fn chunk_avx512(
     acc: __m512,
 ) -> __m512 {
     let (lo, hi, s) = load_chunk_avx512(row, plan, lane_group, c);
-    chunk_dot_avx512(lo, hi, s, act, c, acc)
+    chunk_dot_avx512(lo, hi, s, &load_act_avx512(act, c), acc)
 }
 
 /// One row of 4-bit weights times an int8 activation (see `act.rs` for the layout):
@@ -294,6 +305,7 @@ unsafe fn dequantize_q4_row_avx512(row: &AffineRow, out: &mut [f32]) {
         // 16 columns: 8 packed bytes.
         let n = (cols - c).min(16);
         let bytes = n.div_ceil(2);
+        _mm_prefetch::<_MM_HINT_T0>(row.values.as_ptr().wrapping_add(c / 2 + 1024) as *const i8);
         let packed = _mm_maskz_loadu_epi8(((1u32 << bytes) - 1) as u16, row.values.as_ptr().add(c / 2) as *const i8);
         let wide = _mm512_cvtepu8_epi32(packed); // 16 lanes, bytes 0..15 (only 8 used)
         // Lane j holds byte j/2's low (even j) or high (odd j) nibble.
@@ -302,7 +314,7 @@ unsafe fn dequantize_q4_row_avx512(row: &AffineRow, out: &mut [f32]) {
         let q = _mm512_and_si512(_mm512_srlv_epi32(_mm512_permutexvar_epi32(idx, wide), shifts), _mm512_set1_epi32(15));
         let qf = _mm512_cvtepi32_ps(q);
         let (s, z) = if gs % 16 == 0 || gs >= cols {
-            let g = c / gs;
+            let g = if gs >= cols { 0 } else { c / gs };
             (_mm512_set1_ps(row.scales[g]), _mm512_set1_ps(row.zeros[g] as f32))
         } else {
             let mut sv = [0.0f32; 16];
@@ -338,38 +350,59 @@ pub unsafe fn gemm_q4_f32_avx512(
         dequantize_q4_row_avx512(row, &mut buffer[i * stride..i * stride + cols]);
     }
     let wp = buffer.as_ptr();
-    let steps = cols / 16;
+    // K is walked in blocks of KB steps (KB * 16 columns) so the rows' block (4 x 4 KB) and a
+    // token tile's block (4 x 4 KB) stay in L1 while every token tile passes over them;
+    // partial sums wait in `partial` between blocks.
+    const KB: usize = 64;
+    let steps = stride / 16;
     let tail = cols % 16;
-    let tail_mask: u16 = ((1u32 << tail) - 1) as u16;
-    let mut t0 = 0;
-    while t0 < n_tokens {
+    let last_mask: u16 = if tail == 0 { 0xffff } else { ((1u32 << tail) - 1) as u16 };
+    let tiles = n_tokens.div_ceil(GEMM_TOKENS);
+    let mut partial = vec![_mm512_setzero_ps(); tiles * GEMM_ROWS * GEMM_TOKENS];
+    let mut k0 = 0;
+    while k0 < steps {
+        let k1 = (k0 + KB).min(steps);
+        for tile in 0..tiles {
+            let t0 = tile * GEMM_TOKENS;
+            let nt = (n_tokens - t0).min(GEMM_TOKENS);
+            let saved = &mut partial[tile * GEMM_ROWS * GEMM_TOKENS..(tile + 1) * GEMM_ROWS * GEMM_TOKENS];
+            let mut acc: [[__m512; GEMM_TOKENS]; GEMM_ROWS] = std::array::from_fn(|i| std::array::from_fn(|j| saved[i * GEMM_TOKENS + j]));
+            let xp: [*const f32; GEMM_TOKENS] = std::array::from_fn(|j| x.as_ptr().add((t0 + j.min(nt - 1)) * cols));
+            // Plain loads in the hot loop; the ragged last step (past `cols`) masks x instead.
+            let full_end = if k1 == steps && tail != 0 { k1 - 1 } else { k1 };
+            for k in k0..full_end {
+                let xv: [__m512; GEMM_TOKENS] = std::array::from_fn(|j| _mm512_loadu_ps(xp[j].add(16 * k)));
+                for i in 0..GEMM_ROWS {
+                    let wv = _mm512_loadu_ps(wp.add(i * stride + 16 * k));
+                    for j in 0..GEMM_TOKENS {
+                        acc[i][j] = _mm512_fmadd_ps(wv, xv[j], acc[i][j]);
+                    }
+                }
+            }
+            for k in full_end..k1 {
+                let xv: [__m512; GEMM_TOKENS] = std::array::from_fn(|j| _mm512_maskz_loadu_ps(last_mask, xp[j].add(16 * k)));
+                for i in 0..GEMM_ROWS {
+                    let wv = _mm512_loadu_ps(wp.add(i * stride + 16 * k));
+                    for j in 0..GEMM_TOKENS {
+                        acc[i][j] = _mm512_fmadd_ps(wv, xv[j], acc[i][j]);
+                    }
+                }
+            }
+            for i in 0..GEMM_ROWS {
+                for j in 0..GEMM_TOKENS {
+                    saved[i * GEMM_TOKENS + j] = acc[i][j];
+                }
+            }
+        }
+        k0 = k1;
+    }
+    for tile in 0..tiles {
+        let t0 = tile * GEMM_TOKENS;
         let nt = (n_tokens - t0).min(GEMM_TOKENS);
-        let mut acc = [[_mm512_setzero_ps(); GEMM_TOKENS]; GEMM_ROWS];
-        let xp: [*const f32; GEMM_TOKENS] = std::array::from_fn(|j| x.as_ptr().add((t0 + j.min(nt - 1)) * cols));
-        for k in 0..steps {
-            let xv: [__m512; GEMM_TOKENS] = std::array::from_fn(|j| _mm512_loadu_ps(xp[j].add(16 * k)));
-            for i in 0..GEMM_ROWS {
-                let wv = _mm512_loadu_ps(wp.add(i * stride + 16 * k));
-                for j in 0..GEMM_TOKENS {
-                    acc[i][j] = _mm512_fmadd_ps(wv, xv[j], acc[i][j]);
-                }
+        for i in 0..rows.len() {
+            for j in 0..nt {
+                write(t0 + j, i, _mm512_reduce_add_ps(partial[(tile * GEMM_ROWS + i) * GEMM_TOKENS + j]));
             }
         }
-        if tail > 0 {
-            let xv: [__m512; GEMM_TOKENS] =
-                std::array::from_fn(|j| _mm512_maskz_loadu_ps(tail_mask, xp[j].add(16 * steps)));
-            for i in 0..GEMM_ROWS {
-                let wv = _mm512_loadu_ps(wp.add(i * stride + 16 * steps));
-                for j in 0..GEMM_TOKENS {
-                    acc[i][j] = _mm512_fmadd_ps(wv, xv[j], acc[i][j]);
-                }
-            }
-        }
-        for (i, acc_i) in acc.iter().enumerate().take(rows.len()) {
-            for (j, a) in acc_i.iter().enumerate().take(nt) {
-                write(t0 + j, i, _mm512_reduce_add_ps(*a));
-            }
-        }
-        t0 += nt;
     }
 }
