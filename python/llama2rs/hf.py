@@ -62,15 +62,15 @@ import json
 import math
 import os
 import struct
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple, Union
+from typing import Any, BinaryIO, Callable, Dict, List, Mapping, Optional, Tuple, Union
 
 import numpy as np
 
 from .config import Config
 from .errors import ArgumentError, ConfigError, ModelFileError
+from .fileio import atomic_write
 from .quant import AffineQuantized
 
 __all__ = [
@@ -327,21 +327,13 @@ def write_safetensors(
     # Write a temporary file and rename it over ``path``: arrays still memory-mapped from an
     # older file at ``path`` keep their (unlinked) inode instead of faulting on a truncated one.
     path = os.fspath(path)
-    fd, temp_path = tempfile.mkstemp(prefix=".tmp-", suffix=".safetensors",
-                                     dir=os.path.dirname(os.path.abspath(path)))
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(struct.pack("<Q", len(header_bytes)))
-            handle.write(header_bytes)
-            for data in blobs:
-                handle.write(data)
-        os.replace(temp_path, path)
-    except BaseException:
-        try:
-            os.unlink(temp_path)
-        except OSError:
-            pass
-        raise
+    def body(handle: BinaryIO) -> None:
+        handle.write(struct.pack("<Q", len(header_bytes)))
+        handle.write(header_bytes)
+        for data in blobs:
+            handle.write(data)
+
+    atomic_write(path, body)
 
 
 # ---------------------------------------------------------------------------------------

@@ -8,15 +8,15 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable, Iterator, Mapping, Optional, Sequence, Union
+from typing import BinaryIO, Callable, Iterable, Iterator, Mapping, Optional, Union
 
 import numpy as np
 
 from .config import Config
 from .errors import ArgumentError, ModelFileError
+from .fileio import atomic_write
 from .llama2c import Q8Tensor
 from .quant import AffineQuantized
 
@@ -161,24 +161,18 @@ def write_model(
     text = json.dumps(header, separators=(",", ":")).encode("utf-8")
     text += b" " * (-(8 + len(text)) % HEADER_ALIGN)
 
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent or ".")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(len(text).to_bytes(8, "little"))
-            f.write(text)
-            for done, (name, dtype, shape, make) in enumerate(tensors, 1):
-                array = np.ascontiguousarray(make(), dtype=dtype)
-                if array.shape != shape:
-                    raise ArgumentError(f"tensor {name}: shape {array.shape}, expected {shape}")
-                f.write(array.tobytes())  # little-endian hosts only
-                if progress is not None:
-                    progress(name, done, len(tensors))
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    def body(f: BinaryIO) -> None:
+        f.write(len(text).to_bytes(8, "little"))
+        f.write(text)
+        for done, (name, dtype, shape, make) in enumerate(tensors, 1):
+            array = np.ascontiguousarray(make(), dtype=dtype)
+            if array.shape != shape:
+                raise ArgumentError(f"tensor {name}: shape {array.shape}, expected {shape}")
+            f.write(array.tobytes())  # little-endian hosts only
+            if progress is not None:
+                progress(name, done, len(tensors))
+
+    atomic_write(path, body)
 
 
 def read_safetensors_header(path: Union[str, os.PathLike]) -> tuple[dict, int]:

@@ -38,7 +38,6 @@ from __future__ import annotations
 
 import os
 import struct
-import tempfile
 from dataclasses import dataclass
 from typing import BinaryIO, Mapping, Union
 
@@ -46,6 +45,7 @@ import numpy as np
 
 from .config import MAX_DIM, Config
 from .errors import ArgumentError, ModelFileError
+from .fileio import atomic_write
 
 __all__ = [
     "MAGIC",
@@ -421,23 +421,6 @@ def _rope_tables(config: Config) -> tuple[np.ndarray, np.ndarray]:
     return np.cos(angles).astype(F32), np.sin(angles).astype(F32)  # [seq_len, hs/2] each
 
 
-def _atomic_write(path: Union[str, os.PathLike], write_body) -> None:
-    """Call ``write_body(handle)`` on a temp file next to ``path``, then rename it over."""
-    path = os.fspath(path)
-    directory = os.path.dirname(os.path.abspath(path))
-    fd, temp_path = tempfile.mkstemp(prefix=".tmp-", suffix=".bin", dir=directory)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            write_body(handle)
-        os.replace(temp_path, path)
-    except BaseException:
-        try:
-            os.unlink(temp_path)
-        except OSError:
-            pass
-        raise
-
-
 def _as_float(weight) -> np.ndarray:
     return weight.dequantize() if isinstance(weight, Q8Tensor) else weight
 
@@ -457,7 +440,7 @@ def write_legacy(path, config: Config, weights: Mapping, shared_classifier: bool
         if not shared_classifier:
             _write_f32(handle, _as_float(weights["wcls"]))
 
-    _atomic_write(path, body)
+    atomic_write(path, body)
 
 
 def write_v1(path, config: Config, weights: Mapping, shared_classifier: bool = True) -> None:
@@ -470,7 +453,7 @@ def write_v1(path, config: Config, weights: Mapping, shared_classifier: bool = T
         for name in names:
             _write_f32(handle, _as_float(weights[name]))
 
-    _atomic_write(path, body)
+    atomic_write(path, body)
 
 
 def write_v2(path, config: Config, weights: Mapping, group_size: int,
@@ -507,7 +490,7 @@ def write_v2(path, config: Config, weights: Mapping, group_size: int,
                 handle.write(np.ascontiguousarray(matrix.q, dtype=I8).tobytes())
                 _write_f32(handle, matrix.scale)
 
-    _atomic_write(path, body)
+    atomic_write(path, body)
 
 
 # ---------------------------------------------------------------------------------------
