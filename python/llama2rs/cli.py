@@ -69,7 +69,7 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--top-p", type=_unit_float, default=0.9, help="nucleus sampling threshold (default 0.9)")
     gen.add_argument("--top-k", type=_non_negative_int, default=0, help="keep the k likeliest tokens (0 = off)")
     gen.add_argument("-s", "--seed", type=_positive_int, default=None, help="random seed (default: random)")
-    gen.add_argument("-t", "--threads", type=_positive_int, default=None, help="threads (default: all cores)")
+    gen.add_argument("-t", "--threads", type=_positive_int, default=None, help="threads (default: physical cores)")
     gen.add_argument("-z", "--tokenizer", default=None, help="tokenizer file (default: found beside the model)")
     gen.add_argument("--ignore-eos", action="store_true", help="do not stop at BOS/EOS")
     gen.add_argument("--no-echo", action="store_true", help="do not print the prompt before the new text")
@@ -90,7 +90,7 @@ def build_parser() -> argparse.ArgumentParser:
     ppl.add_argument("--base", help="base model (e.g. the unquantized one): report mean KL(base || model)")
     ppl.add_argument("--window", type=_positive_int, default=None, help="tokens per window (default: min(seq_len, 512))")
     ppl.add_argument("--max-windows", type=_positive_int, default=None, help="score at most this many windows")
-    ppl.add_argument("-t", "--threads", type=_positive_int, default=None, help="threads (default: all cores)")
+    ppl.add_argument("-t", "--threads", type=_positive_int, default=None, help="threads (default: physical cores)")
     ppl.add_argument("-z", "--tokenizer", default=None, help="tokenizer file (default: the model's)")
 
     bench = commands.add_parser("bench", help="prefill and decode speed, against the memory-bandwidth limit")

@@ -67,7 +67,7 @@ class Model:
 
     ``tokenizer_path`` defaults to the tokenizer stored in a llama2rs file, else the one found
     beside the model (see :func:`find_tokenizer`); without one, only the token-id methods work.
-    ``n_threads`` defaults to the number of available cores.
+    ``n_threads`` defaults to the number of physical cores.
     ``kernels`` picks the implementation (``"auto"``: the fastest this CPU runs, chosen at run
     time; or ``"avx512"``, ``"avx2"``, ``"portable"``, ``"scalar"`` from
     :func:`available_kernels`). 4-bit weights multiply int8-quantized activations (blocks of

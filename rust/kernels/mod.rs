@@ -166,7 +166,7 @@ fn rows_per_task(cols: usize, n_tokens: usize) -> usize {
     (16 * 1024 / (cols * n_tokens).max(1)).max(1)
 }
 
-/// From this many tokens on, 4-bit matrices run as a GEMM on fp32 activations (AVX-512).
+/// From this many tokens on, 4-bit matrices run as a GEMM on fp32 activations (AVX-512, AVX2).
 pub const GEMM_MIN_TOKENS: usize = 4;
 
 /// A raw output pointer that row tasks write through at disjoint indices.
@@ -259,7 +259,7 @@ pub fn matmul(out: &mut [f32], w: &Matrix, x: &[f32], n_tokens: usize, scratch: 
                 cols,
             };
             #[cfg(target_arch = "x86_64")]
-            if k.isa == Isa::Avx512 && a.bits == 4 && n_tokens >= GEMM_MIN_TOKENS {
+            if matches!(k.isa, Isa::Avx512 | Isa::Avx2) && a.bits == 4 && n_tokens >= GEMM_MIN_TOKENS {
                 // Prefill: dequantize a few rows at a time and run them against every token in
                 // fp32 (exact). With the dequantization paid once per row for the whole batch,
                 // fp32 FMAs beat int8 dot products, whose activation side costs 9 instructions
@@ -270,7 +270,10 @@ pub fn matmul(out: &mut [f32], w: &Matrix, x: &[f32], n_tokens: usize, scratch: 
                     let dst = dst;
                     let block: Vec<AffineRow> = (b * R..((b + 1) * R).min(rows)).map(row).collect();
                     let write = |t: usize, i: usize, v: f32| unsafe { *dst.0.add(t * rows + b * R + i) = v };
-                    unsafe { x86::gemm_q4_f32_avx512(&block, x, n_tokens, buffer, write) };
+                    match k.isa {
+                        Isa::Avx512 => unsafe { x86::gemm_q4_f32_avx512(&block, x, n_tokens, buffer, write) },
+                        _ => unsafe { x86::gemm_q4_f32_avx2(&block, x, n_tokens, buffer, write) },
+                    }
                 });
                 return;
             }
@@ -528,7 +531,7 @@ mod tests {
                             let what = format!("{rows}x{cols} bits {bits} gs {gs} act_order {act_order} {:?}", k.isa);
                             let fp = run(&m, &x, n_tokens, KernelChoice { isa: k.isa, int8_activations: false });
                             assert_close(&fp, &exact_f32, 1e-4, &format!("f32 activations {what}"));
-                            let gemm = k.isa == Isa::Avx512 && bits == 4 && n_tokens >= GEMM_MIN_TOKENS;
+                            let gemm = matches!(k.isa, Isa::Avx512 | Isa::Avx2) && bits == 4 && n_tokens >= GEMM_MIN_TOKENS;
                             let int8_used = bits == 4 && k.isa != Isa::Portable && act::lanes_fit_groups(gs, cols) && !gemm;
                             let q = run(&m, &x, n_tokens, k);
                             let expected = if int8_used { &exact_int8 } else { &exact_f32 };
