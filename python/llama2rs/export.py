@@ -79,7 +79,8 @@ def load_source(kind: str, path: os.PathLike, tokenizer: Optional[os.PathLike] =
         imported = hf.load_hf(path)
         weights = ModelWeights(imported.token_embedding, imported.layers, imported.rms_final, imported.wcls)
         tok = _resolve_tokenizer(tokenizer, imported.tokenizer_path, imported.config.vocab_size, str(path))
-        return Source(imported.config, weights, tok, f"HuggingFace {imported.source} {path.name}", imported.quantization)
+        kind_name = "GPTQ checkpoint" if imported.quantization else "checkpoint"
+        return Source(imported.config, weights, tok, f"HuggingFace {kind_name} {path.name}", imported.quantization)
     if kind == "llama2rs":
         config, weights, tokenizer_bin = l2rs.read_model(path)
         tok = Tokenizer(tokenizer) if tokenizer else Tokenizer.from_bytes(tokenizer_bin, config.vocab_size, str(path))
