@@ -34,7 +34,7 @@ def test_generate_prints_llama2c_output(name, llama2c_runs):
     result = cli(*args)
     assert result.returncode == 0, result.stderr
     assert result.stdout == run["stdout"]
-    assert f"achieved tok/s:" in result.stderr and f"{n} tokens after a 5-token prompt" in result.stderr
+    assert "achieved tok/s:" in result.stderr and f"{n} tokens after a 5-token prompt" in result.stderr
 
 
 def test_console_script_is_installed():

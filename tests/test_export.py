@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import struct
 import subprocess
 import sys
 
@@ -14,7 +13,6 @@ import pytest
 
 import llama2rs
 from llama2rs import calibrate, export, l2rs, llama2c, reference
-from llama2rs.config import Config
 from llama2rs.errors import ArgumentError, ModelFileError
 from llama2rs.quant import AffineQuantized
 from conftest import REPO_ROOT, STORIES, STORIES_Q80, TOK512, assert_q80_close, need

@@ -122,6 +122,7 @@ def quantize_model(
                                   sym=sym, percdamp=percdamp)
 
     c = config
+    assert calibration  # checked above
     seqs = np.asarray([w for w in calibration if len(w) == len(calibration[0])], dtype=np.int64)  # [S, T]
     n_seq, n_pos = seqs.shape
     cos, sin = rope_cos_sin(c.head_size, n_pos, c.rope_theta)  # [T, hs/2]

@@ -186,7 +186,7 @@ def _perplexity(args: argparse.Namespace) -> int:
     result = evaluate(model, text, base, args.window, args.max_windows)
     print(f"perplexity: {result.perplexity:.4f} ({result.n_predictions} predictions in {result.n_windows} "
           f"windows of {result.window} tokens)")
-    if result.kl_divergence is not None:
+    if result.kl_divergence is not None and result.top1_agreement is not None:
         print(f"base perplexity: {result.base_perplexity:.4f}")
         print(f"mean KL(base || model): {result.kl_divergence:.6f} nats/token")
         print(f"top-1 agreement: {100 * result.top1_agreement:.2f}%")

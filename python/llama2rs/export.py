@@ -16,7 +16,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Sequence
 
-import numpy as np
 
 from . import calibrate, l2rs, llama2c
 from .config import Config

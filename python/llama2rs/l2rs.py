@@ -9,8 +9,9 @@ from __future__ import annotations
 import json
 import os
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
-from typing import BinaryIO, Callable, Iterable, Iterator, Mapping, Optional, Union
+from typing import Any, BinaryIO, Callable, Iterable, Iterator, Mapping, Optional, Union
 
 import numpy as np
 
@@ -38,9 +39,9 @@ MATRIX_NAMES = ("wq", "wk", "wv", "wo", "w1", "w2", "w3")
 HEADER_ALIGN = 64
 
 Matrix = Union[np.ndarray, Q8Tensor, AffineQuantized]
-_DTYPES = {np.dtype(np.float32): "F32", np.dtype(np.int32): "I32", np.dtype(np.uint8): "U8", np.dtype(np.int8): "I8",
+_DTYPES: dict[np.dtype, str] = {np.dtype(np.float32): "F32", np.dtype(np.int32): "I32", np.dtype(np.uint8): "U8", np.dtype(np.int8): "I8",
            np.dtype(np.float16): "F16", np.dtype(np.int64): "I64"}
-_NUMPY = {v: k for k, v in _DTYPES.items()}
+_NUMPY: dict[str, np.dtype] = {v: k for k, v in _DTYPES.items()}
 _NUMPY["BF16"] = np.dtype(np.uint16)  # raw; callers widen it
 
 
@@ -81,7 +82,8 @@ def _matrix_tensors(name: str, m: Matrix) -> Iterator[_Pending]:
         yield _pending(f"{name}.scales", np.float32, m.scales.shape, lambda: m.scales)
         yield _pending(f"{name}.zeros", np.uint8, m.zeros.shape, lambda: m.zeros)
         if m.perm is not None:
-            yield _pending(f"{name}.perm", np.int32, m.perm.shape, lambda: m.perm)
+            perm = m.perm
+            yield _pending(f"{name}.perm", np.int32, perm.shape, lambda: perm)
     elif isinstance(m, Q8Tensor):
         yield _pending(f"{name}.q8_0", np.int8, m.q.shape, lambda: m.q)
         yield _pending(f"{name}.q8_0_scales", np.float32, m.scale.shape, lambda: m.scale)
@@ -107,9 +109,7 @@ def _affine_group_size(matrices: Iterable[Matrix]) -> Optional[int]:
 
 
 def _config_json(config: Config) -> str:
-    d = config.to_dict()
-    d["rope_layout"] = "interleaved"
-    return json.dumps(d)
+    return json.dumps({**config.to_dict(), "rope_layout": "interleaved"})
 
 
 def write_model(
@@ -136,7 +136,7 @@ def write_model(
     for i, layer in enumerate(weights.layers):
         for norm in ("rms_att", "rms_ffn"):
             tensors.append(_pending(f"layers.{i}.{norm}", np.float32, np.shape(layer[norm]),
-                                    lambda layer=layer, norm=norm: layer[norm]))
+                                    partial(np.asarray, layer[norm])))
         for name in MATRIX_NAMES:
             tensors += list(_matrix_tensors(f"layers.{i}.{name}", layer[name]))
             all_matrices.append(layer[name])
@@ -210,7 +210,8 @@ def read_model(path: Union[str, os.PathLike]) -> tuple[Config, ModelWeights, byt
     arrays = {}
     for name, info in header.items():
         a, b = info["data_offsets"]
-        arrays[name] = raw[start + a : start + b].view(_NUMPY[info["dtype"]]).reshape(info["shape"])
+        dtype = _NUMPY[info["dtype"]]
+        arrays[name] = raw[start + a : start + b].view(dtype).reshape(info["shape"])
     group = int(meta["affine_group_size"]) if "affine_group_size" in meta else None
 
     def matrix(name: str) -> Optional[Matrix]:
@@ -239,11 +240,14 @@ def read_model(path: Union[str, os.PathLike]) -> tuple[Config, ModelWeights, byt
 
     layers = []
     for i in range(config.n_layers):
-        layer = {"rms_att": arrays[f"layers.{i}.rms_att"], "rms_ffn": arrays[f"layers.{i}.rms_ffn"]}
+        layer: dict[str, Any] = {"rms_att": arrays[f"layers.{i}.rms_att"], "rms_ffn": arrays[f"layers.{i}.rms_ffn"]}
         for m in MATRIX_NAMES:
             layer[m] = matrix(f"layers.{i}.{m}")
         layers.append(layer)
-    weights = ModelWeights(matrix("token_embedding"), layers, arrays["rms_final"], matrix("classifier"), meta)
+    embedding = matrix("token_embedding")
+    if embedding is None:
+        raise ModelFileError(f"{path}: the token embedding is missing")
+    weights = ModelWeights(embedding, layers, arrays["rms_final"], matrix("classifier"), meta)
     return config, weights, arrays["tokenizer"].tobytes()
 
 

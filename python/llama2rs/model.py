@@ -85,7 +85,7 @@ class Model:
         if n_threads is not None:
             n_threads = _check_int("n_threads", n_threads, 1)
         self._core = _core.Model(os.fspath(model_path), n_threads, kernels, bool(exact))
-        self.config = Config(**self._core.config)
+        self.config = Config(**self._core.config)  # type: ignore[arg-type]
         self._tokenizer: Optional[Tokenizer] = None
         # A tokenizer stored in the file is parsed on first use (~25 ms for 32000 tokens), so
         # opening stays in milliseconds; a tokenizer file is checked against the model now.

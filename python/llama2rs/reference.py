@@ -170,7 +170,7 @@ def softmax_rows(scores: np.ndarray) -> np.ndarray:
 # the transformer
 
 
-def _attention(config: Config, weights: dict, layer: int, x_normed: np.ndarray,
+def _attention(config: Config, weights: Mapping, layer: int, x_normed: np.ndarray,
                cos: np.ndarray, sin: np.ndarray) -> np.ndarray:
     """Causal grouped-query self-attention of one layer; x_normed [T, dim] -> [T, dim]."""
     n_positions = x_normed.shape[0]
@@ -193,7 +193,7 @@ def _attention(config: Config, weights: dict, layer: int, x_normed: np.ndarray,
     return linear(mixed.reshape(n_positions, config.dim), weights["wo"][layer])  # [T, dim]
 
 
-def _feed_forward(weights: dict, layer: int, x_normed: np.ndarray) -> np.ndarray:
+def _feed_forward(weights: Mapping, layer: int, x_normed: np.ndarray) -> np.ndarray:
     """SwiGLU ``w2(silu(w1 x) * w3 x)``; x_normed [T, dim] -> [T, dim]."""
     gate = linear(x_normed, weights["w1"][layer])  # [T, hidden]
     up = linear(x_normed, weights["w3"][layer])  # [T, hidden]
