@@ -204,9 +204,7 @@ pub fn matmul(out: &mut [f32], w: &Matrix, x: &[f32], n_tokens: usize, scratch: 
                 Isa::Scalar => for_rows(&|r, t| scalar::Scalar::dot_f32(row(r), token(t))),
                 Isa::Portable => for_rows(&|r, t| fast::Fast::dot_f32(row(r), token(t))),
                 #[cfg(target_arch = "x86_64")]
-                Isa::Avx2 => for_rows(&|r, t| unsafe { x86::dot_f32_avx2(row(r), token(t)) }),
-                #[cfg(target_arch = "x86_64")]
-                Isa::Avx512 => for_rows(&|r, t| unsafe { x86::dot_f32_avx512(row(r), token(t)) }),
+                Isa::Avx2 | Isa::Avx512 => for_rows(&|r, t| unsafe { x86::dot_f32_avx2(row(r), token(t)) }),
                 #[cfg(not(target_arch = "x86_64"))]
                 _ => for_rows(&|r, t| fast::Fast::dot_f32(row(r), token(t))),
             }
@@ -233,6 +231,19 @@ pub fn matmul(out: &mut [f32], w: &Matrix, x: &[f32], n_tokens: usize, scratch: 
                 }
             };
             // The integer sums are exact and the float part runs in group order either way.
+            #[cfg(target_arch = "x86_64")]
+            if matches!(k.isa, Isa::Avx2 | Isa::Avx512) && gs % 32 == 0 {
+                for_rows(&|r, t| unsafe {
+                    x86::dot_q8_avx2(
+                        &q.values[r * cols..(r + 1) * cols],
+                        &q.scales[r * groups..(r + 1) * groups],
+                        &xq[t].values,
+                        &xq[t].scales,
+                        gs,
+                    )
+                });
+                return;
+            }
             for_rows(&|r, t| dot(r, t, k.isa == Isa::Scalar));
         }
         MatrixData::Affine(a) => {
