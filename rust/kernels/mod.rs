@@ -1,9 +1,11 @@
-//! Matrix-vector kernels.
+//! Matrix kernels: weights (fp32, Q8_0, affine 4/8-bit) times one or many activation vectors.
 //!
-//! Every kernel comes as a pair behind the `Kernels` trait: `scalar::Scalar`, a plain loop in
-//! llama2.c's summation order that serves as the reference, and `fast::Fast`, which the model
-//! runs. Tests check that they agree on random shapes. Row-parallel drivers (`matvec`) split
-//! the output rows over the rayon pool the caller installed.
+//! Implementations, chosen per model at run time (`Isa`): `scalar.rs`, plain loops in llama2.c's
+//! summation order, the reference; `fast.rs`, portable Rust the compiler vectorizes; `x86.rs`,
+//! AVX2 and AVX-512 VNNI (int8 activations from `act.rs` for 4-bit decode, an fp32 GEMM for
+//! prefill). Tests run every implementation this CPU supports against the reference and a
+//! float64 expectation on random shapes. `matmul` splits the output rows over the rayon pool the
+//! caller installed.
 
 pub mod act;
 pub mod fast;
