@@ -20,13 +20,8 @@ def test_stubtest_core():
 def test_package_type_checks():
     """The package ships py.typed: its own annotations must hold (mypy over the installed package)."""
     pytest.importorskip("mypy")
-    from pathlib import Path
-
-    import llama2rs
-
-    package = Path(llama2rs.__file__).parent
     result = subprocess.run(
-        [sys.executable, "-m", "mypy", str(package), "--ignore-missing-imports", "--no-incremental"],
+        [sys.executable, "-m", "mypy", "-p", "llama2rs", "--ignore-missing-imports", "--no-incremental"],
         capture_output=True, text=True, timeout=600,
     )
     assert result.returncode == 0, result.stdout + result.stderr
