@@ -347,19 +347,13 @@ pub unsafe fn gemm_q4_f32_avx512(
             let saved = &mut partial[tile * GEMM_ROWS * GEMM_TOKENS..(tile + 1) * GEMM_ROWS * GEMM_TOKENS];
             let mut acc: [[__m512; GEMM_TOKENS]; GEMM_ROWS] = std::array::from_fn(|i| std::array::from_fn(|j| saved[i * GEMM_TOKENS + j]));
             let xp: [*const f32; GEMM_TOKENS] = std::array::from_fn(|j| x.as_ptr().add((t0 + j.min(nt - 1)) * cols));
-            // Plain loads in the hot loop; the ragged last step (past `cols`) masks x instead.
-            let full_end = if k1 == steps && tail != 0 { k1 - 1 } else { k1 };
-            for k in k0..full_end {
-                let xv: [__m512; GEMM_TOKENS] = std::array::from_fn(|j| _mm512_loadu_ps(xp[j].add(16 * k)));
-                for i in 0..GEMM_ROWS {
-                    let wv = _mm512_loadu_ps(wp.add(i * stride + 16 * k));
-                    for j in 0..GEMM_TOKENS {
-                        acc[i][j] = _mm512_fmadd_ps(wv, xv[j], acc[i][j]);
-                    }
-                }
-            }
-            for k in full_end..k1 {
-                let xv: [__m512; GEMM_TOKENS] = std::array::from_fn(|j| _mm512_maskz_loadu_ps(last_mask, xp[j].add(16 * k)));
+            for k in k0..k1 {
+                // Plain loads in the hot loop; only the ragged last step (past `cols`) masks x.
+                let xv: [__m512; GEMM_TOKENS] = if k + 1 < steps || tail == 0 {
+                    std::array::from_fn(|j| _mm512_loadu_ps(xp[j].add(16 * k)))
+                } else {
+                    std::array::from_fn(|j| _mm512_maskz_loadu_ps(last_mask, xp[j].add(16 * k)))
+                };
                 for i in 0..GEMM_ROWS {
                     let wv = _mm512_loadu_ps(wp.add(i * stride + 16 * k));
                     for j in 0..GEMM_TOKENS {
