@@ -58,6 +58,10 @@ pub struct Int8Activation {
     pub residual_interleaved: Vec<i8>, // [padded] the same for `residual`
     pub block_scales: Vec<f32>, // [padded / BLOCK]
     pub lane_scales: Vec<f32>,  // [padded / LANE]
+    /// Sums of the dequantized values per group of `sums_group_size` columns (the zero-point
+    /// term), kept with the activation so matrices that share an input compute them once.
+    sums: Vec<f32>, // [n_groups]
+    sums_group_size: usize, // 0: not computed for the current input
 }
 
 impl Int8Activation {
@@ -67,6 +71,7 @@ impl Int8Activation {
         }
         self.source.clear();
         self.source.extend_from_slice(x);
+        self.sums_group_size = 0;
         let cols = x.len();
         let padded = cols.div_ceil(CHUNK) * CHUNK;
         self.cols = cols;
@@ -104,12 +109,22 @@ impl Int8Activation {
         d * self.natural[c] as f32 + (d / RESIDUAL) * self.residual[c] as f32
     }
 
-    /// `out[g] = sum of the dequantized values of group g` (groups of `group_size` columns).
-    pub fn group_sums(&self, group_size: usize, out: &mut Vec<f32>) {
-        out.clear();
-        out.extend((0..self.cols.div_ceil(group_size)).map(|g| {
-            (g * group_size..((g + 1) * group_size).min(self.cols)).map(|c| self.value(c)).sum::<f32>()
-        }));
+    /// Compute the sums of the dequantized values per group of `group_size` columns, unless
+    /// they are already there for this input.
+    pub fn update_group_sums(&mut self, group_size: usize) {
+        if self.sums_group_size == group_size {
+            return;
+        }
+        let sums: Vec<f32> = (0..self.cols.div_ceil(group_size))
+            .map(|g| (g * group_size..((g + 1) * group_size).min(self.cols)).map(|c| self.value(c)).sum())
+            .collect();
+        self.sums = sums;
+        self.sums_group_size = group_size;
+    }
+
+    /// `[n_groups]`: what `update_group_sums` computed.
+    pub fn group_sums(&self) -> &[f32] {
+        &self.sums
     }
 }
 
@@ -139,8 +154,8 @@ mod tests {
         // Padding is zero; lane 16 (columns 128..135) uses block 4's scale.
         assert!(a.natural[130..].iter().all(|&v| v == 0));
         assert_eq!(a.lane_scales[16], a.block_scales[4]);
-        let mut sums = Vec::new();
-        a.group_sums(64, &mut sums);
+        a.update_group_sums(64);
+        let sums = a.group_sums();
         assert_eq!(sums.len(), 3);
         let direct: f32 = (128..130).map(|c| a.value(c)).sum();
         assert_eq!(sums[2], direct);

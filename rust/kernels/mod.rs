@@ -201,15 +201,13 @@ pub fn matmul(out: &mut [f32], w: &Matrix, x: &[f32], n_tokens: usize, scratch: 
     let token = |t: usize| &x[t * cols..(t + 1) * cols];
     match &w.data {
         MatrixData::F32(wd) => {
-            let row = |r: usize| &wd[r * cols..(r + 1) * cols];
-            match k.isa {
-                Isa::Scalar => for_rows(&|r, t| scalar::Scalar::dot_f32(row(r), token(t))),
-                Isa::Portable => for_rows(&|r, t| fast::Fast::dot_f32(row(r), token(t))),
+            let dot: fn(&[f32], &[f32]) -> f32 = match k.isa {
+                Isa::Scalar => scalar::Scalar::dot_f32,
                 #[cfg(target_arch = "x86_64")]
-                Isa::Avx2 | Isa::Avx512 => for_rows(&|r, t| unsafe { x86::dot_f32_avx2(row(r), token(t)) }),
-                #[cfg(not(target_arch = "x86_64"))]
-                _ => for_rows(&|r, t| fast::Fast::dot_f32(row(r), token(t))),
-            }
+                Isa::Avx2 | Isa::Avx512 => |a, b| unsafe { x86::dot_f32_avx2(a, b) },
+                _ => fast::Fast::dot_f32,
+            };
+            for_rows(&|r, t| dot(&wd[r * cols..(r + 1) * cols], token(t)));
         }
         MatrixData::Q8(q) => {
             let gs = q.group_size;
@@ -219,34 +217,17 @@ pub fn matmul(out: &mut [f32], w: &Matrix, x: &[f32], n_tokens: usize, scratch: 
             }
             let xq = &scratch.q8;
             let groups = cols / gs;
-            let dot = |r: usize, t: usize, reference: bool| {
-                let args = (
-                    &q.values[r * cols..(r + 1) * cols],
-                    &q.scales[r * groups..(r + 1) * groups],
-                    &xq[t].values[..],
-                    &xq[t].scales[..],
-                );
-                if reference {
-                    scalar::Scalar::dot_q8(args.0, args.1, args.2, args.3, gs)
-                } else {
-                    fast::Fast::dot_q8(args.0, args.1, args.2, args.3, gs)
-                }
+            // The integer sums are exact and the float part runs in group order in every one.
+            let dot: fn(&[i8], &[f32], &[i8], &[f32], usize) -> f32 = match k.isa {
+                Isa::Scalar => scalar::Scalar::dot_q8,
+                #[cfg(target_arch = "x86_64")]
+                Isa::Avx2 | Isa::Avx512 if gs % 32 == 0 => |w, ws, x, xs, gs| unsafe { x86::dot_q8_avx2(w, ws, x, xs, gs) },
+                _ => fast::Fast::dot_q8,
             };
-            // The integer sums are exact and the float part runs in group order either way.
-            #[cfg(target_arch = "x86_64")]
-            if matches!(k.isa, Isa::Avx2 | Isa::Avx512) && gs % 32 == 0 {
-                for_rows(&|r, t| unsafe {
-                    x86::dot_q8_avx2(
-                        &q.values[r * cols..(r + 1) * cols],
-                        &q.scales[r * groups..(r + 1) * groups],
-                        &xq[t].values,
-                        &xq[t].scales,
-                        gs,
-                    )
-                });
-                return;
-            }
-            for_rows(&|r, t| dot(r, t, k.isa == Isa::Scalar));
+            for_rows(&|r, t| {
+                let (w, ws) = (&q.values[r * cols..(r + 1) * cols], &q.scales[r * groups..(r + 1) * groups]);
+                dot(w, ws, &xq[t].values, &xq[t].scales, gs)
+            });
         }
         MatrixData::Affine(a) => {
             let x = match &a.perm {
@@ -290,7 +271,6 @@ pub fn matmul(out: &mut [f32], w: &Matrix, x: &[f32], n_tokens: usize, scratch: 
                 });
                 return;
             }
-            scratch.group_sums.resize_with(n_tokens, Vec::new);
             let int8 = k.int8_activations
                 && a.bits == 4
                 && k.isa != Isa::Portable
@@ -299,9 +279,9 @@ pub fn matmul(out: &mut [f32], w: &Matrix, x: &[f32], n_tokens: usize, scratch: 
                 scratch.int8.resize_with(n_tokens, Default::default);
                 for t in 0..n_tokens {
                     scratch.int8[t].quantize(token(t));
-                    scratch.int8[t].group_sums(a.group_size, &mut scratch.group_sums[t]);
+                    scratch.int8[t].update_group_sums(a.group_size);
                 }
-                let (acts, sums) = (&scratch.int8, &scratch.group_sums);
+                let acts = &scratch.int8;
                 match k.isa {
                     #[cfg(target_arch = "x86_64")]
                     Isa::Avx512 => {
@@ -309,13 +289,14 @@ pub fn matmul(out: &mut [f32], w: &Matrix, x: &[f32], n_tokens: usize, scratch: 
                         // One row at a time: a single sequential stream through the matrix
                         // measured faster than pairs of rows sharing activation loads (35 vs 23
                         // tok/s on TinyLlama's shape), which split it into two streams.
-                        for_rows(&|r, t| unsafe { x86::dot_q4_i8_avx512(row(r), &acts[t], &sums[t], &plan) });
+                        for_rows(&|r, t| unsafe { x86::dot_q4_i8_avx512(row(r), &acts[t], acts[t].group_sums(), &plan) });
                     }
                     #[cfg(target_arch = "x86_64")]
-                    Isa::Avx2 => for_rows(&|r, t| unsafe { x86::dot_q4_i8_avx2(row(r), &acts[t], &sums[t]) }),
+                    Isa::Avx2 => for_rows(&|r, t| unsafe { x86::dot_q4_i8_avx2(row(r), &acts[t], acts[t].group_sums()) }),
                     _ => for_rows(&|r, t| scalar::dot_q4_i8(row(r), &acts[t])),
                 }
             } else {
+                scratch.group_sums.resize_with(n_tokens, Vec::new);
                 for t in 0..n_tokens {
                     let sums = &mut scratch.group_sums[t];
                     sums.clear();
