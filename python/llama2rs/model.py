@@ -188,7 +188,8 @@ class Model:
     ) -> Iterator[int]:
         """Sample up to ``max_tokens`` new token ids after ``prompt_ids`` (which should start with
         BOS). Stops early at BOS or EOS (unless ``ignore_eos``) and when the context is full.
-        Arguments are checked now; the work happens as the iterator is consumed."""
+        Arguments are checked and the prompt is run through the model when this is called (so a
+        bad prompt fails here); new tokens are computed as the iterator is consumed."""
         max_tokens = _check_int("max_tokens", max_tokens, 0)
         temperature = _check_float("temperature", temperature, 0.0, float("inf"))
         top_p = _check_float("top_p", top_p, 0.0, 1.0)
