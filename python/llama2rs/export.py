@@ -170,7 +170,9 @@ def build_parser(prog: str = "export.py") -> argparse.ArgumentParser:
 def add_export_arguments(parser: argparse.ArgumentParser, positional_input: bool = False) -> None:
     if positional_input:
         parser.add_argument("input", help="llama2.c file, HuggingFace directory or llama2rs file")
+        parser.set_defaults(hf=None, llama2c=None, input_kind="auto")
     else:
+        parser.set_defaults(input_kind="llama2rs")
         src = parser.add_mutually_exclusive_group(required=True)
         src.add_argument("--hf", metavar="DIR", help="HuggingFace Llama directory (config.json, *.safetensors)")
         src.add_argument("--llama2c", metavar="FILE", help="llama2.c model file (legacy, v1 or v2 Q8_0)")
@@ -193,14 +195,12 @@ def add_export_arguments(parser: argparse.ArgumentParser, positional_input: bool
 
 
 def run_export(args: argparse.Namespace) -> int:
-    if getattr(args, "input", None) and not hasattr(args, "hf"):
-        kind, path = "auto", args.input
-    elif args.hf:
+    if args.hf:
         kind, path = "hf", args.hf
     elif args.llama2c:
         kind, path = "llama2c", args.llama2c
-    else:
-        kind, path = "llama2rs", args.input
+    else:  # --input (a llama2rs file), or quantize's positional input of any kind
+        kind, path = args.input_kind, args.input
     calibration = None
     if args.calibration:
         try:
