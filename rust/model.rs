@@ -251,6 +251,8 @@ impl Model {
             let layer_keys = &s.key_cache[layer_cache..layer_cache + seq_len * kv_dim];
             let layer_values = &s.value_cache[layer_cache..layer_cache + seq_len * kv_dim];
             let q = &*q;
+            // The scalar kernels keep run.c's summation order; the others vectorize the scores.
+            let dot = crate::kernels::dot_f32_for(k.isa);
             let out = SyncPtr(xb.as_mut_ptr());
             s.att.par_chunks_mut(seq_len).enumerate().for_each(|(h, att)| {
                 let out = out;
@@ -262,11 +264,7 @@ impl Model {
                     let att = &mut att[..=pos];
                     for (p, a) in att.iter_mut().enumerate() {
                         let key = &layer_keys[p * kv_dim + kv_offset..p * kv_dim + kv_offset + hs];
-                        let mut score = 0.0f32;
-                        for i in 0..hs {
-                            score += q[i] * key[i];
-                        }
-                        *a = score / scale;
+                        *a = dot(q, key) / scale;
                     }
                     softmax(att);
                     // SAFETY: head h of token t owns xb[t, h*hs..(h+1)*hs]; no other task writes it.
@@ -399,22 +397,23 @@ pub(crate) fn softmax(x: &mut [f32]) {
 }
 
 /// Rotary position embedding on interleaved pairs `(2i, 2i+1)` within each head
-/// (llama2.c's layout): rotates all of `q` and the `kv_dim` entries of `k`.
+/// (llama2.c's layout): rotates all of `q` and the `kv_dim` entries of `k`. The angle depends
+/// only on the pair's place in its head, so each sine and cosine is computed once per position
+/// and applied to every head (the same values run.c computes per head).
 fn rope(q: &mut [f32], k: &mut [f32], pos: usize, head_size: usize, theta: f32) {
-    for i in (0..q.len()).step_by(2) {
-        let head_dim = (i % head_size) as f32;
-        let freq = 1.0 / theta.powf(head_dim / head_size as f32);
+    for i in (0..head_size).step_by(2) {
+        let freq = 1.0 / theta.powf(i as f32 / head_size as f32);
         let angle = pos as f32 * freq;
         let (sin, cos) = (angle.sin(), angle.cos());
         let rotate = |v: &mut [f32]| {
-            let (v0, v1) = (v[i], v[i + 1]);
-            v[i] = v0 * cos - v1 * sin;
-            v[i + 1] = v0 * sin + v1 * cos;
+            for head in v.chunks_exact_mut(head_size) {
+                let (v0, v1) = (head[i], head[i + 1]);
+                head[i] = v0 * cos - v1 * sin;
+                head[i + 1] = v0 * sin + v1 * cos;
+            }
         };
         rotate(q);
-        if i < k.len() {
-            rotate(k);
-        }
+        rotate(k);
     }
 }
 

@@ -81,6 +81,16 @@ impl QuantizedVec {
     }
 }
 
+/// The fp32 dot product of `isa` (attention scores use it as well as fp32 matrices).
+pub fn dot_f32_for(isa: Isa) -> fn(&[f32], &[f32]) -> f32 {
+    match isa {
+        Isa::Scalar => scalar::Scalar::dot_f32,
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2 | Isa::Avx512 => |a, b| unsafe { x86::dot_f32_avx2(a, b) },
+        _ => fast::Fast::dot_f32,
+    }
+}
+
 /// Which implementation runs the kernels. Chosen once per model from the CPU's features
 /// (`Isa::detect`); every one of them is tested against `Scalar`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -201,12 +211,7 @@ pub fn matmul(out: &mut [f32], w: &Matrix, x: &[f32], n_tokens: usize, scratch: 
     let token = |t: usize| &x[t * cols..(t + 1) * cols];
     match &w.data {
         MatrixData::F32(wd) => {
-            let dot: fn(&[f32], &[f32]) -> f32 = match k.isa {
-                Isa::Scalar => scalar::Scalar::dot_f32,
-                #[cfg(target_arch = "x86_64")]
-                Isa::Avx2 | Isa::Avx512 => |a, b| unsafe { x86::dot_f32_avx2(a, b) },
-                _ => fast::Fast::dot_f32,
-            };
+            let dot = dot_f32_for(k.isa);
             for_rows(&|r, t| dot(&wd[r * cols..(r + 1) * cols], token(t)));
         }
         MatrixData::Q8(q) => {
