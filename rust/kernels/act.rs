@@ -128,6 +128,73 @@ impl Int8Activation {
     }
 }
 
+/// A batch of activation vectors quantized to int16 for the prefill GEMM (`vpdpwssd`): blocks
+/// of `block` columns share one fp32 scale `max|x| / 32767`, each block inside one weight group,
+/// so a block's integer dot product needs one weight scale and one activation scale. 15 bits
+/// keep the GEMM at least as close to the exact result as an fp16-activation kernel.
+#[derive(Debug, Default, Clone)]
+pub struct Int16Activations {
+    /// The fp32 input this was quantized from (q, k and v read one input; w1 and w3 another).
+    source: Vec<f32>,
+    pub n_tokens: usize,
+    pub cols: usize,
+    pub block: usize,
+    /// Columns per token, `cols` rounded up to whole blocks (the padding is zero).
+    pub padded: usize,
+    pub values: Vec<i16>, // [n_tokens, padded]
+    pub scales: Vec<f32>, // [n_tokens, padded / block]
+}
+
+/// Largest int16 activation block: 128 columns, fewer when weight groups are smaller.
+pub const INT16_BLOCK: usize = 128;
+
+impl Int16Activations {
+    /// The activation block for weights in groups of `group_size` columns (a group may span
+    /// the row): a power of two from 32 to 128 that divides the group, or `None` when the
+    /// groups are too small or ragged for the GEMM.
+    pub fn block_for(group_size: usize, cols: usize) -> Option<usize> {
+        if group_size >= cols {
+            return Some(INT16_BLOCK);
+        }
+        [128, 64, 32].into_iter().find(|b| group_size % b == 0)
+    }
+
+    /// Quantize `x` (`[n_tokens, cols]`) in blocks of `block` columns.
+    pub fn quantize(&mut self, x: &[f32], n_tokens: usize, cols: usize, block: usize) {
+        if self.source == x && self.cols == cols && self.block == block && !x.is_empty() {
+            return;
+        }
+        self.source.clear();
+        self.source.extend_from_slice(x);
+        let padded = cols.div_ceil(block) * block;
+        (self.n_tokens, self.cols, self.block, self.padded) = (n_tokens, cols, block, padded);
+        self.values.clear();
+        self.values.resize(n_tokens * padded, 0);
+        self.scales.clear();
+        for (t, xt) in x.chunks_exact(cols).enumerate() {
+            let out = &mut self.values[t * padded..(t + 1) * padded];
+            for (b, part) in xt.chunks(block).enumerate() {
+                let max_abs = part.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+                let scale = max_abs / 32767.0;
+                self.scales.push(scale);
+                if scale > 0.0 {
+                    let inv = 1.0 / scale;
+                    for (o, v) in out[b * block..].iter_mut().zip(part) {
+                        *o = round_even(v * inv).clamp(-32767.0, 32767.0) as i16;
+                    }
+                }
+            }
+            self.scales.resize((t + 1) * (padded / block), 0.0);
+        }
+    }
+
+    /// The dequantized value of token `t`, column `c`.
+    #[inline]
+    pub fn value(&self, t: usize, c: usize) -> f32 {
+        self.scales[t * (self.padded / self.block) + c / self.block] * self.values[t * self.padded + c] as f32
+    }
+}
+
 /// True when the SIMD 4-bit kernels can apply one weight scale per 8-column lane: groups are
 /// whole lanes and either tile a chunk or span whole chunks (or there is one group per row).
 pub fn lanes_fit_groups(group_size: usize, cols: usize) -> bool {
@@ -137,6 +204,30 @@ pub fn lanes_fit_groups(group_size: usize, cols: usize) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn int16_blocks_scales_and_padding() {
+        assert_eq!(Int16Activations::block_for(128, 4096), Some(128));
+        assert_eq!(Int16Activations::block_for(64, 4096), Some(64));
+        assert_eq!(Int16Activations::block_for(96, 4096), Some(32));
+        assert_eq!(Int16Activations::block_for(8, 4096), None);
+        assert_eq!(Int16Activations::block_for(300, 300), Some(128));
+        // Two tokens of 40 columns in blocks of 32: padded to 64.
+        let x: Vec<f32> = (0..80).map(|i| (i as f32 - 37.0) / 8.0).collect();
+        let mut a = Int16Activations::default();
+        a.quantize(&x, 2, 40, 32);
+        assert_eq!((a.padded, a.values.len(), a.scales.len()), (64, 128, 4));
+        // Token 0, block 0 holds (0-37)/8 .. (31-37)/8: max |x| = 37/8 maps to -32767.
+        assert_eq!(a.scales[0], 37.0 / 8.0 / 32767.0);
+        assert_eq!(a.values[0], -32767);
+        assert!(a.values[40..64].iter().all(|&v| v == 0));
+        for t in 0..2 {
+            for c in 0..40 {
+                let (v, d) = (x[t * 40 + c], a.scales[t * 2 + c / 32]);
+                assert!((a.value(t, c) - v).abs() <= d / 2.0 + 1e-7, "token {t} column {c}");
+            }
+        }
+    }
 
     #[test]
     fn layout_and_scales() {

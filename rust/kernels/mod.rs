@@ -168,6 +168,7 @@ impl KernelChoice {
 pub struct Scratch {
     q8: Vec<QuantizedVec>,         // [n_tokens] inputs quantized for Q8_0 weights
     int8: Vec<act::Int8Activation>, // [n_tokens] inputs quantized for 4-bit weights
+    int16: act::Int16Activations,  // [n_tokens] inputs quantized for the 4-bit GEMM
     permuted: Vec<f32>,            // [n_tokens, cols] inputs in stored column order (act-order)
     group_sums: Vec<Vec<f32>>,     // [n_tokens][n_groups] input sums per group (affine weights)
 }
@@ -180,6 +181,16 @@ fn rows_per_task(cols: usize, n_tokens: usize) -> usize {
 
 /// From this many tokens on, 4-bit matrices run as a GEMM on fp32 activations (AVX-512, AVX2).
 pub const GEMM_MIN_TOKENS: usize = 4;
+
+/// The int16 activation block when a 4-bit matrix runs as the AVX-512 `vpdpwssd` GEMM:
+/// batches of at least `GEMM_MIN_TOKENS`, integer activations allowed, groups that whole
+/// activation blocks fit in.
+pub fn int16_gemm_block(k: KernelChoice, a: &AffineData, cols: usize, n_tokens: usize) -> Option<usize> {
+    if k.isa != Isa::Avx512 || !k.int8_activations || a.bits != 4 || n_tokens < GEMM_MIN_TOKENS {
+        return None;
+    }
+    act::Int16Activations::block_for(a.group_size, cols)
+}
 
 /// A raw output pointer that row tasks write through at disjoint indices.
 #[derive(Clone, Copy)]
@@ -257,6 +268,20 @@ pub fn matmul(out: &mut [f32], w: &Matrix, x: &[f32], n_tokens: usize, scratch: 
                 group_size: a.group_size,
                 cols,
             };
+            #[cfg(target_arch = "x86_64")]
+            if let Some(block) = int16_gemm_block(k, a, cols, n_tokens) {
+                scratch.int16.quantize(x, n_tokens, cols, block);
+                let xq = &scratch.int16;
+                let blocks = rows.div_ceil(x86::I16_ROWS);
+                (0..blocks).into_par_iter().with_min_len((min_len / x86::I16_ROWS).max(1)).for_each_init(
+                    x86::I16Buffers::default,
+                    |buffers, b| {
+                        let dst = dst;
+                        unsafe { x86::gemm_q4_i16_avx512(a, rows, cols, b * x86::I16_ROWS, xq, buffers, dst.0, rows) };
+                    },
+                );
+                return;
+            }
             #[cfg(target_arch = "x86_64")]
             if matches!(k.isa, Isa::Avx512 | Isa::Avx2) && a.bits == 4 && n_tokens >= GEMM_MIN_TOKENS {
                 // Prefill: dequantize a few rows at a time and run them against every token in
@@ -489,7 +514,7 @@ mod tests {
                     if gs > cols {
                         continue;
                     }
-                    for (act_order, n_tokens) in [(false, 1), (true, 3), (false, 5), (true, 6)] {
+                    for (act_order, n_tokens) in [(false, 1), (true, 3), (false, 5), (true, 6), (false, 13)] {
                         let a = random_affine(&mut rng, rows, cols, bits, gs, act_order);
                         let x = rng.vec(n_tokens * cols);
                         let m = Matrix {
@@ -505,40 +530,71 @@ mod tests {
                             }),
                         };
                         let groups = cols.div_ceil(gs);
-                        // w[r, feature] in float64, then w @ x per token.
-                        let exact = |int8: bool| -> Vec<f32> {
-                            let mut out = Vec::new();
-                            for t in 0..n_tokens {
+                        // x in stored column order, per token.
+                        let stored: Vec<f32> = (0..n_tokens)
+                            .flat_map(|t| {
                                 let xt = &x[t * cols..(t + 1) * cols];
-                                let stored: Vec<f32> = match &a.perm {
-                                    Some(p) => p.iter().map(|&i| xt[i as usize]).collect(),
+                                match &a.perm {
+                                    Some(p) => p.iter().map(|&i| xt[i as usize]).collect::<Vec<f32>>(),
                                     None => xt.to_vec(),
-                                };
-                                let mut act = act::Int8Activation::default();
-                                act.quantize(&stored);
+                                }
+                            })
+                            .collect();
+                        // w[r, c] in float64, then w @ x per token, with x as each kernel sees it:
+                        // fp32, int8 + residual (decode) or int16 in blocks (the AVX-512 GEMM).
+                        let weight = |r: usize, c: usize| {
+                            let g = r * groups + c / gs;
+                            a.scales[g] as f64 * (a.q[r * cols + c] as f64 - a.zeros[g] as f64)
+                        };
+                        let exact = |x_value: &dyn Fn(usize, usize) -> f64| -> Vec<f32> {
+                            let mut out = Vec::new(); // matmul's layout: [token, row]
+                            for t in 0..n_tokens {
                                 for r in 0..rows {
-                                    let sum: f64 = (0..cols)
-                                        .map(|c| {
-                                            let g = r * groups + c / gs;
-                                            let w = a.scales[g] as f64 * (a.q[r * cols + c] as f64 - a.zeros[g] as f64);
-                                            w * if int8 { act.value(c) as f64 } else { stored[c] as f64 }
-                                        })
-                                        .sum();
-                                    out.push(sum as f32);
+                                    out.push((0..cols).map(|c| weight(r, c) * x_value(t, c)).sum::<f64>() as f32);
                                 }
                             }
-                            // matmul's layout is [token, row]
                             out
                         };
-                        let exact_f32 = exact(false);
-                        let exact_int8 = exact(true);
+                        // sum |w x| per output: fp32 rounding grows with it, not with the result
+                        // (8-bit rows of 1500 columns cancel to small sums).
+                        let magnitude: Vec<f64> = (0..n_tokens)
+                            .flat_map(|t| (0..rows).map(move |r| (t, r)))
+                            .map(|(t, r)| (0..cols).map(|c| (weight(r, c) * stored[t * cols + c] as f64).abs()).sum())
+                            .collect();
+                        let assert_close = |got: &[f32], want: &[f32], tol: f64, what: &str| {
+                            for (i, (&x, &y)) in got.iter().zip(want).enumerate() {
+                                let bound = tol * (1.0 + (y as f64).abs()) + 1e-6 * magnitude[i];
+                                assert!(((x - y) as f64).abs() <= bound, "{what} [{i}]: {x} vs {y}");
+                            }
+                        };
+                        let exact_f32 = exact(&|t, c| stored[t * cols + c] as f64);
+                        let int8: Vec<act::Int8Activation> = (0..n_tokens)
+                            .map(|t| {
+                                let mut q = act::Int8Activation::default();
+                                q.quantize(&stored[t * cols..(t + 1) * cols]);
+                                q
+                            })
+                            .collect();
+                        let exact_int8 = exact(&|t, c| int8[t].value(c) as f64);
+                        let data = match &m.data {
+                            MatrixData::Affine(d) => d,
+                            _ => unreachable!(),
+                        };
                         for k in choices() {
                             let what = format!("{rows}x{cols} bits {bits} gs {gs} act_order {act_order} {:?}", k.isa);
                             let fp = run(&m, &x, n_tokens, KernelChoice { isa: k.isa, int8_activations: false });
                             assert_close(&fp, &exact_f32, 1e-4, &format!("f32 activations {what}"));
+                            let q = run(&m, &x, n_tokens, k);
+                            if let Some(block) = int16_gemm_block(k, data, cols, n_tokens) {
+                                let mut int16 = act::Int16Activations::default();
+                                int16.quantize(&stored, n_tokens, cols, block);
+                                let exact_int16 = exact(&|t, c| int16.value(t, c) as f64);
+                                assert_close(&q, &exact_int16, 1e-5, &format!("int16 GEMM {what}"));
+                                assert_close(&q, &exact_f32, 1e-3, &format!("int16 GEMM vs fp32 {what}"));
+                                continue;
+                            }
                             let gemm = matches!(k.isa, Isa::Avx512 | Isa::Avx2) && bits == 4 && n_tokens >= GEMM_MIN_TOKENS;
                             let int8_used = bits == 4 && k.isa != Isa::Portable && act::lanes_fit_groups(gs, cols) && !gemm;
-                            let q = run(&m, &x, n_tokens, k);
                             let expected = if int8_used { &exact_int8 } else { &exact_f32 };
                             assert_close(&q, expected, 1e-4, &format!("int8 activations {what}"));
                         }

@@ -6,8 +6,9 @@
 
 use std::arch::x86_64::*;
 
-use super::act::{Int8Activation, CHUNK, RESIDUAL};
+use super::act::{Int16Activations, Int8Activation, CHUNK, RESIDUAL};
 use super::AffineRow;
+use crate::tensor::AffineData;
 
 // ---------------------------------------------------------------------------------------------
 // fp32 dot products
@@ -586,6 +587,199 @@ pub unsafe fn gemm_q4_f32_avx2(
                 write(t0 + j, i, lanes.iter().sum());
             }
         }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// 4-bit weights x many int16 activations (prefill): a `vpdpwssd` GEMM
+//
+// A 4-bit row stores columns 2k and 2k+1 in byte k, which is exactly the pair of 16-bit values
+// one 32-bit lane of `vpdpwssd` multiplies. So a panel of 16 rows unpacks, per byte column k,
+// into one zmm whose lane j holds row j's pair (q - z as int16); a token's pair of int16
+// activations is broadcast against it. Per activation block (inside one weight group) the
+// integer sums are scaled once: `sum += s_w[row] * s_x[token] * idot`. The unpacking runs once
+// per block for all the batch's tokens; 32 multiply-adds per instruction against the fp32
+// GEMM's 16.
+
+/// Rows per panel (one zmm lane each), panels per register tile, tokens per register tile.
+const I16_PANEL: usize = 16;
+const I16_PANELS: usize = 2;
+const I16_TOKENS: usize = 6;
+/// Rows one call of `gemm_q4_i16_avx512` computes.
+pub const I16_ROWS: usize = I16_PANEL * I16_PANELS;
+
+/// Working memory of `gemm_q4_i16_avx512`, kept per thread across calls.
+#[derive(Default)]
+pub struct I16Buffers {
+    weights: Vec<__m512i>, // [I16_PANELS, block / 2] unpacked column pairs, lane = row
+    partial: Vec<__m512>,  // [tiles, I16_PANELS, I16_TOKENS] fp32 sums, lane = row
+    tail: Vec<u8>,         // [I16_PANEL, block / 2] a ragged last block's bytes, zero-padded
+}
+
+/// `out[t * out_stride + r] = dot(W[r], x[t])` for rows `r0..r0 + I16_ROWS` (those that exist)
+/// of a 4-bit matrix and every token of `x` (quantized in blocks inside weight groups, see
+/// `Int16Activations::block_for`).
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
+pub unsafe fn gemm_q4_i16_avx512(
+    w: &AffineData,
+    rows: usize,
+    cols: usize,
+    r0: usize,
+    x: &Int16Activations,
+    buffers: &mut I16Buffers,
+    out: *mut f32,
+    out_stride: usize,
+) {
+    debug_assert!(w.bits == 4 && x.cols == cols && x.block % 32 == 0);
+    let (block, n_tokens) = (x.block, x.n_tokens);
+    let kps = block / 2; // column pairs (bytes) per block
+    let n_blocks = x.padded / block;
+    let row_bytes = AffineData::row_bytes(4, cols);
+    let n_groups = w.n_groups(cols);
+    let tiles = n_tokens.div_ceil(I16_TOKENS);
+    buffers.weights.clear();
+    buffers.weights.resize(I16_PANELS * kps, _mm512_setzero_si512());
+    buffers.partial.clear();
+    buffers.partial.resize(tiles * I16_PANELS * I16_TOKENS, _mm512_setzero_ps());
+    let valid: [usize; I16_PANELS] = std::array::from_fn(|p| rows.saturating_sub(r0 + p * I16_PANEL).min(I16_PANEL));
+    let x_pairs = x.values.as_ptr() as *const i32;
+    let x_stride = x.padded / 2; // pairs per token
+    for b in 0..n_blocks {
+        let g = if w.group_size >= cols { 0 } else { (b * block / w.group_size).min(n_groups - 1) };
+        let mut ws = [_mm512_setzero_ps(); I16_PANELS];
+        for (p, ws_p) in ws.iter_mut().enumerate() {
+            *ws_p = unpack_panel_avx512(w, r0 + p * I16_PANEL, valid[p], g, n_groups, row_bytes, b * kps, kps, buffers, p);
+        }
+        let wp = buffers.weights.as_ptr();
+        for tile in 0..tiles {
+            let t0 = tile * I16_TOKENS;
+            let nt = (n_tokens - t0).min(I16_TOKENS);
+            let xp = x_pairs.add(t0 * x_stride + b * kps);
+            let mut xs = [0.0f32; I16_TOKENS];
+            for (j, s) in xs.iter_mut().enumerate().take(nt) {
+                *s = x.scales[(t0 + j) * n_blocks + b];
+            }
+            let partial = buffers.partial.as_mut_ptr().add(tile * I16_PANELS * I16_TOKENS);
+            match nt {
+                6 => i16_tile::<6>(wp, kps, xp, x_stride, &xs, &ws, partial),
+                5 => i16_tile::<5>(wp, kps, xp, x_stride, &xs, &ws, partial),
+                4 => i16_tile::<4>(wp, kps, xp, x_stride, &xs, &ws, partial),
+                3 => i16_tile::<3>(wp, kps, xp, x_stride, &xs, &ws, partial),
+                2 => i16_tile::<2>(wp, kps, xp, x_stride, &xs, &ws, partial),
+                _ => i16_tile::<1>(wp, kps, xp, x_stride, &xs, &ws, partial),
+            }
+        }
+    }
+    for tile in 0..tiles {
+        let t0 = tile * I16_TOKENS;
+        for j in 0..(n_tokens - t0).min(I16_TOKENS) {
+            for (p, &n) in valid.iter().enumerate() {
+                if n > 0 {
+                    let v = buffers.partial[(tile * I16_PANELS + p) * I16_TOKENS + j];
+                    let dst = out.add((t0 + j) * out_stride + r0 + p * I16_PANEL);
+                    _mm512_mask_storeu_ps(dst, ((1u32 << n) - 1) as u16, v);
+                }
+            }
+        }
+    }
+}
+
+/// Unpack bytes `byte0..byte0 + kps` of rows `row0..row0 + valid` into panel `p` of
+/// `buffers.weights` (lane j = row j: low nibble - z in the low int16, high nibble - z in the
+/// high one) and return the rows' weight scales for group `g`.
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+unsafe fn unpack_panel_avx512(
+    w: &AffineData,
+    row0: usize,
+    valid: usize,
+    g: usize,
+    n_groups: usize,
+    row_bytes: usize,
+    byte0: usize,
+    kps: usize,
+    buffers: &mut I16Buffers,
+    p: usize,
+) -> __m512 {
+    let dst = buffers.weights.as_mut_ptr().add(p * kps);
+    if valid == 0 {
+        for k in 0..kps {
+            *dst.add(k) = _mm512_setzero_si512();
+        }
+        return _mm512_setzero_ps();
+    }
+    let mut scales = [0.0f32; I16_PANEL];
+    let mut zeros = [0i32; I16_PANEL];
+    for j in 0..valid {
+        let i = (row0 + j) * n_groups + g;
+        scales[j] = w.scales[i];
+        zeros[j] = w.zeros[i] as i32 * 0x0001_0001;
+    }
+    let zz = _mm512_loadu_si512(zeros.as_ptr() as *const _);
+    let mask = ((1u32 << valid) - 1) as u16;
+    // Whole blocks are gathered from the rows in place; a row's ragged last block is copied,
+    // zero-padded, so no gather reads past the row (the activation's padding is zero).
+    let (base, stride) = if byte0 + kps <= row_bytes {
+        (w.values.as_ptr().add(row0 * row_bytes + byte0), row_bytes)
+    } else {
+        buffers.tail.clear();
+        buffers.tail.resize(I16_PANEL * kps, 0);
+        let n = row_bytes - byte0;
+        for j in 0..valid {
+            let start = (row0 + j) * row_bytes + byte0;
+            buffers.tail[j * kps..j * kps + n].copy_from_slice(&w.values[start..start + n]);
+        }
+        (buffers.tail.as_ptr(), kps)
+    };
+    let offsets = _mm512_mullo_epi32(_mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15), _mm512_set1_epi32(stride as i32));
+    let low = _mm512_set1_epi32(0x0000_000f);
+    let high = _mm512_set1_epi32(0x000f_0000);
+    for m in 0..kps / 4 {
+        // Lane j: bytes 4m..4m+3 of row j, i.e. column pairs 4m..4m+3.
+        let v = _mm512_mask_i32gather_epi32::<1>(_mm512_setzero_si512(), mask, offsets, base.add(4 * m) as *const _);
+        for i in 0..4 {
+            let t = match i {
+                0 => v,
+                1 => _mm512_srli_epi32::<8>(v),
+                2 => _mm512_srli_epi32::<16>(v),
+                _ => _mm512_srli_epi32::<24>(v),
+            };
+            let pair = _mm512_or_si512(_mm512_and_si512(t, low), _mm512_and_si512(_mm512_slli_epi32::<12>(t), high));
+            *dst.add(4 * m + i) = _mm512_sub_epi16(pair, zz);
+        }
+    }
+    _mm512_loadu_ps(scales.as_ptr())
+}
+
+/// The register tile: `I16_PANELS` panels x `T` tokens of int32 sums over one block, then
+/// `partial[p][t] += s_w[p] * s_x[t] * sum`.
+#[inline(always)]
+unsafe fn i16_tile<const T: usize>(
+    w: *const __m512i,
+    kps: usize,
+    x: *const i32,
+    x_stride: usize,
+    x_scales: &[f32; I16_TOKENS],
+    w_scales: &[__m512; I16_PANELS],
+    partial: *mut __m512,
+) {
+    let mut acc0 = [_mm512_setzero_si512(); T];
+    let mut acc1 = [_mm512_setzero_si512(); T];
+    for k in 0..kps {
+        let w0 = *w.add(k);
+        let w1 = *w.add(kps + k);
+        for t in 0..T {
+            let xv = _mm512_set1_epi32(std::ptr::read_unaligned(x.add(t * x_stride + k)));
+            acc0[t] = _mm512_dpwssd_epi32(acc0[t], w0, xv);
+            acc1[t] = _mm512_dpwssd_epi32(acc1[t], w1, xv);
+        }
+    }
+    for t in 0..T {
+        let xs = _mm512_set1_ps(x_scales[t]);
+        let p0 = partial.add(t);
+        let p1 = partial.add(I16_TOKENS + t);
+        *p0 = _mm512_fmadd_ps(_mm512_cvtepi32_ps(acc0[t]), _mm512_mul_ps(w_scales[0], xs), *p0);
+        *p1 = _mm512_fmadd_ps(_mm512_cvtepi32_ps(acc1[t]), _mm512_mul_ps(w_scales[1], xs), *p1);
     }
 }
 
