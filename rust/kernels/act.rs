@@ -141,7 +141,9 @@ pub struct Int16Activations {
     pub block: usize,
     /// Columns per token, `cols` rounded up to whole blocks (the padding is zero).
     pub padded: usize,
-    pub values: Vec<i16>, // [n_tokens, padded]
+    /// Block-major, so one block of consecutive tokens is contiguous for the GEMM's tiles
+    /// (token-major rows `padded` apart would put a tile's tokens in one cache set).
+    pub values: Vec<i16>, // [padded / block, n_tokens, block]
     pub scales: Vec<f32>, // [n_tokens, padded / block]
 }
 
@@ -172,14 +174,14 @@ impl Int16Activations {
         self.values.resize(n_tokens * padded, 0);
         self.scales.clear();
         for (t, xt) in x.chunks_exact(cols).enumerate() {
-            let out = &mut self.values[t * padded..(t + 1) * padded];
             for (b, part) in xt.chunks(block).enumerate() {
                 let max_abs = part.iter().fold(0.0f32, |m, v| m.max(v.abs()));
                 let scale = max_abs / 32767.0;
                 self.scales.push(scale);
                 if scale > 0.0 {
                     let inv = 1.0 / scale;
-                    for (o, v) in out[b * block..].iter_mut().zip(part) {
+                    let out = &mut self.values[(b * n_tokens + t) * block..];
+                    for (o, v) in out.iter_mut().zip(part) {
                         *o = round_even(v * inv).clamp(-32767.0, 32767.0) as i16;
                     }
                 }
@@ -191,7 +193,8 @@ impl Int16Activations {
     /// The dequantized value of token `t`, column `c`.
     #[inline]
     pub fn value(&self, t: usize, c: usize) -> f32 {
-        self.scales[t * (self.padded / self.block) + c / self.block] * self.values[t * self.padded + c] as f32
+        let (b, i) = (c / self.block, c % self.block);
+        self.scales[t * (self.padded / self.block) + b] * self.values[(b * self.n_tokens + t) * self.block + i] as f32
     }
 }
 
@@ -220,7 +223,10 @@ mod tests {
         // Token 0, block 0 holds (0-37)/8 .. (31-37)/8: max |x| = 37/8 maps to -32767.
         assert_eq!(a.scales[0], 37.0 / 8.0 / 32767.0);
         assert_eq!(a.values[0], -32767);
-        assert!(a.values[40..64].iter().all(|&v| v == 0));
+        // Block-major: block 1 of token 0 (columns 32..39, then padding) follows block 0 of
+        // both tokens.
+        assert_eq!(a.values[64], -32767); // column 32: (32 - 37) / 8, the block's largest magnitude
+        assert!(a.values[64 + 8..96].iter().all(|&v| v == 0));
         for t in 0..2 {
             for c in 0..40 {
                 let (v, d) = (x[t * 40 + c], a.scales[t * 2 + c / 32]);

@@ -605,6 +605,7 @@ pub unsafe fn gemm_q4_f32_avx2(
 const I16_PANEL: usize = 16;
 const I16_PANELS: usize = 2;
 const I16_TOKENS: usize = 6;
+const _: () = assert!(I16_TOKENS <= 8, "gemm_q4_i16_avx512 dispatches tiles of up to 8 tokens");
 /// Rows one call of `gemm_q4_i16_avx512` computes.
 pub const I16_ROWS: usize = I16_PANEL * I16_PANELS;
 
@@ -613,7 +614,6 @@ pub const I16_ROWS: usize = I16_PANEL * I16_PANELS;
 pub struct I16Buffers {
     weights: Vec<__m512i>, // [I16_PANELS, block / 2] unpacked column pairs, lane = row
     partial: Vec<__m512>,  // [tiles, I16_PANELS, I16_TOKENS] fp32 sums, lane = row
-    tail: Vec<u8>,         // [I16_PANEL, block / 2] a ragged last block's bytes, zero-padded
 }
 
 /// `out[t * out_stride + r] = dot(W[r], x[t])` for rows `r0..r0 + I16_ROWS` (those that exist)
@@ -641,11 +641,22 @@ pub unsafe fn gemm_q4_i16_avx512(
     buffers.weights.resize(I16_PANELS * kps, _mm512_setzero_si512());
     buffers.partial.clear();
     buffers.partial.resize(tiles * I16_PANELS * I16_TOKENS, _mm512_setzero_ps());
-    let valid: [usize; I16_PANELS] = std::array::from_fn(|p| rows.saturating_sub(r0 + p * I16_PANEL).min(I16_PANEL));
-    let x_pairs = x.values.as_ptr() as *const i32;
-    let x_stride = x.padded / 2; // pairs per token
+    let n_rows = rows.saturating_sub(r0).min(I16_ROWS);
+    let valid: [usize; I16_PANELS] = std::array::from_fn(|p| n_rows.saturating_sub(p * I16_PANEL).min(I16_PANEL));
+    let x_pairs = x.values.as_ptr() as *const i32; // [n_blocks, n_tokens, kps]
+    let x_stride = kps; // pairs per token within a block
     for b in 0..n_blocks {
         let g = if w.group_size >= cols { 0 } else { (b * block / w.group_size).min(n_groups - 1) };
+        // The rows' next block, requested while this one is multiplied: 32 rows a KB or more
+        // apart are more streams than the hardware prefetcher follows.
+        if b + 1 < n_blocks {
+            let next = (b + 1) * kps;
+            for j in 0..n_rows {
+                let line = w.values.as_ptr().wrapping_add((r0 + j) * row_bytes + next);
+                _mm_prefetch::<_MM_HINT_T0>(line as *const i8);
+                _mm_prefetch::<_MM_HINT_T0>(line.wrapping_add(kps - 1) as *const i8);
+            }
+        }
         let mut ws = [_mm512_setzero_ps(); I16_PANELS];
         for (p, ws_p) in ws.iter_mut().enumerate() {
             *ws_p = unpack_panel_avx512(w, r0 + p * I16_PANEL, valid[p], g, n_groups, row_bytes, b * kps, kps, buffers, p);
@@ -654,13 +665,15 @@ pub unsafe fn gemm_q4_i16_avx512(
         for tile in 0..tiles {
             let t0 = tile * I16_TOKENS;
             let nt = (n_tokens - t0).min(I16_TOKENS);
-            let xp = x_pairs.add(t0 * x_stride + b * kps);
+            let xp = x_pairs.add((b * n_tokens + t0) * kps);
             let mut xs = [0.0f32; I16_TOKENS];
             for (j, s) in xs.iter_mut().enumerate().take(nt) {
                 *s = x.scales[(t0 + j) * n_blocks + b];
             }
             let partial = buffers.partial.as_mut_ptr().add(tile * I16_PANELS * I16_TOKENS);
             match nt {
+                8 => i16_tile::<8>(wp, kps, xp, x_stride, &xs, &ws, partial),
+                7 => i16_tile::<7>(wp, kps, xp, x_stride, &xs, &ws, partial),
                 6 => i16_tile::<6>(wp, kps, xp, x_stride, &xs, &ws, partial),
                 5 => i16_tile::<5>(wp, kps, xp, x_stride, &xs, &ws, partial),
                 4 => i16_tile::<4>(wp, kps, xp, x_stride, &xs, &ws, partial),
@@ -716,39 +729,68 @@ unsafe fn unpack_panel_avx512(
         zeros[j] = w.zeros[i] as i32 * 0x0001_0001;
     }
     let zz = _mm512_loadu_si512(zeros.as_ptr() as *const _);
-    let mask = ((1u32 << valid) - 1) as u16;
-    // Whole blocks are gathered from the rows in place; a row's ragged last block is copied,
-    // zero-padded, so no gather reads past the row (the activation's padding is zero).
-    let (base, stride) = if byte0 + kps <= row_bytes {
-        (w.values.as_ptr().add(row0 * row_bytes + byte0), row_bytes)
-    } else {
-        buffers.tail.clear();
-        buffers.tail.resize(I16_PANEL * kps, 0);
-        let n = row_bytes - byte0;
-        for j in 0..valid {
-            let start = (row0 + j) * row_bytes + byte0;
-            buffers.tail[j * kps..j * kps + n].copy_from_slice(&w.values[start..start + n]);
-        }
-        (buffers.tail.as_ptr(), kps)
-    };
-    let offsets = _mm512_mullo_epi32(_mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15), _mm512_set1_epi32(stride as i32));
     let low = _mm512_set1_epi32(0x0000_000f);
     let high = _mm512_set1_epi32(0x000f_0000);
-    for m in 0..kps / 4 {
-        // Lane j: bytes 4m..4m+3 of row j, i.e. column pairs 4m..4m+3.
-        let v = _mm512_mask_i32gather_epi32::<1>(_mm512_setzero_si512(), mask, offsets, base.add(4 * m) as *const _);
-        for i in 0..4 {
-            let t = match i {
-                0 => v,
-                1 => _mm512_srli_epi32::<8>(v),
-                2 => _mm512_srli_epi32::<16>(v),
-                _ => _mm512_srli_epi32::<24>(v),
-            };
-            let pair = _mm512_or_si512(_mm512_and_si512(t, low), _mm512_and_si512(_mm512_slli_epi32::<12>(t), high));
-            *dst.add(4 * m + i) = _mm512_sub_epi16(pair, zz);
+    // 64 bytes of each row at a time (masked at the row's end, so nothing past it is read and
+    // the activation's zero padding meets zero bytes), transposed so lane j is row j.
+    for slab in 0..kps.div_ceil(64) {
+        let start = byte0 + 64 * slab;
+        let n_bytes = (kps - 64 * slab).min(64);
+        let in_row = row_bytes.saturating_sub(start).min(n_bytes);
+        let mask = if in_row >= 64 { u64::MAX } else { (1u64 << in_row) - 1 };
+        let rows: [__m512i; I16_PANEL] = std::array::from_fn(|j| {
+            if j < valid && in_row > 0 {
+                _mm512_maskz_loadu_epi8(mask, w.values.as_ptr().add((row0 + j) * row_bytes + start) as *const i8)
+            } else {
+                _mm512_setzero_si512()
+            }
+        });
+        let columns = transpose_16x16_epi32(rows);
+        for (d, &v) in columns.iter().enumerate().take(n_bytes / 4) {
+            // Lane j: bytes 4d..4d+3 of row j's slab, i.e. four column pairs.
+            for i in 0..4 {
+                let t = match i {
+                    0 => v,
+                    1 => _mm512_srli_epi32::<8>(v),
+                    2 => _mm512_srli_epi32::<16>(v),
+                    _ => _mm512_srli_epi32::<24>(v),
+                };
+                let pair = _mm512_or_si512(_mm512_and_si512(t, low), _mm512_and_si512(_mm512_slli_epi32::<12>(t), high));
+                *dst.add(64 * slab + 4 * d + i) = _mm512_sub_epi16(pair, zz);
+            }
         }
     }
     _mm512_loadu_ps(scales.as_ptr())
+}
+
+/// Transpose 16 rows of 16 dwords: `out[d]` lane j = `rows[j]` dword d. Two unpack stages
+/// gather four rows' dwords per 128-bit lane, two 128-bit lane shuffles finish the job.
+#[inline(always)]
+unsafe fn transpose_16x16_epi32(r: [__m512i; 16]) -> [__m512i; 16] {
+    // t[2i] lane L: rows 2i, 2i+1 at dwords 4L, 4L+1; t[2i+1]: at dwords 4L+2, 4L+3.
+    let t: [__m512i; 16] = std::array::from_fn(|k| {
+        let (a, b) = (r[k & !1], r[k | 1]);
+        if k % 2 == 0 { _mm512_unpacklo_epi32(a, b) } else { _mm512_unpackhi_epi32(a, b) }
+    });
+    // u[4i + e] lane L: rows 4i..4i+3 at dword 4L + e.
+    let u: [__m512i; 16] = std::array::from_fn(|k| {
+        let (i, e) = (k / 4, k % 4);
+        let (a, b) = (t[4 * i + e / 2], t[4 * i + 2 + e / 2]);
+        if e % 2 == 0 { _mm512_unpacklo_epi64(a, b) } else { _mm512_unpackhi_epi64(a, b) }
+    });
+    let mut out = [_mm512_setzero_si512(); 16];
+    for e in 0..4 {
+        let (a, b, c, d) = (u[e], u[4 + e], u[8 + e], u[12 + e]);
+        let s0 = _mm512_shuffle_i32x4::<0x44>(a, b); // a0 a1 b0 b1
+        let s1 = _mm512_shuffle_i32x4::<0xee>(a, b); // a2 a3 b2 b3
+        let s2 = _mm512_shuffle_i32x4::<0x44>(c, d);
+        let s3 = _mm512_shuffle_i32x4::<0xee>(c, d);
+        out[e] = _mm512_shuffle_i32x4::<0x88>(s0, s2); // lane 0 of a, b, c, d
+        out[4 + e] = _mm512_shuffle_i32x4::<0xdd>(s0, s2);
+        out[8 + e] = _mm512_shuffle_i32x4::<0x88>(s1, s3);
+        out[12 + e] = _mm512_shuffle_i32x4::<0xdd>(s1, s3);
+    }
+    out
 }
 
 /// The register tile: `I16_PANELS` panels x `T` tokens of int32 sums over one block, then
@@ -763,23 +805,22 @@ unsafe fn i16_tile<const T: usize>(
     w_scales: &[__m512; I16_PANELS],
     partial: *mut __m512,
 ) {
-    let mut acc0 = [_mm512_setzero_si512(); T];
-    let mut acc1 = [_mm512_setzero_si512(); T];
+    let mut acc = [[_mm512_setzero_si512(); T]; I16_PANELS];
     for k in 0..kps {
-        let w0 = *w.add(k);
-        let w1 = *w.add(kps + k);
+        let wv: [__m512i; I16_PANELS] = std::array::from_fn(|p| *w.add(p * kps + k));
         for t in 0..T {
             let xv = _mm512_set1_epi32(std::ptr::read_unaligned(x.add(t * x_stride + k)));
-            acc0[t] = _mm512_dpwssd_epi32(acc0[t], w0, xv);
-            acc1[t] = _mm512_dpwssd_epi32(acc1[t], w1, xv);
+            for p in 0..I16_PANELS {
+                acc[p][t] = _mm512_dpwssd_epi32(acc[p][t], wv[p], xv);
+            }
         }
     }
     for t in 0..T {
         let xs = _mm512_set1_ps(x_scales[t]);
-        let p0 = partial.add(t);
-        let p1 = partial.add(I16_TOKENS + t);
-        *p0 = _mm512_fmadd_ps(_mm512_cvtepi32_ps(acc0[t]), _mm512_mul_ps(w_scales[0], xs), *p0);
-        *p1 = _mm512_fmadd_ps(_mm512_cvtepi32_ps(acc1[t]), _mm512_mul_ps(w_scales[1], xs), *p1);
+        for p in 0..I16_PANELS {
+            let dst = partial.add(p * I16_TOKENS + t);
+            *dst = _mm512_fmadd_ps(_mm512_cvtepi32_ps(acc[p][t]), _mm512_mul_ps(w_scales[p], xs), *dst);
+        }
     }
 }
 
