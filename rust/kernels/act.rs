@@ -4,9 +4,10 @@
 //!
 //! One int8 pass alone loses ~1% of a layer's output (the rounding error is up to d/2 on every
 //! value), more than the fp16/bf16 kernels of GPTQ tools. So the rounding error is quantized
-//! too: `x ~ d * (q + r / 254)` with `r = round(254 * (x/d - q))` in [-127, 127]. Two integer
-//! dot products per weight load give ~16-bit activations; decoding is bound by memory, not by
-//! these instructions.
+//! too: `x ~ d * (q + r / 256)` with `r = round(256 * (x/d - q))` clamped to [-127, 127]
+//! (the clamp only touches values within 1/512 of a rounding tie, and costs them at most
+//! d/256). Two integer dot products per weight load give ~16-bit activations, and with the
+//! power-of-two unit the kernel combines them in integers: `idot * 256 + rdot`.
 //!
 //! The 4-bit weights keep two columns per byte (even column in the low nibble), so a SIMD load
 //! of 64 weight bytes unpacks into the 64 even and the 64 odd columns of a 128-column chunk.
@@ -19,8 +20,10 @@
 pub const CHUNK: usize = 128;
 /// Values per activation scale.
 pub const BLOCK: usize = 32;
-/// The residual's unit is `d / RESIDUAL` (its range [-0.5, 0.5] * 254 fits int8).
-pub const RESIDUAL: f32 = 254.0;
+/// The residual's unit is `d / RESIDUAL`; a power of two, so `idot << RESIDUAL_BITS` + `rdot`
+/// is the combined dot product in residual units.
+pub const RESIDUAL_BITS: u32 = 8;
+pub const RESIDUAL: f32 = (1u32 << RESIDUAL_BITS) as f32;
 
 /// Round to the nearest integer (ties to even) with two adds: exact for |x| < 2^22, and unlike
 /// `f32::round` it compiles to vector code on every x86-64 (no libm call).
@@ -53,11 +56,12 @@ pub struct Int8Activation {
     pub cols: usize,
     pub padded: usize,
     pub natural: Vec<i8>,      // [padded] natural column order
-    pub residual: Vec<i8>,     // [padded] the rounding error, in units of d / 254
+    pub residual: Vec<i8>,     // [padded] the rounding error, in units of d / RESIDUAL
     pub interleaved: Vec<i8>,  // [padded] per chunk: even columns, then odd columns
     pub residual_interleaved: Vec<i8>, // [padded] the same for `residual`
     pub block_scales: Vec<f32>, // [padded / BLOCK]
     pub lane_scales: Vec<f32>,  // [padded / LANE]
+    pub lane_units: Vec<f32>,   // [padded / LANE] lane_scales / RESIDUAL
     /// Sums of the dequantized values per group of `sums_group_size` columns (the zero-point
     /// term), kept with the activation so matrices that share an input compute them once.
     sums: Vec<f32>, // [n_groups]
@@ -100,6 +104,8 @@ impl Int8Activation {
         interleave(&self.residual, &mut self.residual_interleaved);
         self.lane_scales.clear();
         self.lane_scales.extend((0..padded / LANE).map(|l| self.block_scales[l * LANE / BLOCK]));
+        self.lane_units.clear();
+        self.lane_units.extend(self.lane_scales.iter().map(|d| d / RESIDUAL));
     }
 
     /// The dequantized value of column `c`.
@@ -256,10 +262,12 @@ mod tests {
         assert_eq!(sums.len(), 3);
         let direct: f32 = (128..130).map(|c| a.value(c)).sum();
         assert_eq!(sums[2], direct);
-        // With the residual, every value is within d / 508 of the input.
+        // With the residual, every value is within d / 512 of the input, or d / 256 where the
+        // residual was clamped.
         for (c, &v) in x.iter().enumerate() {
             let d = a.block_scales[c / BLOCK];
-            assert!((a.value(c) - v).abs() <= d / 500.0, "column {c}: {} vs {v}", a.value(c));
+            let bound = if a.residual[c].abs() == 127 { d / 255.0 } else { d / 511.0 };
+            assert!((a.value(c) - v).abs() <= bound, "column {c}: {} vs {v}", a.value(c));
         }
     }
 }

@@ -604,6 +604,50 @@ mod tests {
         }
     }
 
+    /// The AVX-512 decode kernel with and without GFNI (one CPU may have either) against the
+    /// scalar reference on the same int8 activation.
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn avx512_decode_rows_with_and_without_gfni_match_scalar() {
+        if !Isa::Avx512.supported() {
+            return;
+        }
+        let mut rng = Rng(0x5eed);
+        for &(rows, cols) in SHAPES {
+            for gs in [8usize, 32, 64, 128, 256, 384, cols] {
+                if gs > cols || !act::lanes_fit_groups(gs, cols) {
+                    continue;
+                }
+                let a = random_affine(&mut rng, rows, cols, 4, gs, false);
+                let groups = cols.div_ceil(gs);
+                let row_bytes = AffineData::row_bytes(4, cols);
+                let row = |r: usize| AffineRow {
+                    bits: 4,
+                    values: &a.packed[r * row_bytes..(r + 1) * row_bytes],
+                    scales: &a.scales[r * groups..(r + 1) * groups],
+                    zeros: &a.zeros[r * groups..(r + 1) * groups],
+                    group_size: gs,
+                    cols,
+                };
+                let mut act = act::Int8Activation::default();
+                act.quantize(&rng.vec(cols));
+                act.update_group_sums(gs);
+                let acts = [act];
+                let reference: Vec<f32> = (0..rows).map(|r| scalar::dot_q4_i8(row(r), &acts[0])).collect();
+                let mut plan = x86::Q4Plan::new(gs, cols);
+                for gfni in [false, true] {
+                    if gfni && !x86::has_gfni() {
+                        continue;
+                    }
+                    plan.gfni = gfni;
+                    let mut out = vec![0.0f32; rows];
+                    unsafe { x86::rows_q4_i8_avx512(row, 0..rows, &acts, &plan, |_, r, v| out[r] = v) };
+                    assert_close(&out, &reference, 1e-5, &format!("{rows}x{cols} gs {gs} gfni {gfni}"));
+                }
+            }
+        }
+    }
+
     #[test]
     fn int8_activations_stay_close_to_exact() {
         // The int8 path trades a little accuracy for speed: measure how little on a wide layer.
