@@ -12,7 +12,7 @@ use rayon::prelude::*;
 
 use crate::config::Config;
 use crate::error::{Error, Result};
-use crate::kernels::{matmul, Isa, KernelChoice, Scratch};
+use crate::kernels::{matmul, matmul_shared_input, Isa, KernelChoice, Scratch};
 use crate::l2rs;
 use crate::llama2c;
 use crate::tensor::{Matrix, Weights};
@@ -238,9 +238,12 @@ impl Model {
             }
             let layer_cache = l * seq_len * kv_dim;
             let rows = layer_cache + pos0 * kv_dim..layer_cache + (pos0 + n) * kv_dim;
-            matmul(q, &layer.wq, xb, n, &mut s.scratch, k);
-            matmul(&mut s.key_cache[rows.clone()], &layer.wk, xb, n, &mut s.scratch, k);
-            matmul(&mut s.value_cache[rows.clone()], &layer.wv, xb, n, &mut s.scratch, k);
+            let mut qkv = [
+                (&mut q[..], &layer.wq),
+                (&mut s.key_cache[rows.clone()], &layer.wk),
+                (&mut s.value_cache[rows.clone()], &layer.wv),
+            ];
+            matmul_shared_input(&mut qkv, xb, n, &mut s.scratch, k);
             for t in 0..n {
                 let key = &mut s.key_cache[rows.start + t * kv_dim..rows.start + (t + 1) * kv_dim];
                 rope(&mut q[t * dim..(t + 1) * dim], key, pos0 + t, hs, c.rope_theta);
@@ -287,8 +290,7 @@ impl Model {
             for t in 0..n {
                 rmsnorm(&mut xb[t * dim..(t + 1) * dim], &x[t * dim..(t + 1) * dim], &layer.rms_ffn, eps);
             }
-            matmul(hb, &layer.w1, xb, n, &mut s.scratch, k);
-            matmul(hb2, &layer.w3, xb, n, &mut s.scratch, k);
+            matmul_shared_input(&mut [(&mut hb[..], &layer.w1), (&mut hb2[..], &layer.w3)], xb, n, &mut s.scratch, k);
             for (h, &h2) in hb.iter_mut().zip(hb2.iter()) {
                 let silu = *h * (1.0 / (1.0 + (-*h).exp()));
                 *h = silu * h2;

@@ -349,6 +349,115 @@ pub fn matmul(out: &mut [f32], w: &Matrix, x: &[f32], n_tokens: usize, scratch: 
     }
 }
 
+/// Most matrices `matmul_shared_input` runs in one parallel region.
+pub const MAX_SHARED: usize = 4;
+
+/// `matmul` for several matrices that read the same input (q, k and v; w1 and w3): `jobs[i].0
+/// = jobs[i].1 @ x`. When they are all 4-bit with the same groups and no act-order, they run
+/// in one parallel region on one quantized input, so threads do not meet (and idle) between
+/// the matrices; otherwise one `matmul` after another.
+pub fn matmul_shared_input(jobs: &mut [(&mut [f32], &Matrix)], x: &[f32], n_tokens: usize, scratch: &mut Scratch, k: KernelChoice) {
+    #[cfg(target_arch = "x86_64")]
+    if let Some(path) = shared_path(jobs, n_tokens, k) {
+        let cols = jobs[0].1.cols;
+        assert_eq!(x.len(), cols * n_tokens, "matmul: input length");
+        let threads = rayon::current_num_threads();
+        // Per job: output pointer, matrix, rows, rows per task, first task.
+        let mut table: [(OutPtr, Option<&AffineData>, usize, usize, usize); MAX_SHARED] =
+            [(OutPtr(std::ptr::null_mut()), None, 0, 1, 0); MAX_SHARED];
+        let mut tasks = 0;
+        for (i, (out, w)) in jobs.iter_mut().enumerate() {
+            assert_eq!(out.len(), w.rows * n_tokens, "matmul: output length");
+            let MatrixData::Affine(a) = &w.data else { unreachable!() };
+            let per_task = match path {
+                SharedPath::Gemm(_) => x86::I16_ROWS,
+                SharedPath::Rows => rows_per_task(cols, n_tokens).max(w.rows / (4 * threads)),
+            };
+            table[i] = (OutPtr(out.as_mut_ptr()), Some(a), w.rows, per_task, tasks);
+            tasks += w.rows.div_ceil(per_task);
+        }
+        let table = &table[..jobs.len()];
+        let job_of = |task: usize| table.iter().rposition(|j| j.4 <= task).unwrap();
+        match path {
+            SharedPath::Gemm(block) => {
+                scratch.int16.quantize(x, n_tokens, cols, block);
+                let xq = &scratch.int16;
+                (0..tasks).into_par_iter().for_each_init(x86::I16Buffers::default, |buffers, task| {
+                    let (dst, a, rows, per_task, first) = table[job_of(task)];
+                    let r0 = (task - first) * per_task;
+                    unsafe { x86::gemm_q4_i16_avx512(a.unwrap(), rows, cols, r0, xq, buffers, dst.0, rows) };
+                });
+            }
+            SharedPath::Rows => {
+                let a0 = table[0].1.unwrap();
+                scratch.int8.resize_with(n_tokens, Default::default);
+                for t in 0..n_tokens {
+                    scratch.int8[t].quantize(&x[t * cols..(t + 1) * cols]);
+                    scratch.int8[t].update_group_sums(a0.group_size);
+                }
+                let acts = &scratch.int8[..n_tokens];
+                let plan = x86::Q4Plan::new(a0.group_size, cols);
+                (0..tasks).into_par_iter().for_each(|task| {
+                    let (dst, a, rows, per_task, first) = table[job_of(task)];
+                    let a = a.unwrap();
+                    let r0 = (task - first) * per_task;
+                    let range = r0..(r0 + per_task).min(rows);
+                    let (groups, row_bytes) = (a.n_groups(cols), AffineData::row_bytes(4, cols));
+                    let row = |r: usize| AffineRow {
+                        bits: 4,
+                        values: &a.values[r * row_bytes..(r + 1) * row_bytes],
+                        scales: &a.scales[r * groups..(r + 1) * groups],
+                        zeros: &a.zeros[r * groups..(r + 1) * groups],
+                        group_size: a.group_size,
+                        cols,
+                    };
+                    let write = |t: usize, r: usize, v: f32| unsafe { *dst.0.add(t * rows + r) = v };
+                    match k.isa {
+                        Isa::Avx512 => unsafe { x86::rows_q4_i8_avx512(row, range, acts, &plan, write) },
+                        _ => unsafe { x86::rows_q4_i8_avx2(row, range, acts, write) },
+                    }
+                });
+            }
+        }
+        return;
+    }
+    for (out, w) in jobs.iter_mut() {
+        matmul(out, w, x, n_tokens, scratch, k);
+    }
+}
+
+/// How `matmul_shared_input` can run its matrices together.
+#[derive(Clone, Copy)]
+enum SharedPath {
+    /// The int16 GEMM, activation blocks of this many columns.
+    Gemm(usize),
+    /// The int8 decode kernels, one row at a time.
+    Rows,
+}
+
+#[cfg(target_arch = "x86_64")]
+fn shared_path(jobs: &[(&mut [f32], &Matrix)], n_tokens: usize, k: KernelChoice) -> Option<SharedPath> {
+    if jobs.is_empty() || jobs.len() > MAX_SHARED {
+        return None;
+    }
+    let first = match &jobs[0].1.data {
+        MatrixData::Affine(a) if a.bits == 4 && a.perm.is_none() => a,
+        _ => return None,
+    };
+    let cols = jobs[0].1.cols;
+    let same = jobs.iter().all(|(_, w)| {
+        w.cols == cols && matches!(&w.data, MatrixData::Affine(a) if a.bits == 4 && a.perm.is_none() && a.group_size == first.group_size)
+    });
+    if !same {
+        return None;
+    }
+    if let Some(block) = int16_gemm_block(k, first, cols, n_tokens) {
+        return Some(SharedPath::Gemm(block));
+    }
+    let rows_kernel = matches!(k.isa, Isa::Avx512 | Isa::Avx2) && k.int8_activations && act::lanes_fit_groups(first.group_size, cols);
+    (rows_kernel && n_tokens < GEMM_MIN_TOKENS).then_some(SharedPath::Rows)
+}
+
 /// `matmul` for one input vector.
 pub fn matvec(out: &mut [f32], w: &Matrix, x: &[f32], scratch: &mut Scratch, k: KernelChoice) {
     matmul(out, w, x, 1, scratch, k);
