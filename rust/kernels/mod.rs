@@ -758,6 +758,43 @@ mod tests {
     }
 
     #[test]
+    fn shared_input_matmul_equals_one_matmul_per_matrix() {
+        let mut rng = Rng(0xfeed);
+        let cols = 256;
+        for gs in [32usize, 128, cols] {
+            let parts: Vec<Affine> = [40usize, 7, 33].iter().map(|&rows| random_affine(&mut rng, rows, cols, 4, gs, false)).collect();
+            let mats: Vec<Matrix> = parts
+                .iter()
+                .zip([40usize, 7, 33])
+                .map(|(a, rows)| Matrix {
+                    rows,
+                    cols,
+                    data: MatrixData::Affine(AffineData {
+                        bits: 4,
+                        values: &a.packed,
+                        scales: a.scales.clone().into(),
+                        zeros: &a.zeros,
+                        group_size: gs,
+                        perm: None,
+                    }),
+                })
+                .collect();
+            for n_tokens in [1usize, 2, 13] {
+                let x = rng.vec(n_tokens * cols);
+                for k in choices() {
+                    let separate: Vec<Vec<f32>> = mats.iter().map(|m| run(m, &x, n_tokens, k)).collect();
+                    let mut outs: Vec<Vec<f32>> = mats.iter().map(|m| vec![f32::NAN; m.rows * n_tokens]).collect();
+                    let (a, rest) = outs.split_at_mut(1);
+                    let (b, c) = rest.split_at_mut(1);
+                    let mut jobs = [(&mut a[0][..], &mats[0]), (&mut b[0][..], &mats[1]), (&mut c[0][..], &mats[2])];
+                    matmul_shared_input(&mut jobs, &x, n_tokens, &mut Scratch::default(), k);
+                    assert_eq!(outs, separate, "gs {gs} tokens {n_tokens} {:?}", k.isa);
+                }
+            }
+        }
+    }
+
+    #[test]
     fn int8_activations_stay_close_to_exact() {
         // The int8 path trades a little accuracy for speed: measure how little on a wide layer.
         let mut rng = Rng(77);
