@@ -233,9 +233,7 @@ impl Model {
 
         for (l, layer) in w.layers.iter().enumerate() {
             // Attention: x -> xb (normed) -> q, and k, v straight into the cache rows.
-            for t in 0..n {
-                rmsnorm(&mut xb[t * dim..(t + 1) * dim], &x[t * dim..(t + 1) * dim], &layer.rms_att, eps);
-            }
+            rmsnorm_tokens(xb, x, &layer.rms_att, eps, dim);
             let layer_cache = l * seq_len * kv_dim;
             let rows = layer_cache + pos0 * kv_dim..layer_cache + (pos0 + n) * kv_dim;
             let mut qkv = [
@@ -256,6 +254,7 @@ impl Model {
             let q = &*q;
             // The scalar kernels keep run.c's summation order; the others vectorize the scores.
             let dot = crate::kernels::dot_f32_for(k.isa);
+            let axpy = crate::kernels::axpy_for(k.isa);
             let out = SyncPtr(xb.as_mut_ptr());
             s.att.par_chunks_mut(seq_len).enumerate().for_each(|(h, att)| {
                 let out = out;
@@ -274,10 +273,7 @@ impl Model {
                     let o = unsafe { std::slice::from_raw_parts_mut(out.0.add(t * dim + h * hs), hs) };
                     o.fill(0.0);
                     for (p, &a) in att.iter().enumerate() {
-                        let v = &layer_values[p * kv_dim + kv_offset..p * kv_dim + kv_offset + hs];
-                        for i in 0..hs {
-                            o[i] += a * v[i];
-                        }
+                        axpy(o, a, &layer_values[p * kv_dim + kv_offset..p * kv_dim + kv_offset + hs]);
                     }
                 }
             });
@@ -287,14 +283,15 @@ impl Model {
             }
 
             // Feed-forward: w2(silu(w1 x) * w3 x).
-            for t in 0..n {
-                rmsnorm(&mut xb[t * dim..(t + 1) * dim], &x[t * dim..(t + 1) * dim], &layer.rms_ffn, eps);
-            }
+            rmsnorm_tokens(xb, x, &layer.rms_ffn, eps, dim);
             matmul_shared_input(&mut [(&mut hb[..], &layer.w1), (&mut hb2[..], &layer.w3)], xb, n, &mut s.scratch, k);
-            for (h, &h2) in hb.iter_mut().zip(hb2.iter()) {
-                let silu = *h * (1.0 / (1.0 + (-*h).exp()));
-                *h = silu * h2;
-            }
+            // SwiGLU, tokens in parallel in a batch.
+            hb.par_chunks_mut(hidden).zip(hb2.par_chunks(hidden)).for_each(|(h, h2)| {
+                for (h, &h2) in h.iter_mut().zip(h2) {
+                    let silu = *h * (1.0 / (1.0 + (-*h).exp()));
+                    *h = silu * h2;
+                }
+            });
             matmul(xb, &layer.w2, hb, n, &mut s.scratch, k);
             for (xi, &d) in x.iter_mut().zip(xb.iter()) {
                 *xi += d;
@@ -378,6 +375,11 @@ fn rmsnorm(out: &mut [f32], x: &[f32], weight: &[f32], eps: f32) {
 }
 
 /// `x = weight * (x / rms(x))`, for the final norm (run.c normalizes in place there).
+/// `rmsnorm` of each of the batch's tokens (`[n, dim]`), in parallel.
+fn rmsnorm_tokens(out: &mut [f32], x: &[f32], weight: &[f32], eps: f32, dim: usize) {
+    out.par_chunks_mut(dim).zip(x.par_chunks(dim)).for_each(|(o, x)| rmsnorm(o, x, weight, eps));
+}
+
 fn rmsnorm_in_place(x: &mut [f32], weight: &[f32], eps: f32) {
     let inv = inverse_rms(x, eps);
     for (v, &w) in x.iter_mut().zip(weight) {

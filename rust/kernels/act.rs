@@ -16,6 +16,8 @@
 //! of those products covers 8 consecutive columns, hence `lane_scales`: the block scale of
 //! each 8-column lane.
 
+use rayon::prelude::*;
+
 /// Columns per SIMD chunk (64 weight bytes).
 pub const CHUNK: usize = 128;
 /// Values per activation scale.
@@ -153,6 +155,12 @@ pub struct Int16Activations {
     pub scales: Vec<f32>, // [n_tokens, padded / block]
 }
 
+/// A pointer that token tasks write through at disjoint offsets.
+#[derive(Clone, Copy)]
+struct SharedMut(*mut i16);
+unsafe impl Send for SharedMut {}
+unsafe impl Sync for SharedMut {}
+
 /// Largest int16 activation block: 128 columns, fewer when weight groups are smaller.
 pub const INT16_BLOCK: usize = 128;
 
@@ -176,24 +184,30 @@ impl Int16Activations {
         self.source.extend_from_slice(x);
         let padded = cols.div_ceil(block) * block;
         (self.n_tokens, self.cols, self.block, self.padded) = (n_tokens, cols, block, padded);
+        let n_blocks = padded / block;
         self.values.clear();
         self.values.resize(n_tokens * padded, 0);
         self.scales.clear();
-        for (t, xt) in x.chunks_exact(cols).enumerate() {
+        self.scales.resize(n_tokens * n_blocks, 0.0);
+        // Tokens in parallel (the GEMM's threads would otherwise wait for this): token t owns
+        // its scales row and its block of every block row of `values`.
+        let values = SharedMut(self.values.as_mut_ptr());
+        self.scales.par_chunks_mut(n_blocks).zip(x.par_chunks_exact(cols)).enumerate().for_each(|(t, (scales, xt))| {
+            let values = values;
             for (b, part) in xt.chunks(block).enumerate() {
                 let max_abs = part.iter().fold(0.0f32, |m, v| m.max(v.abs()));
                 let scale = max_abs / 32767.0;
-                self.scales.push(scale);
+                scales[b] = scale;
                 if scale > 0.0 {
                     let inv = 1.0 / scale;
-                    let out = &mut self.values[(b * n_tokens + t) * block..];
+                    // SAFETY: [(b * n_tokens + t) * block, +block) is this token's alone.
+                    let out = unsafe { std::slice::from_raw_parts_mut(values.0.add((b * n_tokens + t) * block), block) };
                     for (o, v) in out.iter_mut().zip(part) {
                         *o = round_even(v * inv).clamp(-32767.0, 32767.0) as i16;
                     }
                 }
             }
-            self.scales.resize((t + 1) * (padded / block), 0.0);
-        }
+        });
     }
 
     /// The dequantized value of token `t`, column `c`.

@@ -91,6 +91,20 @@ pub fn dot_f32_for(isa: Isa) -> fn(&[f32], &[f32]) -> f32 {
     }
 }
 
+/// `y += a * x` for `isa` (the attention's weighted sum of values); every version multiplies
+/// and adds separately, as run.c does, so all are bit-identical.
+pub fn axpy_for(isa: Isa) -> fn(&mut [f32], f32, &[f32]) {
+    match isa {
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2 | Isa::Avx512 => |y, a, x| unsafe { x86::axpy_avx2(y, a, x) },
+        _ => |y, a, x| {
+            for (y, &x) in y.iter_mut().zip(x) {
+                *y += a * x;
+            }
+        },
+    }
+}
+
 /// Which implementation runs the kernels. Chosen once per model from the CPU's features
 /// (`Isa::detect`); every one of them is tested against `Scalar`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -530,6 +544,20 @@ mod tests {
             for k in choices() {
                 let tol = 1e-5 * (cols as f64).sqrt().max(1.0);
                 assert_close(&run(&m, &x, 2, k), &exact, tol, &format!("f32 {rows}x{cols} {:?}", k.isa));
+            }
+        }
+    }
+
+    #[test]
+    fn axpy_equals_scalar_exactly() {
+        let mut rng = Rng(0xa11ce);
+        for n in [0usize, 1, 7, 8, 9, 64, 100] {
+            let (x, y0, a) = (rng.vec(n), rng.vec(n), rng.next_f32());
+            let expected: Vec<f32> = y0.iter().zip(&x).map(|(y, x)| y + a * x).collect();
+            for k in choices() {
+                let mut y = y0.clone();
+                axpy_for(k.isa)(&mut y, a, &x);
+                assert_eq!(y, expected, "n {n} {:?}", k.isa);
             }
         }
     }

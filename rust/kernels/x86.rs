@@ -42,6 +42,24 @@ pub unsafe fn dot_f32_avx2(a: &[f32], b: &[f32]) -> f32 {
     total
 }
 
+/// `y += a * x` (over the shorter of the two). Each element is rounded as run.c rounds it (a
+/// product, then a sum; no FMA), so this equals the scalar loop bit for bit.
+#[target_feature(enable = "avx2")]
+pub unsafe fn axpy_avx2(y: &mut [f32], a: f32, x: &[f32]) {
+    let n = y.len().min(x.len());
+    let av = _mm256_set1_ps(a);
+    let (py, px) = (y.as_mut_ptr(), x.as_ptr());
+    let mut i = 0;
+    while i + 8 <= n {
+        _mm256_storeu_ps(py.add(i), _mm256_add_ps(_mm256_loadu_ps(py.add(i)), _mm256_mul_ps(av, _mm256_loadu_ps(px.add(i)))));
+        i += 8;
+    }
+    while i < n {
+        *py.add(i) += a * *px.add(i);
+        i += 1;
+    }
+}
+
 // ---------------------------------------------------------------------------------------------
 // 4-bit weights x int8 activations
 
