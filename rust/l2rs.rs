@@ -2,7 +2,8 @@
 //! the tensors, read in place from the memory map (zero-copy).
 //!
 //! `__metadata__` (all values are strings, as safetensors requires):
-//! - `format` = `"llama2rs"`, `format_version` = `"1"` (a newer version is refused);
+//! - `format` = `"llama2rs"`, `format_version` = `"2"` (a newer version is refused; version 1
+//!   files, whose affine scales are all F32, read as before);
 //! - `config` = JSON: dim, hidden_dim, n_layers, n_heads, n_kv_heads, vocab_size, seq_len,
 //!   norm_eps, rope_theta, rope_layout (`"interleaved"`: llama2.c's pairs; HF checkpoints are
 //!   permuted to it on export), bos_id, eos_id;
@@ -18,7 +19,7 @@
 //!   - fp32: `M.weight` F32 `[rows, cols]`;
 //!   - Q8_0: `M.q8_0` I8 `[rows, cols]` + `M.q8_0_scales` F32 `[rows, cols / group]`;
 //!   - affine 4/8-bit: `M.q4` (or `M.q8`) U8 `[rows, ceil(cols * bits / 8)]` (4-bit: two per
-//!     byte, even stored column in the low nibble) + `M.scales` F32 `[rows, n_groups]` +
+//!     byte, even stored column in the low nibble) + `M.scales` F32 or F16 (version 2) `[rows, n_groups]` +
 //!     `M.zeros` U8 `[rows, n_groups]` + optional `M.perm` I32 `[cols]` (act-order: stored
 //!     column j holds input feature perm[j]).
 
@@ -31,10 +32,10 @@ use serde_json::Value;
 
 use crate::config::Config;
 use crate::error::{Error, Result};
-use crate::tensor::{AffineData, LayerWeights, Matrix, MatrixData, Q8Data, Weights};
+use crate::tensor::{AffineData, LayerWeights, Matrix, MatrixData, Q8Data, Scales, Weights};
 
 pub const FORMAT_NAME: &str = "llama2rs";
-pub const FORMAT_VERSION: u64 = 1;
+pub const FORMAT_VERSION: u64 = 2;
 
 /// True when `bytes` look like a safetensors file (u64 header length, then a JSON object).
 pub fn is_safetensors(bytes: &[u8]) -> bool {
@@ -114,7 +115,11 @@ impl<'a> Reader<'a, '_> {
             };
             let groups = cols.div_ceil(group_size);
             let values = self.raw(&format!("{name}.q{bits}"), Dtype::U8, &shape2(AffineData::row_bytes(bits, cols)))?;
-            let scales = self.f32s(&format!("{name}.scales"), &shape2(groups))?;
+            let scales_name = format!("{name}.scales");
+            let scales = match self.tensors.tensor(&scales_name).map(|v| v.dtype()) {
+                Ok(Dtype::F16) => Scales::F16(self.raw(&scales_name, Dtype::F16, &shape2(groups))?),
+                _ => Scales::F32(self.f32s(&scales_name, &shape2(groups))?),
+            };
             // Zero points are not range-checked: that would read every one of them at open
             // (50 MB at 7B), and any byte value is memory-safe in the kernels.
             let zeros = self.raw(&format!("{name}.zeros"), Dtype::U8, &shape2(groups))?;

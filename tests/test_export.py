@@ -164,7 +164,7 @@ def _rewrite_header(path, edit):
 @pytest.mark.parametrize(
     "edit, message",
     [
-        (lambda h: h["__metadata__"].update(format_version="2"), "format version 2 is newer than this llama2rs reads"),
+        (lambda h: h["__metadata__"].update(format_version="3"), "format version 3 is newer than this llama2rs reads"),
         (lambda h: h["__metadata__"].update(format="other"), "not a llama2rs model"),
         (lambda h: h["__metadata__"].update(config="{"), "bad config in __metadata__"),
         (lambda h: h["__metadata__"].update(config=json.dumps({**json.loads(h["__metadata__"]["config"]), "n_heads": 7})),
@@ -200,7 +200,10 @@ def test_export_cli_and_top_level_script(tmp_path):
     assert result.returncode == 0, result.stderr
     assert "wrote" in result.stderr and out.exists()
     info = subprocess.run([sys.executable, "-m", "llama2rs", "info", str(out)], capture_output=True, text=True)
-    assert '"method": "rtn"' in info.stdout and "llama2rs-v1" in info.stdout
+    # 4-bit scales are stored as fp16 (format version 2); the float tensors stay fp32.
+    assert '"method": "rtn"' in info.stdout and "llama2rs-v2" in info.stdout
+    header, _ = l2rs.read_safetensors_header(out)
+    assert header["layers.0.wq.scales"]["dtype"] == "F16" and header["rms_final"]["dtype"] == "F32"
     bad = subprocess.run([sys.executable, "-m", "llama2rs", "export", "--llama2c", str(STORIES), "-o",
                           str(tmp_path / "x"), "--quantize", "q5"], capture_output=True, text=True)
     assert bad.returncode == 2 and "invalid choice: 'q5'" in bad.stderr

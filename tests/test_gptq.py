@@ -61,6 +61,16 @@ def test_find_params_asym_4bit_hand_computed() -> None:
     np.testing.assert_array_equal(q[3], [1, 2, 3, 15])
 
 
+def test_find_params_half_scales_round_before_the_zero_point() -> None:
+    w = np.array([[0.0, 0.0, 0.0, 0.0], [-1.0, 2.5, 3.5, 14.0], [0.0, 1e-9, 0.0, 2e-9]])
+    scale, zero = find_params(w, bits=4, sym=False, half_scales=True)
+    # 2/15 as fp16 is 0.13330078125; 1 / that = 7.5018 rounds to 8 (float32's 2/15 gave 7).
+    assert scale[0] == np.float32(np.float16(2.0 / 15.0)) == 0.13330078125 and zero[0] == 8
+    assert scale[1] == 1.0 and zero[1] == 1
+    # Below fp16's normal range the float32 scale stays.
+    assert scale[2] == np.float32(2e-9 / 15) and scale[2].astype(np.float16) != scale[2]
+
+
 def test_find_params_sym_4bit_hand_computed() -> None:
     w = np.array(
         [
@@ -262,7 +272,9 @@ def unblocked_gptq(w: np.ndarray, h: np.ndarray, bits: int, group_size: int, per
             xmax = np.maximum(block.max(axis=1), 0)
             both = (xmin == 0) & (xmax == 0)
             xmin[both], xmax[both] = -1, 1
-            scale = ((xmax - xmin) / maxq).astype(np.float32).astype(np.float64)
+            # 4-bit scales are stored as fp16 (these are all in its normal range), 8-bit as float32.
+            stored = np.float16 if maxq == 15 else np.float32
+            scale = ((xmax - xmin) / maxq).astype(np.float32).astype(stored).astype(np.float64)
             zero = np.round(-xmin / scale)
         q = np.clip(np.round(w[:, j] / scale) + zero, 0, maxq)
         out[:, j] = scale * (q - zero)

@@ -78,12 +78,15 @@ def _group_size(group_size: int, cols: int) -> int:
     return min(group_size, cols)
 
 
-def find_params(w: np.ndarray, bits: int = 4, sym: bool = False) -> tuple[np.ndarray, np.ndarray]:
+def find_params(w: np.ndarray, bits: int = 4, sym: bool = False,
+                half_scales: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """Fit the reference GPTQ quantizer to each row of ``w`` ([rows, k], one group per row).
 
     Returns ``(scale float32 [rows], zero uint8 [rows])``. The scale is rounded to float32 (the
     stored precision) *before* the zero point is derived from it, so that quantizing with the
-    returned pair reproduces exactly what is stored.
+    returned pair reproduces exactly what is stored. ``half_scales`` rounds it to fp16 instead
+    where it is in fp16's normal range (the file then stores it in 2 bytes; GPTQ tools round to
+    fp16 only when packing, after quantizing with the float32 scale).
     """
     maxq = _maxq(bits)
     x = np.asarray(w, dtype=np.float64)
@@ -101,6 +104,9 @@ def find_params(w: np.ndarray, bits: int = 4, sym: bool = False) -> tuple[np.nda
     scale32 = ((xmax - xmin) / maxq).astype(np.float32)
     # Guard against a range so small that the float32 scale underflows to 0.
     scale32 = np.maximum(scale32, np.finfo(np.float32).tiny)
+    if half_scales:
+        normal = (scale32 >= np.finfo(np.float16).tiny) & (scale32 <= np.finfo(np.float16).max)
+        scale32 = np.where(normal, scale32.astype(np.float16).astype(np.float32), scale32)
     if sym:
         zero = np.full(x.shape[0], (maxq + 1) // 2, dtype=np.float64)
     else:
@@ -173,7 +179,7 @@ def quantize_rtn(w: np.ndarray, bits: int = 4, group_size: int = 128, sym: bool 
     zeros = np.empty((rows, groups), dtype=np.uint8)
     for g in range(groups):
         sl = slice(g * gs, min((g + 1) * gs, cols))
-        s, z = find_params(wf[:, sl], bits, sym)
+        s, z = find_params(wf[:, sl], bits, sym, half_scales=bits == 4)
         scales[:, g] = s
         zeros[:, g] = z
         q[:, sl] = quantize_to_int(wf[:, sl], s, z, bits)
@@ -259,7 +265,7 @@ def gptq_quantize(
     # dead columns are zeroed).
     per_channel = gs == cols
     if per_channel:
-        scale_pc, zero_pc = find_params(wf, bits, sym)
+        scale_pc, zero_pc = find_params(wf, bits, sym, half_scales=bits == 4)
 
     dead = np.diag(h) == 0
     h[dead, dead] = 1.0
@@ -303,7 +309,7 @@ def gptq_quantize(
                     if g_end > i2:
                         later = wt[i2:g_end] - hinv[i1:i2, i2:g_end].T @ err1
                         current = np.concatenate([current, later], axis=0)
-                    s, z = find_params(current.T, bits, sym)
+                    s, z = find_params(current.T, bits, sym, half_scales=bits == 4)
                     scales[g] = s
                     zeros[g] = z
                 scale64[:] = scales[g]

@@ -43,6 +43,61 @@ pub struct AffineRow<'a> {
     pub cols: usize,
 }
 
+/// The rows of an affine matrix as `AffineRow`s. fp16 scales are converted to fp32 one row at
+/// a time into a buffer the caller keeps (`with_scale_buffer`), so the kernels read fp32 only.
+#[derive(Clone, Copy)]
+pub struct AffineRows<'a> {
+    pub data: &'a AffineData<'a>,
+    pub cols: usize,
+    groups: usize,
+    row_bytes: usize,
+}
+
+impl<'a> AffineRows<'a> {
+    pub fn new(data: &'a AffineData<'a>, cols: usize) -> Self {
+        AffineRows { data, cols, groups: data.n_groups(cols), row_bytes: AffineData::row_bytes(data.bits, cols) }
+    }
+
+    #[inline]
+    pub fn row<'s>(&'s self, r: usize, buffer: &'s mut Vec<f32>) -> AffineRow<'s> {
+        let (a, g) = (self.data, self.groups);
+        AffineRow {
+            bits: a.bits,
+            values: &a.values[r * self.row_bytes..(r + 1) * self.row_bytes],
+            scales: a.scales.slice(r * g, g, buffer),
+            zeros: &a.zeros[r * g..(r + 1) * g],
+            group_size: a.group_size,
+            cols: self.cols,
+        }
+    }
+
+    /// Ask for row `r`'s scales and zero points ahead of use: they are streams of their own,
+    /// of a few bytes per row, that the hardware prefetcher follows late.
+    #[inline(always)]
+    pub fn prefetch_group_data(&self, r: usize) {
+        #[cfg(target_arch = "x86_64")]
+        unsafe {
+            use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
+            let (scales, width) = self.data.scales.byte_address(r * self.groups);
+            _mm_prefetch::<_MM_HINT_T0>(scales as *const i8);
+            _mm_prefetch::<_MM_HINT_T0>(scales.wrapping_add(width * self.groups) as *const i8);
+            _mm_prefetch::<_MM_HINT_T0>(self.data.zeros.as_ptr().wrapping_add(r * self.groups) as *const i8);
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        let _ = r;
+    }
+}
+
+thread_local! {
+    /// Per-thread room for one row's scales converted from fp16.
+    static SCALE_BUFFER: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// Run `f` with this thread's scale buffer (`AffineRows::row` converts fp16 scales into it).
+pub fn with_scale_buffer<R>(f: impl FnOnce(&mut Vec<f32>) -> R) -> R {
+    SCALE_BUFFER.with_borrow_mut(f)
+}
+
 /// An activation vector quantized to int8 in groups, as runq.c's `quantize` does.
 #[derive(Debug, Default, Clone)]
 pub struct QuantizedVec {
@@ -272,16 +327,8 @@ pub fn matmul(out: &mut [f32], w: &Matrix, x: &[f32], n_tokens: usize, scratch: 
                 }
             };
             let token = |t: usize| &x[t * cols..(t + 1) * cols];
-            let groups = a.n_groups(cols);
-            let row_bytes = AffineData::row_bytes(a.bits, cols);
-            let row = |r: usize| AffineRow {
-                bits: a.bits,
-                values: &a.values[r * row_bytes..(r + 1) * row_bytes],
-                scales: &a.scales[r * groups..(r + 1) * groups],
-                zeros: &a.zeros[r * groups..(r + 1) * groups],
-                group_size: a.group_size,
-                cols,
-            };
+            let affine_rows = AffineRows::new(a, cols);
+            let affine_rows = &affine_rows;
             #[cfg(target_arch = "x86_64")]
             if let Some(block) = int16_gemm_block(k, a, cols, n_tokens) {
                 scratch.int16.quantize(x, n_tokens, cols, block);
@@ -306,7 +353,11 @@ pub fn matmul(out: &mut [f32], w: &Matrix, x: &[f32], n_tokens: usize, scratch: 
                 let blocks = rows.div_ceil(R);
                 (0..blocks).into_par_iter().with_min_len((min_len / R).max(1)).for_each_init(Vec::new, |buffer, b| {
                     let dst = dst;
-                    let block: Vec<AffineRow> = (b * R..((b + 1) * R).min(rows)).map(row).collect();
+                    let mut scale_buffers: [Vec<f32>; R] = Default::default();
+                    let block: Vec<AffineRow> = (b * R..((b + 1) * R).min(rows))
+                        .zip(scale_buffers.iter_mut())
+                        .map(|(r, scales)| affine_rows.row(r, scales))
+                        .collect();
                     let write = |t: usize, i: usize, v: f32| unsafe { *dst.0.add(t * rows + b * R + i) = v };
                     match k.isa {
                         Isa::Avx512 => unsafe { x86::gemm_q4_f32_avx512(&block, x, n_tokens, buffer, write) },
@@ -338,13 +389,13 @@ pub fn matmul(out: &mut [f32], w: &Matrix, x: &[f32], n_tokens: usize, scratch: 
                         let range = b * min_len..((b + 1) * min_len).min(rows);
                         let write = |t: usize, r: usize, v: f32| unsafe { *dst.0.add(t * rows + r) = v };
                         match k.isa {
-                            Isa::Avx512 => unsafe { x86::rows_q4_i8_avx512(row, range, acts, &plan, write) },
-                            _ => unsafe { x86::rows_q4_i8_avx2(row, range, acts, write) },
+                            Isa::Avx512 => unsafe { x86::rows_q4_i8_avx512(affine_rows, range, acts, &plan, write) },
+                            _ => unsafe { x86::rows_q4_i8_avx2(affine_rows, range, acts, write) },
                         }
                     });
                     return;
                 }
-                for_rows(&|r, t| scalar::dot_q4_i8(row(r), &acts[t]));
+                for_rows(&|r, t| with_scale_buffer(|buf| scalar::dot_q4_i8(affine_rows.row(r, buf), &acts[t])));
             } else {
                 scratch.group_sums.resize_with(n_tokens, Vec::new);
                 for t in 0..n_tokens {
@@ -354,9 +405,9 @@ pub fn matmul(out: &mut [f32], w: &Matrix, x: &[f32], n_tokens: usize, scratch: 
                 }
                 let sums = &scratch.group_sums;
                 if k.isa == Isa::Scalar {
-                    for_rows(&|r, t| scalar::Scalar::dot_affine(row(r), token(t), &sums[t]));
+                    for_rows(&|r, t| with_scale_buffer(|buf| scalar::Scalar::dot_affine(affine_rows.row(r, buf), token(t), &sums[t])));
                 } else {
-                    for_rows(&|r, t| fast::Fast::dot_affine(row(r), token(t), &sums[t]));
+                    for_rows(&|r, t| with_scale_buffer(|buf| fast::Fast::dot_affine(affine_rows.row(r, buf), token(t), &sums[t])));
                 }
             }
         }
@@ -413,22 +464,13 @@ pub fn matmul_shared_input(jobs: &mut [(&mut [f32], &Matrix)], x: &[f32], n_toke
                 let plan = x86::Q4Plan::new(a0.group_size, cols);
                 (0..tasks).into_par_iter().for_each(|task| {
                     let (dst, a, rows, per_task, first) = table[job_of(task)];
-                    let a = a.unwrap();
+                    let affine_rows = AffineRows::new(a.unwrap(), cols);
                     let r0 = (task - first) * per_task;
                     let range = r0..(r0 + per_task).min(rows);
-                    let (groups, row_bytes) = (a.n_groups(cols), AffineData::row_bytes(4, cols));
-                    let row = |r: usize| AffineRow {
-                        bits: 4,
-                        values: &a.values[r * row_bytes..(r + 1) * row_bytes],
-                        scales: &a.scales[r * groups..(r + 1) * groups],
-                        zeros: &a.zeros[r * groups..(r + 1) * groups],
-                        group_size: a.group_size,
-                        cols,
-                    };
                     let write = |t: usize, r: usize, v: f32| unsafe { *dst.0.add(t * rows + r) = v };
                     match k.isa {
-                        Isa::Avx512 => unsafe { x86::rows_q4_i8_avx512(row, range, acts, &plan, write) },
-                        _ => unsafe { x86::rows_q4_i8_avx2(row, range, acts, write) },
+                        Isa::Avx512 => unsafe { x86::rows_q4_i8_avx512(&affine_rows, range, acts, &plan, write) },
+                        _ => unsafe { x86::rows_q4_i8_avx2(&affine_rows, range, acts, write) },
                     }
                 });
             }
@@ -480,7 +522,7 @@ pub fn matvec(out: &mut [f32], w: &Matrix, x: &[f32], scratch: &mut Scratch, k: 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::tensor::Q8Data;
+    use crate::tensor::{Q8Data, Scales};
 
     /// Small deterministic generator (xorshift) so tests need no extra crates.
     struct Rng(u64);
@@ -621,6 +663,7 @@ mod tests {
         packed: Vec<u8>,
         zeros: Vec<u8>,
         scales: Vec<f32>,
+        scales_f16: Vec<u8>, // the same scales as fp16 bytes
         perm: Option<Vec<u32>>,
     }
 
@@ -629,7 +672,11 @@ mod tests {
         let groups = cols.div_ceil(gs);
         let q: Vec<u8> = (0..rows * cols).map(|_| (rng.unit() * top).round() as u8).collect();
         let zeros: Vec<u8> = (0..rows * groups).map(|_| (rng.unit() * top).round() as u8).collect();
-        let scales: Vec<f32> = (0..rows * groups).map(|_| rng.unit() * 0.1 + 0.001).collect();
+        // fp16 values in [2^-10, 2^-4 * 2), so the same scales can be stored either way.
+        let scales_f16: Vec<u8> = (0..rows * groups)
+            .flat_map(|_| (0x1400u16 + (rng.unit() * (0x3000 - 0x1400) as f32) as u16).min(0x2fff).to_le_bytes())
+            .collect();
+        let scales: Vec<f32> = scales_f16.chunks_exact(2).map(|b| crate::tensor::f16_to_f32(u16::from_le_bytes([b[0], b[1]]))).collect();
         let perm = act_order.then(|| {
             let mut p: Vec<u32> = (0..cols as u32).collect();
             for i in (1..cols).rev() {
@@ -639,7 +686,21 @@ mod tests {
             p
         });
         let packed = pack(&q, rows, cols, bits);
-        Affine { q, packed, zeros, scales, perm }
+        Affine { q, packed, zeros, scales, scales_f16, perm }
+    }
+
+    impl Affine {
+        /// The matrix with its scales stored as fp32 or as fp16 (the same values).
+        fn data(&self, bits: u32, group_size: usize, f16: bool) -> AffineData<'_> {
+            AffineData {
+                bits,
+                values: &self.packed,
+                scales: if f16 { Scales::F16(&self.scales_f16) } else { Scales::F32(self.scales.clone().into()) },
+                zeros: &self.zeros,
+                group_size,
+                perm: self.perm.clone().map(Into::into),
+            }
+        }
     }
 
     #[test]
@@ -651,21 +712,10 @@ mod tests {
                     if gs > cols {
                         continue;
                     }
-                    for (act_order, n_tokens) in [(false, 1), (true, 3), (false, 5), (true, 6), (false, 13)] {
+                    for (act_order, n_tokens, f16) in [(false, 1, false), (true, 3, true), (false, 5, true), (true, 6, false), (false, 13, true)] {
                         let a = random_affine(&mut rng, rows, cols, bits, gs, act_order);
                         let x = rng.vec(n_tokens * cols);
-                        let m = Matrix {
-                            rows,
-                            cols,
-                            data: MatrixData::Affine(AffineData {
-                                bits,
-                                values: &a.packed,
-                                scales: a.scales.clone().into(),
-                                zeros: &a.zeros,
-                                group_size: gs,
-                                perm: a.perm.clone().map(Into::into),
-                            }),
-                        };
+                        let m = Matrix { rows, cols, data: MatrixData::Affine(a.data(bits, gs, f16)) };
                         let groups = cols.div_ceil(gs);
                         // x in stored column order, per token.
                         let stored: Vec<f32> = (0..n_tokens)
@@ -718,7 +768,7 @@ mod tests {
                             _ => unreachable!(),
                         };
                         for k in choices() {
-                            let what = format!("{rows}x{cols} bits {bits} gs {gs} act_order {act_order} {:?}", k.isa);
+                            let what = format!("{rows}x{cols} bits {bits} gs {gs} act_order {act_order} f16 {f16} {:?}", k.isa);
                             let fp = run(&m, &x, n_tokens, KernelChoice { isa: k.isa, int8_activations: false });
                             assert_close(&fp, &exact_f32, 1e-4, &format!("f32 activations {what}"));
                             let q = run(&m, &x, n_tokens, k);
@@ -756,21 +806,14 @@ mod tests {
                     continue;
                 }
                 let a = random_affine(&mut rng, rows, cols, 4, gs, false);
-                let groups = cols.div_ceil(gs);
-                let row_bytes = AffineData::row_bytes(4, cols);
-                let row = |r: usize| AffineRow {
-                    bits: 4,
-                    values: &a.packed[r * row_bytes..(r + 1) * row_bytes],
-                    scales: &a.scales[r * groups..(r + 1) * groups],
-                    zeros: &a.zeros[r * groups..(r + 1) * groups],
-                    group_size: gs,
-                    cols,
-                };
+                let data = a.data(4, gs, gs % 3 == 0);
+                let affine_rows = AffineRows::new(&data, cols);
                 let mut act = act::Int8Activation::default();
                 act.quantize(&rng.vec(cols));
                 act.update_group_sums(gs);
                 let acts = [act];
-                let reference: Vec<f32> = (0..rows).map(|r| scalar::dot_q4_i8(row(r), &acts[0])).collect();
+                let mut buffer = Vec::new();
+                let reference: Vec<f32> = (0..rows).map(|r| scalar::dot_q4_i8(affine_rows.row(r, &mut buffer), &acts[0])).collect();
                 let mut plan = x86::Q4Plan::new(gs, cols);
                 for gfni in [false, true] {
                     if gfni && !x86::has_gfni() {
@@ -778,7 +821,7 @@ mod tests {
                     }
                     plan.gfni = gfni;
                     let mut out = vec![0.0f32; rows];
-                    unsafe { x86::rows_q4_i8_avx512(row, 0..rows, &acts, &plan, |_, r, v| out[r] = v) };
+                    unsafe { x86::rows_q4_i8_avx512(&affine_rows, 0..rows, &acts, &plan, |_, r, v| out[r] = v) };
                     assert_close(&out, &reference, 1e-5, &format!("{rows}x{cols} gs {gs} gfni {gfni}"));
                 }
             }
@@ -794,18 +837,8 @@ mod tests {
             let mats: Vec<Matrix> = parts
                 .iter()
                 .zip([40usize, 7, 33])
-                .map(|(a, rows)| Matrix {
-                    rows,
-                    cols,
-                    data: MatrixData::Affine(AffineData {
-                        bits: 4,
-                        values: &a.packed,
-                        scales: a.scales.clone().into(),
-                        zeros: &a.zeros,
-                        group_size: gs,
-                        perm: None,
-                    }),
-                })
+                .enumerate()
+                .map(|(i, (a, rows))| Matrix { rows, cols, data: MatrixData::Affine(a.data(4, gs, i == 1)) })
                 .collect();
             for n_tokens in [1usize, 2, 13] {
                 let x = rng.vec(n_tokens * cols);
@@ -828,18 +861,7 @@ mod tests {
         let mut rng = Rng(77);
         let (rows, cols, gs) = (64, 1024, 128);
         let a = random_affine(&mut rng, rows, cols, 4, gs, false);
-        let m = Matrix {
-            rows,
-            cols,
-            data: MatrixData::Affine(AffineData {
-                bits: 4,
-                values: &a.packed,
-                scales: a.scales.clone().into(),
-                zeros: &a.zeros,
-                group_size: gs,
-                perm: None,
-            }),
-        };
+        let m = Matrix { rows, cols, data: MatrixData::Affine(a.data(4, gs, false)) };
         let x = rng.vec(cols);
         let exact = run(&m, &x, 1, KernelChoice { isa: Isa::Scalar, int8_activations: false });
         let int8 = run(&m, &x, 1, KernelChoice::new(Isa::Scalar));

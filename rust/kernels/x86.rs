@@ -7,7 +7,7 @@
 use std::arch::x86_64::*;
 
 use super::act::{Int16Activations, Int8Activation, CHUNK, RESIDUAL, RESIDUAL_BITS};
-use super::AffineRow;
+use super::{AffineRow, AffineRows};
 use crate::tensor::AffineData;
 
 // ---------------------------------------------------------------------------------------------
@@ -56,6 +56,22 @@ pub unsafe fn axpy_avx2(y: &mut [f32], a: f32, x: &[f32]) {
     }
     while i < n {
         *py.add(i) += a * *px.add(i);
+        i += 1;
+    }
+}
+
+/// `tensor::f16s_to_f32` with F16C: eight conversions per instruction.
+#[target_feature(enable = "avx,f16c")]
+pub unsafe fn f16s_to_f32_f16c(bytes: &[u8], out: &mut [f32]) {
+    let n = out.len().min(bytes.len() / 2);
+    let mut i = 0;
+    while i + 8 <= n {
+        let h = _mm_loadu_si128(bytes.as_ptr().add(2 * i) as *const _);
+        _mm256_storeu_ps(out.as_mut_ptr().add(i), _mm256_cvtph_ps(h));
+        i += 8;
+    }
+    while i < n {
+        out[i] = crate::tensor::f16_to_f32(u16::from_le_bytes([bytes[2 * i], bytes[2 * i + 1]]));
         i += 1;
     }
 }
@@ -223,8 +239,8 @@ unsafe fn chunk_avx512(
 /// Rows `r0..r1` of a 4-bit matrix (`row(r)`) times each int8 activation in `acts`, the
 /// results passed to `write(t, r, value)`. One call per range of rows, so the per-row work
 /// (call, reduction, zero-point term) overlaps the weight stream instead of interrupting it.
-pub unsafe fn rows_q4_i8_avx512<'a>(
-    row: impl Fn(usize) -> AffineRow<'a>,
+pub unsafe fn rows_q4_i8_avx512(
+    row: &AffineRows,
     rows: std::ops::Range<usize>,
     acts: &[Int8Activation],
     plan: &Q4Plan,
@@ -238,8 +254,8 @@ pub unsafe fn rows_q4_i8_avx512<'a>(
 }
 
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,gfni")]
-unsafe fn rows_q4_i8_avx512_gfni<'a>(
-    row: impl Fn(usize) -> AffineRow<'a>,
+unsafe fn rows_q4_i8_avx512_gfni(
+    row: &AffineRows,
     rows: std::ops::Range<usize>,
     acts: &[Int8Activation],
     plan: &Q4Plan,
@@ -249,8 +265,8 @@ unsafe fn rows_q4_i8_avx512_gfni<'a>(
 }
 
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
-unsafe fn rows_q4_i8_avx512_plain<'a>(
-    row: impl Fn(usize) -> AffineRow<'a>,
+unsafe fn rows_q4_i8_avx512_plain(
+    row: &AffineRows,
     rows: std::ops::Range<usize>,
     acts: &[Int8Activation],
     plan: &Q4Plan,
@@ -260,8 +276,8 @@ unsafe fn rows_q4_i8_avx512_plain<'a>(
 }
 
 #[inline(always)]
-unsafe fn rows_q4_i8_avx512_body<'a, const GFNI: bool>(
-    row: impl Fn(usize) -> AffineRow<'a>,
+unsafe fn rows_q4_i8_avx512_body<const GFNI: bool>(
+    row: &AffineRows,
     rows: std::ops::Range<usize>,
     acts: &[Int8Activation],
     plan: &Q4Plan,
@@ -269,18 +285,15 @@ unsafe fn rows_q4_i8_avx512_body<'a, const GFNI: bool>(
 ) {
     let lane_group = _mm512_loadu_si512(plan.lane_group.as_ptr() as *const _);
     let last = rows.end.saturating_sub(1);
-    for r in rows {
-        // A row's scales and zero points live in their own tensors: two more streams, of a
-        // few bytes per row, that the hardware prefetcher follows late.
-        let ahead = row((r + 8).min(last));
-        _mm_prefetch::<_MM_HINT_T0>(ahead.scales.as_ptr() as *const i8);
-        _mm_prefetch::<_MM_HINT_T0>(ahead.scales.as_ptr().wrapping_add(ahead.scales.len()) as *const i8);
-        _mm_prefetch::<_MM_HINT_T0>(ahead.zeros.as_ptr() as *const i8);
-        let w = row(r);
-        for (t, act) in acts.iter().enumerate() {
-            write(t, r, dot_q4_i8_avx512_inline::<GFNI>(w, act, act.group_sums(), plan, lane_group));
+    super::with_scale_buffer(|buffer| {
+        for r in rows {
+            row.prefetch_group_data((r + 8).min(last));
+            let w = row.row(r, buffer);
+            for (t, act) in acts.iter().enumerate() {
+                write(t, r, dot_q4_i8_avx512_inline::<GFNI>(w, act, act.group_sums(), plan, lane_group));
+            }
         }
-    }
+    })
 }
 
 /// One row of 4-bit weights times an int8 activation (see `act.rs` for the layout):
@@ -383,23 +396,22 @@ unsafe fn zero_term_avx512(row: &AffineRow, group_sums: &[f32]) -> f32 {
 
 /// `rows_q4_i8_avx512` for AVX2.
 #[target_feature(enable = "avx2,fma")]
-pub unsafe fn rows_q4_i8_avx2<'a>(
-    row: impl Fn(usize) -> AffineRow<'a>,
+pub unsafe fn rows_q4_i8_avx2(
+    row: &AffineRows,
     rows: std::ops::Range<usize>,
     acts: &[Int8Activation],
     mut write: impl FnMut(usize, usize, f32),
 ) {
     let last = rows.end.saturating_sub(1);
-    for r in rows {
-        let ahead = row((r + 8).min(last)); // as in rows_q4_i8_avx512
-        _mm_prefetch::<_MM_HINT_T0>(ahead.scales.as_ptr() as *const i8);
-        _mm_prefetch::<_MM_HINT_T0>(ahead.scales.as_ptr().wrapping_add(ahead.scales.len()) as *const i8);
-        _mm_prefetch::<_MM_HINT_T0>(ahead.zeros.as_ptr() as *const i8);
-        let w = row(r);
-        for (t, act) in acts.iter().enumerate() {
-            write(t, r, dot_q4_i8_avx2_inline(w, act, act.group_sums()));
+    super::with_scale_buffer(|buffer| {
+        for r in rows {
+            row.prefetch_group_data((r + 8).min(last));
+            let w = row.row(r, buffer);
+            for (t, act) in acts.iter().enumerate() {
+                write(t, r, dot_q4_i8_avx2_inline(w, act, act.group_sums()));
+            }
         }
-    }
+    })
 }
 
 #[target_feature(enable = "avx2,fma")]
@@ -807,7 +819,7 @@ unsafe fn unpack_panel_avx512(
     let mut zeros = [0i32; I16_PANEL];
     for j in 0..valid {
         let i = (row0 + j) * n_groups + g;
-        scales[j] = w.scales[i];
+        scales[j] = w.scales.get(i);
         zeros[j] = w.zeros[i] as i32 * 0x0001_0001;
     }
     let zz = _mm512_loadu_si512(zeros.as_ptr() as *const _);
