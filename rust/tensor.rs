@@ -75,10 +75,12 @@ impl Scales<'_> {
         match self {
             Scales::F32(s) => &s[start..start + n],
             Scales::F16(b) => {
-                buf.clear();
-                buf.resize(n, 0.0);
-                f16s_to_f32(&b[2 * start..2 * (start + n)], buf);
-                buf
+                if buf.len() < n {
+                    buf.resize(n, 0.0);
+                }
+                let out = &mut buf[..n];
+                f16s_to_f32(&b[2 * start..2 * (start + n)], out);
+                out
             }
         }
     }

@@ -388,10 +388,10 @@ pub fn matmul(out: &mut [f32], w: &Matrix, x: &[f32], n_tokens: usize, scratch: 
                         let dst = dst;
                         let range = b * min_len..((b + 1) * min_len).min(rows);
                         let write = |t: usize, r: usize, v: f32| unsafe { *dst.0.add(t * rows + r) = v };
-                        match k.isa {
-                            Isa::Avx512 => unsafe { x86::rows_q4_i8_avx512(affine_rows, range, acts, &plan, write) },
-                            _ => unsafe { x86::rows_q4_i8_avx2(affine_rows, range, acts, write) },
-                        }
+                        with_scale_buffer(|buffer| match k.isa {
+                            Isa::Avx512 => unsafe { x86::rows_q4_i8_avx512(affine_rows, range, acts, &plan, buffer, write) },
+                            _ => unsafe { x86::rows_q4_i8_avx2(affine_rows, range, acts, buffer, write) },
+                        })
                     });
                     return;
                 }
@@ -468,10 +468,10 @@ pub fn matmul_shared_input(jobs: &mut [(&mut [f32], &Matrix)], x: &[f32], n_toke
                     let r0 = (task - first) * per_task;
                     let range = r0..(r0 + per_task).min(rows);
                     let write = |t: usize, r: usize, v: f32| unsafe { *dst.0.add(t * rows + r) = v };
-                    match k.isa {
-                        Isa::Avx512 => unsafe { x86::rows_q4_i8_avx512(&affine_rows, range, acts, &plan, write) },
-                        _ => unsafe { x86::rows_q4_i8_avx2(&affine_rows, range, acts, write) },
-                    }
+                    with_scale_buffer(|buffer| match k.isa {
+                        Isa::Avx512 => unsafe { x86::rows_q4_i8_avx512(&affine_rows, range, acts, &plan, buffer, write) },
+                        _ => unsafe { x86::rows_q4_i8_avx2(&affine_rows, range, acts, buffer, write) },
+                    })
                 });
             }
         }
@@ -821,7 +821,7 @@ mod tests {
                     }
                     plan.gfni = gfni;
                     let mut out = vec![0.0f32; rows];
-                    unsafe { x86::rows_q4_i8_avx512(&affine_rows, 0..rows, &acts, &plan, |_, r, v| out[r] = v) };
+                    unsafe { x86::rows_q4_i8_avx512(&affine_rows, 0..rows, &acts, &plan, &mut buffer, |_, r, v| out[r] = v) };
                     assert_close(&out, &reference, 1e-5, &format!("{rows}x{cols} gs {gs} gfni {gfni}"));
                 }
             }

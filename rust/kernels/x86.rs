@@ -244,12 +244,13 @@ pub unsafe fn rows_q4_i8_avx512(
     rows: std::ops::Range<usize>,
     acts: &[Int8Activation],
     plan: &Q4Plan,
+    scale_buffer: &mut Vec<f32>,
     write: impl FnMut(usize, usize, f32),
 ) {
     if plan.gfni {
-        rows_q4_i8_avx512_gfni(row, rows, acts, plan, write)
+        rows_q4_i8_avx512_gfni(row, rows, acts, plan, scale_buffer, write)
     } else {
-        rows_q4_i8_avx512_plain(row, rows, acts, plan, write)
+        rows_q4_i8_avx512_plain(row, rows, acts, plan, scale_buffer, write)
     }
 }
 
@@ -259,9 +260,10 @@ unsafe fn rows_q4_i8_avx512_gfni(
     rows: std::ops::Range<usize>,
     acts: &[Int8Activation],
     plan: &Q4Plan,
+    scale_buffer: &mut Vec<f32>,
     write: impl FnMut(usize, usize, f32),
 ) {
-    rows_q4_i8_avx512_body::<true>(row, rows, acts, plan, write)
+    rows_q4_i8_avx512_body::<true>(row, rows, acts, plan, scale_buffer, write)
 }
 
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
@@ -270,9 +272,10 @@ unsafe fn rows_q4_i8_avx512_plain(
     rows: std::ops::Range<usize>,
     acts: &[Int8Activation],
     plan: &Q4Plan,
+    scale_buffer: &mut Vec<f32>,
     write: impl FnMut(usize, usize, f32),
 ) {
-    rows_q4_i8_avx512_body::<false>(row, rows, acts, plan, write)
+    rows_q4_i8_avx512_body::<false>(row, rows, acts, plan, scale_buffer, write)
 }
 
 #[inline(always)]
@@ -281,19 +284,20 @@ unsafe fn rows_q4_i8_avx512_body<const GFNI: bool>(
     rows: std::ops::Range<usize>,
     acts: &[Int8Activation],
     plan: &Q4Plan,
+    scale_buffer: &mut Vec<f32>,
     mut write: impl FnMut(usize, usize, f32),
 ) {
     let lane_group = _mm512_loadu_si512(plan.lane_group.as_ptr() as *const _);
     let last = rows.end.saturating_sub(1);
-    super::with_scale_buffer(|buffer| {
-        for r in rows {
-            row.prefetch_group_data((r + 8).min(last));
-            let w = row.row(r, buffer);
-            for (t, act) in acts.iter().enumerate() {
-                write(t, r, dot_q4_i8_avx512_inline::<GFNI>(w, act, act.group_sums(), plan, lane_group));
-            }
+    // No closure in here: a closure would be compiled without this function's target features
+    // and turn every intrinsic into a call.
+    for r in rows {
+        row.prefetch_group_data((r + 8).min(last));
+        let w = row.row(r, scale_buffer);
+        for (t, act) in acts.iter().enumerate() {
+            write(t, r, dot_q4_i8_avx512_inline::<GFNI>(w, act, act.group_sums(), plan, lane_group));
         }
-    })
+    }
 }
 
 /// One row of 4-bit weights times an int8 activation (see `act.rs` for the layout):
@@ -400,18 +404,17 @@ pub unsafe fn rows_q4_i8_avx2(
     row: &AffineRows,
     rows: std::ops::Range<usize>,
     acts: &[Int8Activation],
+    scale_buffer: &mut Vec<f32>,
     mut write: impl FnMut(usize, usize, f32),
 ) {
     let last = rows.end.saturating_sub(1);
-    super::with_scale_buffer(|buffer| {
-        for r in rows {
-            row.prefetch_group_data((r + 8).min(last));
-            let w = row.row(r, buffer);
-            for (t, act) in acts.iter().enumerate() {
-                write(t, r, dot_q4_i8_avx2_inline(w, act, act.group_sums()));
-            }
+    for r in rows {
+        row.prefetch_group_data((r + 8).min(last));
+        let w = row.row(r, scale_buffer);
+        for (t, act) in acts.iter().enumerate() {
+            write(t, r, dot_q4_i8_avx2_inline(w, act, act.group_sums()));
         }
-    })
+    }
 }
 
 #[target_feature(enable = "avx2,fma")]
