@@ -58,17 +58,28 @@ impl<'a> AffineRows<'a> {
         AffineRows { data, cols, groups: data.n_groups(cols), row_bytes: AffineData::row_bytes(data.bits, cols) }
     }
 
-    #[inline]
+    #[inline(always)]
     pub fn row<'s>(&'s self, r: usize, buffer: &'s mut Vec<f32>) -> AffineRow<'s> {
+        let g = self.groups;
+        self.row_with_scales(r, self.data.scales.slice(r * g, g, buffer))
+    }
+
+    /// Row `r` with its scales already in fp32 (`[n_groups]`).
+    #[inline(always)]
+    pub fn row_with_scales<'s>(&'s self, r: usize, scales: &'s [f32]) -> AffineRow<'s> {
         let (a, g) = (self.data, self.groups);
         AffineRow {
             bits: a.bits,
             values: &a.values[r * self.row_bytes..(r + 1) * self.row_bytes],
-            scales: a.scales.slice(r * g, g, buffer),
+            scales,
             zeros: &a.zeros[r * g..(r + 1) * g],
             group_size: a.group_size,
             cols: self.cols,
         }
+    }
+
+    pub fn n_groups(&self) -> usize {
+        self.groups
     }
 
     /// Ask for row `r`'s scales and zero points ahead of use: they are streams of their own,

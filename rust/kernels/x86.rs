@@ -8,7 +8,7 @@ use std::arch::x86_64::*;
 
 use super::act::{Int16Activations, Int8Activation, CHUNK, RESIDUAL, RESIDUAL_BITS};
 use super::{AffineRow, AffineRows};
-use crate::tensor::AffineData;
+use crate::tensor::{AffineData, Scales};
 
 // ---------------------------------------------------------------------------------------------
 // fp32 dot products
@@ -291,12 +291,38 @@ unsafe fn rows_q4_i8_avx512_body<const GFNI: bool>(
     let last = rows.end.saturating_sub(1);
     // No closure in here: a closure would be compiled without this function's target features
     // and turn every intrinsic into a call.
+    let groups = row.n_groups();
+    if scale_buffer.len() < groups {
+        scale_buffer.resize(groups, 0.0);
+    }
     for r in rows {
         row.prefetch_group_data((r + 8).min(last));
-        let w = row.row(r, scale_buffer);
+        let w = match &row.data.scales {
+            Scales::F32(_) => row.row(r, scale_buffer),
+            Scales::F16(bytes) => {
+                // Converted here, 16 per instruction, rather than by a call per row.
+                let out = &mut scale_buffer[..groups];
+                f16s_to_f32_avx512(&bytes[2 * r * groups..2 * (r + 1) * groups], out);
+                row.row_with_scales(r, out)
+            }
+        };
         for (t, act) in acts.iter().enumerate() {
             write(t, r, dot_q4_i8_avx512_inline::<GFNI>(w, act, act.group_sums(), plan, lane_group));
         }
+    }
+}
+
+/// fp16 bytes (`[2 * out.len()]`) to fp32, 16 at a time; the tail masked.
+#[inline(always)]
+unsafe fn f16s_to_f32_avx512(bytes: &[u8], out: &mut [f32]) {
+    let n = out.len();
+    let mut i = 0;
+    while i < n {
+        let k = (n - i).min(16);
+        let mask = ((1u32 << k) - 1) as u16;
+        let h = _mm256_maskz_loadu_epi16(mask, bytes.as_ptr().add(2 * i) as *const i16);
+        _mm512_mask_storeu_ps(out.as_mut_ptr().add(i), mask, _mm512_cvtph_ps(h));
+        i += 16;
     }
 }
 
