@@ -234,23 +234,29 @@ impl Model {
         for (l, layer) in w.layers.iter().enumerate() {
             // Attention: x -> xb (normed) -> q, and k, v straight into the cache rows.
             rmsnorm_tokens(xb, x, &layer.rms_att, eps, dim);
-            let layer_cache = l * seq_len * kv_dim;
-            let rows = layer_cache + pos0 * kv_dim..layer_cache + (pos0 + n) * kv_dim;
-            let mut qkv = [
-                (&mut q[..], &layer.wq),
-                (&mut s.key_cache[rows.clone()], &layer.wk),
-                (&mut s.value_cache[rows.clone()], &layer.wv),
-            ];
+            let k_new = &mut s.k_new[..n * kv_dim];
+            let v_new = &mut s.v_new[..n * kv_dim];
+            let mut qkv = [(&mut q[..], &layer.wq), (&mut k_new[..], &layer.wk), (&mut v_new[..], &layer.wv)];
             matmul_shared_input(&mut qkv, xb, n, &mut s.scratch, k);
             for t in 0..n {
-                let key = &mut s.key_cache[rows.start + t * kv_dim..rows.start + (t + 1) * kv_dim];
-                rope(&mut q[t * dim..(t + 1) * dim], key, pos0 + t, hs, c.rope_theta);
+                rope(&mut q[t * dim..(t + 1) * dim], &mut k_new[t * kv_dim..(t + 1) * kv_dim], pos0 + t, hs, c.rope_theta);
+            }
+            // Each kv head's keys and values go to its own run of the cache, so attention
+            // reads them sequentially (positions a whole kv_dim apart cross a page per read).
+            let layer_cache = l * seq_len * kv_dim; // = l * n_kv_heads * seq_len * hs
+            let head_run = |kh: usize| layer_cache + kh * seq_len * hs;
+            for t in 0..n {
+                for kh in 0..c.n_kv_heads {
+                    let at = head_run(kh) + (pos0 + t) * hs;
+                    let from = t * kv_dim + kh * hs;
+                    s.key_cache[at..at + hs].copy_from_slice(&k_new[from..from + hs]);
+                    s.value_cache[at..at + hs].copy_from_slice(&v_new[from..from + hs]);
+                }
             }
 
             // Each head attends, token by token, over positions 0..=pos of its layer's cache
             // (the causal mask); heads run in parallel and write disjoint slices of xb.
-            let layer_keys = &s.key_cache[layer_cache..layer_cache + seq_len * kv_dim];
-            let layer_values = &s.value_cache[layer_cache..layer_cache + seq_len * kv_dim];
+            let (key_cache, value_cache) = (&s.key_cache, &s.value_cache);
             let q = &*q;
             // The scalar kernels keep run.c's summation order; the others vectorize the scores.
             let dot = crate::kernels::dot_f32_for(k.isa);
@@ -258,22 +264,23 @@ impl Model {
             let out = SyncPtr(xb.as_mut_ptr());
             s.att.par_chunks_mut(seq_len).enumerate().for_each(|(h, att)| {
                 let out = out;
-                let kv_offset = (h / kv_mul) * hs;
+                let run = head_run(h / kv_mul);
+                let keys = &key_cache[run..run + seq_len * hs]; // [seq_len, hs]
+                let values = &value_cache[run..run + seq_len * hs];
                 let scale = (hs as f32).sqrt();
                 for t in 0..n {
                     let pos = pos0 + t;
                     let q = &q[t * dim + h * hs..t * dim + (h + 1) * hs];
                     let att = &mut att[..=pos];
-                    for (p, a) in att.iter_mut().enumerate() {
-                        let key = &layer_keys[p * kv_dim + kv_offset..p * kv_dim + kv_offset + hs];
+                    for (a, key) in att.iter_mut().zip(keys.chunks_exact(hs)) {
                         *a = dot(q, key) / scale;
                     }
                     softmax(att);
                     // SAFETY: head h of token t owns xb[t, h*hs..(h+1)*hs]; no other task writes it.
                     let o = unsafe { std::slice::from_raw_parts_mut(out.0.add(t * dim + h * hs), hs) };
                     o.fill(0.0);
-                    for (p, &a) in att.iter().enumerate() {
-                        axpy(o, a, &layer_values[p * kv_dim + kv_offset..p * kv_dim + kv_offset + hs]);
+                    for (&a, value) in att.iter().zip(values.chunks_exact(hs)) {
+                        axpy(o, a, value);
                     }
                 }
             });
@@ -435,8 +442,10 @@ pub struct State {
     pub q: Vec<f32>,           // [batch, dim]
     pub att: Vec<f32>,         // [n_heads, seq_len] attention scores
     pub logits: Vec<f32>,      // [batch or 1, vocab_size]
-    pub key_cache: Vec<f32>,   // [n_layers, seq_len, kv_dim]
-    pub value_cache: Vec<f32>, // [n_layers, seq_len, kv_dim]
+    pub k_new: Vec<f32>,       // [batch, kv_dim] the batch's keys, before they go to the cache
+    pub v_new: Vec<f32>,       // [batch, kv_dim] the batch's values
+    pub key_cache: Vec<f32>,   // [n_layers, n_kv_heads, seq_len, head_size]
+    pub value_cache: Vec<f32>, // [n_layers, n_kv_heads, seq_len, head_size]
     scratch: Scratch,          // matmul's working memory
 }
 
@@ -456,6 +465,8 @@ impl State {
             q: Vec::new(),
             att: vec![0.0; c.n_heads * c.seq_len],
             logits: Vec::new(),
+            k_new: Vec::new(),
+            v_new: Vec::new(),
             key_cache: vec![0.0; cache],
             value_cache: vec![0.0; cache],
             scratch: Scratch::default(),
@@ -476,6 +487,8 @@ impl State {
         grow(&mut self.xb, n * c.dim);
         grow(&mut self.xb2, n * c.dim);
         grow(&mut self.q, n * c.dim);
+        grow(&mut self.k_new, n * c.kv_dim());
+        grow(&mut self.v_new, n * c.kv_dim());
         grow(&mut self.hb, n * c.hidden_dim);
         grow(&mut self.hb2, n * c.hidden_dim);
         grow(&mut self.logits, if all_logits { n } else { 1 } * c.vocab_size);
