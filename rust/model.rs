@@ -259,8 +259,7 @@ impl Model {
             let (key_cache, value_cache) = (&s.key_cache, &s.value_cache);
             let q = &*q;
             // The scalar kernels keep run.c's summation order; the others vectorize the scores.
-            let dot = crate::kernels::dot_f32_for(k.isa);
-            let axpy = crate::kernels::axpy_for(k.isa);
+            let attention = crate::kernels::attention_for(k.isa);
             let out = SyncPtr(xb.as_mut_ptr());
             s.att.par_chunks_mut(seq_len).enumerate().for_each(|(h, att)| {
                 let out = out;
@@ -272,16 +271,12 @@ impl Model {
                     let pos = pos0 + t;
                     let q = &q[t * dim + h * hs..t * dim + (h + 1) * hs];
                     let att = &mut att[..=pos];
-                    for (a, key) in att.iter_mut().zip(keys.chunks_exact(hs)) {
-                        *a = dot(q, key) / scale;
-                    }
+                    (attention.scores)(q, &keys[..(pos + 1) * hs], scale, att);
                     softmax(att);
                     // SAFETY: head h of token t owns xb[t, h*hs..(h+1)*hs]; no other task writes it.
                     let o = unsafe { std::slice::from_raw_parts_mut(out.0.add(t * dim + h * hs), hs) };
                     o.fill(0.0);
-                    for (&a, value) in att.iter().zip(values.chunks_exact(hs)) {
-                        axpy(o, a, value);
-                    }
+                    (attention.sum)(att, &values[..(pos + 1) * hs], o);
                 }
             });
             matmul(xb2, &layer.wo, xb, n, &mut s.scratch, k);

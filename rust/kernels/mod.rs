@@ -157,17 +157,43 @@ pub fn dot_f32_for(isa: Isa) -> fn(&[f32], &[f32]) -> f32 {
     }
 }
 
-/// `y += a * x` for `isa` (the attention's weighted sum of values); every version multiplies
-/// and adds separately, as run.c does, so all are bit-identical.
-pub fn axpy_for(isa: Isa) -> fn(&mut [f32], f32, &[f32]) {
+/// A head's attention for one query, both halves, for `isa`: `scores(q, keys, scale, att)`
+/// fills `att[p] = dot(q, keys[p]) / scale`; `sum(att, values, out)` adds `att[p] * values[p]`
+/// into `out` in position order. `keys` and `values` are `[positions, head_size]`.
+pub struct AttentionKernels {
+    pub scores: fn(&[f32], &[f32], f32, &mut [f32]),
+    pub sum: fn(&[f32], &[f32], &mut [f32]),
+}
+
+pub fn attention_for(isa: Isa) -> AttentionKernels {
     match isa {
         #[cfg(target_arch = "x86_64")]
-        Isa::Avx2 | Isa::Avx512 => |y, a, x| unsafe { x86::axpy_avx2(y, a, x) },
-        _ => |y, a, x| {
-            for (y, &x) in y.iter_mut().zip(x) {
-                *y += a * x;
-            }
+        Isa::Avx2 | Isa::Avx512 => AttentionKernels {
+            scores: |q, keys, scale, att| unsafe { x86::attention_scores_avx2(q, keys, scale, att) },
+            sum: |att, values, out| unsafe { x86::attention_sum_avx2(att, values, out) },
         },
+        Isa::Scalar => AttentionKernels {
+            scores: |q, keys, scale, att| attention_scores_with(scalar::Scalar::dot_f32, q, keys, scale, att),
+            sum: attention_sum_plain,
+        },
+        _ => AttentionKernels {
+            scores: |q, keys, scale, att| attention_scores_with(fast::Fast::dot_f32, q, keys, scale, att),
+            sum: attention_sum_plain,
+        },
+    }
+}
+
+fn attention_sum_plain(att: &[f32], values: &[f32], out: &mut [f32]) {
+    for (&a, v) in att.iter().zip(values.chunks_exact(out.len())) {
+        for (o, &x) in out.iter_mut().zip(v) {
+            *o += a * x;
+        }
+    }
+}
+
+fn attention_scores_with(dot: fn(&[f32], &[f32]) -> f32, q: &[f32], keys: &[f32], scale: f32, att: &mut [f32]) {
+    for (a, key) in att.iter_mut().zip(keys.chunks_exact(q.len())) {
+        *a = dot(q, key) / scale;
     }
 }
 
@@ -602,15 +628,28 @@ mod tests {
     }
 
     #[test]
-    fn axpy_equals_scalar_exactly() {
+    fn attention_kernels_match_scalar_and_float64() {
         let mut rng = Rng(0xa11ce);
-        for n in [0usize, 1, 7, 8, 9, 64, 100] {
-            let (x, y0, a) = (rng.vec(n), rng.vec(n), rng.next_f32());
-            let expected: Vec<f32> = y0.iter().zip(&x).map(|(y, x)| y + a * x).collect();
+        for (hs, positions) in [(8usize, 1usize), (64, 5), (36, 9), (128, 17)] {
+            let q = rng.vec(hs);
+            let (keys, values) = (rng.vec(hs * positions), rng.vec(hs * positions));
+            let att: Vec<f32> = (0..positions).map(|_| rng.unit()).collect();
+            let out0 = rng.vec(hs);
+            let scale = (hs as f32).sqrt();
+            let mut expected_sum = out0.clone();
+            attention_sum_plain(&att, &values, &mut expected_sum);
             for k in choices() {
-                let mut y = y0.clone();
-                axpy_for(k.isa)(&mut y, a, &x);
-                assert_eq!(y, expected, "n {n} {:?}", k.isa);
+                let kernels = attention_for(k.isa);
+                let mut scores = vec![0.0f32; positions];
+                (kernels.scores)(&q, &keys, scale, &mut scores);
+                for (p, &got) in scores.iter().enumerate() {
+                    let exact: f64 = (0..hs).map(|i| q[i] as f64 * keys[p * hs + i] as f64).sum::<f64>() / scale as f64;
+                    assert!((got as f64 - exact).abs() < 1e-5 * (1.0 + exact.abs()), "hs {hs} p {p} {:?}", k.isa);
+                }
+                // Every version rounds each product and sum as run.c does: bit-identical.
+                let mut out = out0.clone();
+                (kernels.sum)(&att, &values, &mut out);
+                assert_eq!(out, expected_sum, "hs {hs} {:?}", k.isa);
             }
         }
     }

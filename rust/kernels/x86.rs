@@ -19,6 +19,30 @@ use crate::tensor::{AffineData, Scales};
 
 #[target_feature(enable = "avx2,fma")]
 pub unsafe fn dot_f32_avx2(a: &[f32], b: &[f32]) -> f32 {
+    dot_f32_avx2_inline(a, b)
+}
+
+/// Attention scores of one query against `keys` (`[positions, head_size]`, one after another):
+/// `out[p] = dot(q, keys[p]) / scale`, in one call rather than one per position.
+#[target_feature(enable = "avx2,fma")]
+pub unsafe fn attention_scores_avx2(q: &[f32], keys: &[f32], scale: f32, out: &mut [f32]) {
+    for (o, key) in out.iter_mut().zip(keys.chunks_exact(q.len())) {
+        *o = dot_f32_avx2_inline(q, key) / scale;
+    }
+}
+
+/// `out += sum_p att[p] * values[p]` (`values` `[positions, head_size]`), each position's
+/// product and sum rounded separately in position order, as `axpy_avx2` (and run.c) does.
+#[target_feature(enable = "avx2")]
+pub unsafe fn attention_sum_avx2(att: &[f32], values: &[f32], out: &mut [f32]) {
+    let hs = out.len();
+    for (&a, v) in att.iter().zip(values.chunks_exact(hs)) {
+        axpy_avx2_inline(out, a, v);
+    }
+}
+
+#[inline(always)]
+unsafe fn dot_f32_avx2_inline(a: &[f32], b: &[f32]) -> f32 {
     let n = a.len().min(b.len());
     let (pa, pb) = (a.as_ptr(), b.as_ptr());
     let mut acc = [_mm256_setzero_ps(); 4];
@@ -44,8 +68,8 @@ pub unsafe fn dot_f32_avx2(a: &[f32], b: &[f32]) -> f32 {
 
 /// `y += a * x` (over the shorter of the two). Each element is rounded as run.c rounds it (a
 /// product, then a sum; no FMA), so this equals the scalar loop bit for bit.
-#[target_feature(enable = "avx2")]
-pub unsafe fn axpy_avx2(y: &mut [f32], a: f32, x: &[f32]) {
+#[inline(always)]
+unsafe fn axpy_avx2_inline(y: &mut [f32], a: f32, x: &[f32]) {
     let n = y.len().min(x.len());
     let av = _mm256_set1_ps(a);
     let (py, px) = (y.as_mut_ptr(), x.as_ptr());
