@@ -2,10 +2,11 @@
 //!
 //! Implementations, chosen per model at run time (`Isa`): `scalar.rs`, plain loops in llama2.c's
 //! summation order, the reference; `fast.rs`, portable Rust the compiler vectorizes; `x86.rs`,
-//! AVX2 and AVX-512 VNNI (int8 activations from `act.rs` for 4-bit decode, an fp32 GEMM for
-//! prefill). Tests run every implementation this CPU supports against the reference and a
-//! float64 expectation on random shapes. `matmul` splits the output rows over the rayon pool the
-//! caller installed.
+//! AVX2 and AVX-512 VNNI (int8 activations from `act.rs` for 4-bit decode; for prefill an int16
+//! `vpdpwssd` GEMM on AVX-512 and an fp32 GEMM on AVX2). Tests run every implementation this CPU
+//! supports against the reference and a float64 expectation on random shapes. `matmul` splits
+//! the output rows over the rayon pool the caller installed; `matmul_shared_input` runs
+//! matrices that read one input in one parallel region.
 
 pub mod act;
 pub mod fast;
@@ -285,7 +286,8 @@ fn rows_per_task(cols: usize, n_tokens: usize) -> usize {
     (16 * 1024 / (cols * n_tokens).max(1)).max(1)
 }
 
-/// From this many tokens on, 4-bit matrices run as a GEMM on fp32 activations (AVX-512, AVX2).
+/// From this many tokens on, 4-bit matrices run as a GEMM: int16 activations on AVX-512 VNNI
+/// (fp32 with `exact`), fp32 on AVX2.
 pub const GEMM_MIN_TOKENS: usize = 4;
 
 /// The int16 activation block when a 4-bit matrix runs as the AVX-512 `vpdpwssd` GEMM:
@@ -382,10 +384,10 @@ pub fn matmul(out: &mut [f32], w: &Matrix, x: &[f32], n_tokens: usize, scratch: 
             }
             #[cfg(target_arch = "x86_64")]
             if matches!(k.isa, Isa::Avx512 | Isa::Avx2) && a.bits == 4 && n_tokens >= GEMM_MIN_TOKENS {
-                // Prefill: dequantize a few rows at a time and run them against every token in
-                // fp32 (exact). With the dequantization paid once per row for the whole batch,
-                // fp32 FMAs beat int8 dot products, whose activation side costs 9 instructions
-                // per 128 weights per token (measured: 48 vs 37 tok/s on TinyLlama's shape).
+                // Prefill on AVX2, or exact on AVX-512: dequantize a few rows at a time and run
+                // them against every token in fp32. With the dequantization paid once per row for
+                // the whole batch, fp32 FMAs beat int8 dot products with a residual, whose
+                // activation side costs 9 instructions per 128 weights per token.
                 const R: usize = x86::GEMM_ROWS;
                 let blocks = rows.div_ceil(R);
                 (0..blocks).into_par_iter().with_min_len((min_len / R).max(1)).for_each_init(Vec::new, |buffer, b| {

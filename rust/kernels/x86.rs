@@ -1,6 +1,11 @@
-//! x86-64 SIMD kernels: AVX-512 (with VNNI `vpdpbusd`) and AVX2 (`vpmaddubsw`). Each function
-//! is compiled for its instruction set and only called after run-time detection (`Isa`).
-//! The scalar references they are tested against live in `scalar.rs` / `act.rs`.
+//! x86-64 SIMD kernels: AVX-512 (with VNNI: `vpdpbusd` for decode, `vpdpwssd` for the prefill
+//! GEMM; GFNI and fp16 conversions where present) and AVX2 (`vpmaddubsw`). Each function is
+//! compiled for its instruction set and only called after run-time detection (`Isa`). The
+//! scalar references they are tested against live in `scalar.rs` / `act.rs`.
+//!
+//! Hot loops live in `#[inline(always)]` helpers called from `#[target_feature]` functions,
+//! never inside closures handed to generic code (a closure body compiled outside the target
+//! features turns every intrinsic into a call).
 
 #![allow(clippy::missing_safety_doc)]
 
