@@ -19,7 +19,10 @@ import sys
 import time
 from pathlib import Path
 
-import llama2rs
+# No BLAS is used here; numpy's OpenBLAS pool would otherwise spin on the second core for a while.
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+
+import llama2rs  # noqa: E402
 from llama2rs import llama2c
 from llama2rs.config import Config
 
