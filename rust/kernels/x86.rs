@@ -357,12 +357,6 @@ unsafe fn f16s_to_f32_avx512(bytes: &[u8], out: &mut [f32]) {
 
 /// One row of 4-bit weights times an int8 activation (see `act.rs` for the layout):
 /// `sum_c s_g (q_c - z_g) x_c` = `sum_lanes s * d * idot` - `sum_g s_g z_g sum(x in g)`.
-#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
-pub unsafe fn dot_q4_i8_avx512(row: AffineRow, act: &Int8Activation, group_sums: &[f32], plan: &Q4Plan) -> f32 {
-    let lane_group = _mm512_loadu_si512(plan.lane_group.as_ptr() as *const _);
-    dot_q4_i8_avx512_inline::<false>(row, act, group_sums, plan, lane_group)
-}
-
 #[inline(always)]
 unsafe fn dot_q4_i8_avx512_inline<const GFNI: bool>(
     row: AffineRow,
@@ -470,11 +464,6 @@ pub unsafe fn rows_q4_i8_avx2(
             write(t, r, dot_q4_i8_avx2_inline(w, act, act.group_sums()));
         }
     }
-}
-
-#[target_feature(enable = "avx2,fma")]
-pub unsafe fn dot_q4_i8_avx2(row: AffineRow, act: &Int8Activation, group_sums: &[f32]) -> f32 {
-    dot_q4_i8_avx2_inline(row, act, group_sums)
 }
 
 #[inline(always)]
@@ -771,6 +760,7 @@ pub struct I16Buffers {
 /// `out[t * out_stride + r] = dot(W[r], x[t])` for rows `r0..r0 + I16_ROWS` (those that exist)
 /// of a 4-bit matrix and every token of `x` (quantized in blocks inside weight groups, see
 /// `Int16Activations::block_for`).
+#[allow(clippy::too_many_arguments)]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
 pub unsafe fn gemm_q4_i16_avx512(
     w: &AffineData,
