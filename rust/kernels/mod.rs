@@ -522,6 +522,7 @@ pub fn matmul_shared_input(jobs: &mut [(&mut [f32], &Matrix)], x: &[f32], n_toke
 }
 
 /// How `matmul_shared_input` can run its matrices together.
+#[cfg(target_arch = "x86_64")]
 #[derive(Clone, Copy)]
 enum SharedPath {
     /// The int16 GEMM, activation blocks of this many columns.
