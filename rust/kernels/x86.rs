@@ -184,24 +184,10 @@ impl Q4Plan {
 /// inside the row): the decode hot loop, with nothing in it but the arithmetic.
 #[inline(always)]
 unsafe fn chunk_full_avx512<const GFNI: bool>(row: &AffineRow, act: &Int8Activation, c: usize, s: __m512, acc: __m512) -> __m512 {
-    let low4 = _mm512_set1_epi8(0x0f);
-    let wp = row.values.as_ptr().add(c * 64);
-    _mm_prefetch::<_MM_HINT_T0>(wp.wrapping_add(PREFETCH_AHEAD) as *const i8);
-    let wv = _mm512_loadu_si512(wp as *const _);
-    let lo = _mm512_and_si512(wv, low4);
-    let hi = if GFNI {
-        // Output bit i (of 8) takes input bit i + 4 for i < 4: a right shift by 4 per byte.
-        _mm512_gf2p8affine_epi64_epi8::<0>(wv, _mm512_set1_epi64(0x1020_4080_0000_0000u64 as i64))
-    } else {
-        _mm512_and_si512(_mm512_srli_epi16(wv, 4), low4)
-    };
-    let a = load_act_avx512(act, c);
-    // idot * 256 + rdot in integers (|idot| <= 8 * 15 * 127 per lane, far from overflow; the
-    // sum stays below 2^24, so its conversion is exact), then one scale in residual units.
-    let idot = _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(_mm512_setzero_si512(), lo, a.xe), hi, a.xo);
-    let both = _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(_mm512_slli_epi32::<RESIDUAL_BITS>(idot), lo, a.re), hi, a.ro);
+    _mm_prefetch::<_MM_HINT_T0>(row.values.as_ptr().wrapping_add(c * 64 + PREFETCH_AHEAD) as *const i8);
+    let (lo, hi) = nibbles_avx512::<GFNI>(row, c);
     let units = _mm512_loadu_ps(act.lane_units.as_ptr().add(c * 16));
-    _mm512_fmadd_ps(_mm512_cvtepi32_ps(both), _mm512_mul_ps(units, s), acc)
+    chunk_dot_full_avx512(lo, hi, &load_act_avx512(act, c), units, s, acc)
 }
 
 /// The weight side of one chunk (128 columns, 64 bytes) of a row: the unpacked low and high
@@ -416,6 +402,7 @@ unsafe fn nibbles_avx512<const GFNI: bool>(row: &AffineRow, c: usize) -> (__m512
     let wv = _mm512_loadu_si512(row.values.as_ptr().add(c * 64) as *const _);
     let lo = _mm512_and_si512(wv, low4);
     let hi = if GFNI {
+        // Output bit i (of 8) takes input bit i + 4 for i < 4: a right shift by 4 per byte.
         _mm512_gf2p8affine_epi64_epi8::<0>(wv, _mm512_set1_epi64(0x1020_4080_0000_0000u64 as i64))
     } else {
         _mm512_and_si512(_mm512_srli_epi16(wv, 4), low4)
