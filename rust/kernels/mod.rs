@@ -368,18 +368,10 @@ pub fn matmul(out: &mut [f32], w: &Matrix, x: &[f32], n_tokens: usize, scratch: 
             let token = |t: usize| &x[t * cols..(t + 1) * cols];
             let affine_rows = AffineRows::new(a, cols);
             let affine_rows = &affine_rows;
+            // The int16 GEMM (batches) and the int8 row kernels (decode), shared with
+            // `matmul_shared_input`.
             #[cfg(target_arch = "x86_64")]
-            if let Some(block) = int16_gemm_block(k, a, cols, n_tokens) {
-                scratch.int16.quantize(x, n_tokens, cols, block);
-                let xq = &scratch.int16;
-                let blocks = rows.div_ceil(x86::I16_ROWS);
-                (0..blocks).into_par_iter().with_min_len((min_len / x86::I16_ROWS).max(1)).for_each_init(
-                    x86::I16Buffers::default,
-                    |buffers, b| {
-                        let dst = dst;
-                        unsafe { x86::gemm_q4_i16_avx512(a, rows, cols, b * x86::I16_ROWS, xq, buffers, dst.0, rows) };
-                    },
-                );
+            if affine_fast_x86(&[AffineJob { out: dst, data: a, rows }], x, cols, n_tokens, (&mut scratch.int16, &mut scratch.int8), k) {
                 return;
             }
             #[cfg(target_arch = "x86_64")]
@@ -416,24 +408,6 @@ pub fn matmul(out: &mut [f32], w: &Matrix, x: &[f32], n_tokens: usize, scratch: 
                     scratch.int8[t].update_group_sums(a.group_size);
                 }
                 let acts = &scratch.int8[..n_tokens];
-                // Each task runs one range of rows through a single kernel call: one row at a
-                // time, so the matrix is one sequential stream (pairs of rows sharing
-                // activation loads split it into two and measured slower: 23 vs 35 tok/s).
-                #[cfg(target_arch = "x86_64")]
-                if matches!(k.isa, Isa::Avx512 | Isa::Avx2) {
-                    let plan = x86::Q4Plan::new(a.group_size, cols);
-                    let tasks = rows.div_ceil(min_len);
-                    (0..tasks).into_par_iter().for_each(|b| {
-                        let dst = dst;
-                        let range = b * min_len..((b + 1) * min_len).min(rows);
-                        let write = |t: usize, r: usize, v: f32| unsafe { *dst.0.add(t * rows + r) = v };
-                        with_scale_buffer(|buffer| match k.isa {
-                            Isa::Avx512 => unsafe { x86::rows_q4_i8_avx512(affine_rows, range, acts, &plan, buffer, write) },
-                            _ => unsafe { x86::rows_q4_i8_avx2(affine_rows, range, acts, buffer, write) },
-                        })
-                    });
-                    return;
-                }
                 for_rows(&|r, t| with_scale_buffer(|buf| scalar::dot_q4_i8(affine_rows.row(r, buf), &acts[t])));
             } else {
                 scratch.group_sums.resize_with(n_tokens, Vec::new);
@@ -462,96 +436,113 @@ pub const MAX_SHARED: usize = 4;
 /// the matrices; otherwise one `matmul` after another.
 pub fn matmul_shared_input(jobs: &mut [(&mut [f32], &Matrix)], x: &[f32], n_tokens: usize, scratch: &mut Scratch, k: KernelChoice) {
     #[cfg(target_arch = "x86_64")]
-    if let Some(path) = shared_path(jobs, n_tokens, k) {
+    if !jobs.is_empty() && jobs.len() <= MAX_SHARED {
         let cols = jobs[0].1.cols;
         assert_eq!(x.len(), cols * n_tokens, "matmul: input length");
-        let threads = rayon::current_num_threads();
-        // Per job: output pointer, matrix, rows, rows per task, first task.
-        let mut table: [(OutPtr, Option<&AffineData>, usize, usize, usize); MAX_SHARED] =
-            [(OutPtr(std::ptr::null_mut()), None, 0, 1, 0); MAX_SHARED];
-        let mut tasks = 0;
-        for (i, (out, w)) in jobs.iter_mut().enumerate() {
+        let mut table: [Option<AffineJob>; MAX_SHARED] = [None; MAX_SHARED];
+        for (slot, (out, w)) in table.iter_mut().zip(jobs.iter_mut()) {
             assert_eq!(out.len(), w.rows * n_tokens, "matmul: output length");
-            let MatrixData::Affine(a) = &w.data else { unreachable!() };
-            let per_task = match path {
-                SharedPath::Gemm(_) => x86::I16_ROWS,
-                SharedPath::Rows => rows_per_task(cols, n_tokens).max(w.rows / (4 * threads)),
-            };
-            table[i] = (OutPtr(out.as_mut_ptr()), Some(a), w.rows, per_task, tasks);
-            tasks += w.rows.div_ceil(per_task);
-        }
-        let table = &table[..jobs.len()];
-        let job_of = |task: usize| table.iter().rposition(|j| j.4 <= task).unwrap();
-        match path {
-            SharedPath::Gemm(block) => {
-                scratch.int16.quantize(x, n_tokens, cols, block);
-                let xq = &scratch.int16;
-                (0..tasks).into_par_iter().for_each_init(x86::I16Buffers::default, |buffers, task| {
-                    let (dst, a, rows, per_task, first) = table[job_of(task)];
-                    let r0 = (task - first) * per_task;
-                    unsafe { x86::gemm_q4_i16_avx512(a.unwrap(), rows, cols, r0, xq, buffers, dst.0, rows) };
-                });
-            }
-            SharedPath::Rows => {
-                let a0 = table[0].1.unwrap();
-                scratch.int8.resize_with(n_tokens, Default::default);
-                for t in 0..n_tokens {
-                    scratch.int8[t].quantize(&x[t * cols..(t + 1) * cols]);
-                    scratch.int8[t].update_group_sums(a0.group_size);
+            if let MatrixData::Affine(a) = &w.data {
+                if a.perm.is_none() && w.cols == cols {
+                    *slot = Some(AffineJob { out: OutPtr(out.as_mut_ptr()), data: a, rows: w.rows });
                 }
-                let acts = &scratch.int8[..n_tokens];
-                let plan = x86::Q4Plan::new(a0.group_size, cols);
-                (0..tasks).into_par_iter().for_each(|task| {
-                    let (dst, a, rows, per_task, first) = table[job_of(task)];
-                    let affine_rows = AffineRows::new(a.unwrap(), cols);
-                    let r0 = (task - first) * per_task;
-                    let range = r0..(r0 + per_task).min(rows);
-                    let write = |t: usize, r: usize, v: f32| unsafe { *dst.0.add(t * rows + r) = v };
-                    with_scale_buffer(|buffer| match k.isa {
-                        Isa::Avx512 => unsafe { x86::rows_q4_i8_avx512(&affine_rows, range, acts, &plan, buffer, write) },
-                        _ => unsafe { x86::rows_q4_i8_avx2(&affine_rows, range, acts, buffer, write) },
-                    })
-                });
             }
         }
-        return;
+        if let [Some(first), ..] = table {
+            if table[..jobs.len()].iter().all(Option::is_some) {
+                let table = table.map(|j| j.unwrap_or(first)); // no allocation per call
+                if affine_fast_x86(&table[..jobs.len()], x, cols, n_tokens, (&mut scratch.int16, &mut scratch.int8), k) {
+                    return;
+                }
+            }
+        }
     }
     for (out, w) in jobs.iter_mut() {
         matmul(out, w, x, n_tokens, scratch, k);
     }
 }
 
-/// How `matmul_shared_input` can run its matrices together.
-#[cfg(target_arch = "x86_64")]
+/// One affine matrix for `affine_fast_x86`: where its `[n_tokens, rows]` output goes.
 #[derive(Clone, Copy)]
-enum SharedPath {
-    /// The int16 GEMM, activation blocks of this many columns.
-    Gemm(usize),
-    /// The int8 decode kernels, one row at a time.
-    Rows,
+struct AffineJob<'a> {
+    out: OutPtr,
+    data: &'a AffineData<'a>,
+    rows: usize,
 }
 
+/// 4-bit matrices times one input `x` (`[n_tokens, cols]`, already in stored column order) on
+/// the x86 integer kernels, all in one parallel region: the int16 GEMM for batches of at least
+/// `GEMM_MIN_TOKENS`, the int8 row kernels for decoding. Returns false, having done nothing,
+/// when those kernels do not apply (another ISA, `exact`, other bits, groups that differ or
+/// that the kernels cannot take).
 #[cfg(target_arch = "x86_64")]
-fn shared_path(jobs: &[(&mut [f32], &Matrix)], n_tokens: usize, k: KernelChoice) -> Option<SharedPath> {
-    if jobs.is_empty() || jobs.len() > MAX_SHARED {
-        return None;
+fn affine_fast_x86(
+    jobs: &[AffineJob],
+    x: &[f32],
+    cols: usize,
+    n_tokens: usize,
+    (int16, int8): (&mut act::Int16Activations, &mut Vec<act::Int8Activation>),
+    k: KernelChoice,
+) -> bool {
+    let first = jobs[0].data;
+    if jobs.iter().any(|j| j.data.bits != 4 || j.data.group_size != first.group_size) {
+        return false;
     }
-    let first = match &jobs[0].1.data {
-        MatrixData::Affine(a) if a.bits == 4 && a.perm.is_none() => a,
-        _ => return None,
+    let threads = rayon::current_num_threads();
+    let total_rows: usize = jobs.iter().map(|j| j.rows).sum();
+    // Tasks of whole row ranges, a few per thread (see `matmul`), numbered across the jobs.
+    let tasks_of = |per_task: usize| {
+        let mut firsts = [0usize; MAX_SHARED + 1];
+        for (i, j) in jobs.iter().enumerate() {
+            firsts[i + 1] = firsts[i] + j.rows.div_ceil(per_task);
+        }
+        firsts
     };
-    let cols = jobs[0].1.cols;
-    let same = jobs.iter().all(|(_, w)| {
-        w.cols == cols && matches!(&w.data, MatrixData::Affine(a) if a.bits == 4 && a.perm.is_none() && a.group_size == first.group_size)
-    });
-    if !same {
-        return None;
-    }
+    let job_of = |firsts: &[usize], task: usize| firsts[1..=jobs.len()].iter().position(|&f| task < f).unwrap();
     if let Some(block) = int16_gemm_block(k, first, cols, n_tokens) {
-        return Some(SharedPath::Gemm(block));
+        int16.quantize(x, n_tokens, cols, block);
+        let xq = &*int16;
+        let firsts = tasks_of(x86::I16_ROWS);
+        // Every 32-row block a task of its own: a batch makes each block heavy enough, and fine
+        // tasks balance the threads.
+        (0..firsts[jobs.len()]).into_par_iter().for_each_init(x86::I16Buffers::default, |buffers, task| {
+            let i = job_of(&firsts, task);
+            let j = jobs[i];
+            let r0 = (task - firsts[i]) * x86::I16_ROWS;
+            // SAFETY: each block of rows of each job is written by exactly one task.
+            unsafe { x86::gemm_q4_i16_avx512(j.data, j.rows, cols, r0, xq, buffers, j.out.0, j.rows) };
+        });
+        return true;
     }
-    let rows_kernel = matches!(k.isa, Isa::Avx512 | Isa::Avx2) && k.int8_activations && act::lanes_fit_groups(first.group_size, cols);
-    (rows_kernel && n_tokens < GEMM_MIN_TOKENS).then_some(SharedPath::Rows)
+    let rows_kernels = matches!(k.isa, Isa::Avx512 | Isa::Avx2) && k.int8_activations && n_tokens < GEMM_MIN_TOKENS;
+    if !rows_kernels || !act::lanes_fit_groups(first.group_size, cols) {
+        return false;
+    }
+    int8.resize_with(n_tokens, Default::default);
+    for t in 0..n_tokens {
+        int8[t].quantize(&x[t * cols..(t + 1) * cols]);
+        int8[t].update_group_sums(first.group_size);
+    }
+    let acts = &int8[..n_tokens];
+    let plan = x86::Q4Plan::new(first.group_size, cols);
+    // One task size for all the matrices, from the rows they hold together.
+    let per_task = rows_per_task(cols, n_tokens).max(total_rows / (4 * threads * jobs.len()));
+    let firsts = tasks_of(per_task);
+    (0..firsts[jobs.len()]).into_par_iter().for_each(|task| {
+        let i = job_of(&firsts, task);
+        let j = jobs[i];
+        let affine_rows = AffineRows::new(j.data, cols);
+        let r0 = (task - firsts[i]) * per_task;
+        let range = r0..(r0 + per_task).min(j.rows);
+        // SAFETY: each row of each job is written by exactly one task.
+        let write = |t: usize, r: usize, v: f32| unsafe { *j.out.0.add(t * j.rows + r) = v };
+        // Each task runs its range of rows through one kernel call (one token: rows in pairs).
+        with_scale_buffer(|buffer| match k.isa {
+            Isa::Avx512 => unsafe { x86::rows_q4_i8_avx512(&affine_rows, range, acts, &plan, buffer, write) },
+            _ => unsafe { x86::rows_q4_i8_avx2(&affine_rows, range, acts, buffer, write) },
+        });
+    });
+    true
 }
 
 /// `matmul` for one input vector.
