@@ -12,10 +12,10 @@ use rayon::prelude::*;
 
 use crate::config::Config;
 use crate::error::{Error, Result};
-use crate::kernels::{matmul, matmul_shared_input, Isa, KernelChoice, Scratch};
+use crate::kernels::{matmul, matmul_shared_input, CacheValue, Isa, KernelChoice, Scratch, F16};
 use crate::l2rs;
 use crate::llama2c;
-use crate::tensor::{Matrix, Weights};
+use crate::tensor::{Matrix, MatrixData, Weights};
 
 /// Which kind of file a model came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -48,6 +48,7 @@ pub struct Model {
     file_size: usize,
     pool: rayon::ThreadPool,
     kernels: KernelChoice,
+    kv_cache: KvCacheType,
     _map: Mmap,
 }
 
@@ -66,12 +67,17 @@ impl Model {
     /// operating system pages weights in when the forward pass first touches them.
     /// `n_threads = None` uses all available cores.
     pub fn open(path: impl AsRef<Path>, n_threads: Option<usize>) -> Result<Model> {
-        Self::open_with(path, n_threads, KernelChoice::new(Isa::detect()))
+        Self::open_with(path, n_threads, KernelChoice::new(Isa::detect()), None)
     }
 
     /// `open` with an explicit kernel choice (e.g. to force the scalar reference, or exact fp32
-    /// activations for 4-bit weights).
-    pub fn open_with(path: impl AsRef<Path>, n_threads: Option<usize>, kernels: KernelChoice) -> Result<Model> {
+    /// activations for 4-bit weights) and KV cache type (`None`: `KvCacheType::auto`).
+    pub fn open_with(
+        path: impl AsRef<Path>,
+        n_threads: Option<usize>,
+        kernels: KernelChoice,
+        kv_cache: Option<KvCacheType>,
+    ) -> Result<Model> {
         if !kernels.isa.supported() {
             return Err(Error::Argument(format!("this CPU cannot run the {} kernels", kernels.isa.name())));
         }
@@ -93,6 +99,7 @@ impl Model {
             (header.config, FileFormat::Llama2c(header.format), weights, None, Default::default())
         };
         let pool = build_pool(n_threads)?;
+        let kv_cache = kv_cache.unwrap_or_else(|| KvCacheType::auto(&weights, kernels));
         Ok(Model {
             weights,
             config,
@@ -103,6 +110,7 @@ impl Model {
             file_size: bytes.len(),
             pool,
             kernels,
+            kv_cache,
             _map: map,
         })
     }
@@ -141,6 +149,16 @@ impl Model {
         self.kernels
     }
 
+    /// What the states this model makes (`new_state`) store in their KV cache.
+    pub fn kv_cache(&self) -> KvCacheType {
+        self.kv_cache
+    }
+
+    /// A fresh state for one sequence (positions from 0), with the model's KV cache type.
+    pub fn new_state(&self) -> State {
+        State::new(&self.config, self.kv_cache)
+    }
+
     pub fn n_threads(&self) -> usize {
         self.pool.current_num_threads()
     }
@@ -169,7 +187,7 @@ impl Model {
                 seq_len: self.config.seq_len,
             });
         }
-        let mut state = State::new(&self.config);
+        let mut state = self.new_state();
         let mut out = Vec::with_capacity(tokens.len() * self.config.vocab_size);
         for (i, batch) in tokens.chunks(PREFILL_BATCH).enumerate() {
             out.extend_from_slice(self.forward_batch(&mut state, batch, i * PREFILL_BATCH, true)?);
@@ -218,8 +236,8 @@ impl Model {
         let w = &self.weights;
         let k = self.kernels;
         let n = tokens.len();
-        let (dim, hidden, hs, kv_dim, kv_mul) = (c.dim, c.hidden_dim, c.head_size(), c.kv_dim(), c.kv_mul());
-        let (seq_len, eps) = (c.seq_len, c.norm_eps);
+        let (dim, hidden, hs, kv_dim) = (c.dim, c.hidden_dim, c.head_size(), c.kv_dim());
+        let eps = c.norm_eps;
         let x = &mut s.x[..n * dim];
         let xb = &mut s.xb[..n * dim];
         let xb2 = &mut s.xb2[..n * dim];
@@ -241,44 +259,11 @@ impl Model {
             for t in 0..n {
                 rope(&mut q[t * dim..(t + 1) * dim], &mut k_new[t * kv_dim..(t + 1) * kv_dim], pos0 + t, hs, c.rope_theta);
             }
-            // Each kv head's keys and values go to its own run of the cache, so attention
-            // reads them sequentially (positions a whole kv_dim apart cross a page per read).
-            let layer_cache = l * seq_len * kv_dim; // = l * n_kv_heads * seq_len * hs
-            let head_run = |kh: usize| layer_cache + kh * seq_len * hs;
-            for t in 0..n {
-                for kh in 0..c.n_kv_heads {
-                    let at = head_run(kh) + (pos0 + t) * hs;
-                    let from = t * kv_dim + kh * hs;
-                    s.key_cache[at..at + hs].copy_from_slice(&k_new[from..from + hs]);
-                    s.value_cache[at..at + hs].copy_from_slice(&v_new[from..from + hs]);
-                }
+            let batch = Batch { tokens: n, pos0, q: &*q, k_new: &*k_new, v_new: &*v_new };
+            match &mut s.kv {
+                KvCache::F32(cache) => attend(c, l, cache, &batch, &mut s.att, xb, k.isa),
+                KvCache::F16(cache) => attend(c, l, cache, &batch, &mut s.att, xb, k.isa),
             }
-
-            // Each head attends, token by token, over positions 0..=pos of its layer's cache
-            // (the causal mask); heads run in parallel and write disjoint slices of xb.
-            let (key_cache, value_cache) = (&s.key_cache, &s.value_cache);
-            let q = &*q;
-            // The scalar kernels keep run.c's summation order; the others vectorize the scores.
-            let attention = crate::kernels::attention_for(k.isa);
-            let out = SyncPtr(xb.as_mut_ptr());
-            s.att.par_chunks_mut(seq_len).enumerate().for_each(|(h, att)| {
-                let out = out;
-                let run = head_run(h / kv_mul);
-                let keys = &key_cache[run..run + seq_len * hs]; // [seq_len, hs]
-                let values = &value_cache[run..run + seq_len * hs];
-                let scale = (hs as f32).sqrt();
-                for t in 0..n {
-                    let pos = pos0 + t;
-                    let q = &q[t * dim + h * hs..t * dim + (h + 1) * hs];
-                    let att = &mut att[..=pos];
-                    (attention.scores)(q, &keys[..(pos + 1) * hs], scale, att);
-                    softmax(att);
-                    // SAFETY: head h of token t owns xb[t, h*hs..(h+1)*hs]; no other task writes it.
-                    let o = unsafe { std::slice::from_raw_parts_mut(out.0.add(t * dim + h * hs), hs) };
-                    o.fill(0.0);
-                    (attention.sum)(att, &values[..(pos + 1) * hs], o);
-                }
-            });
             matmul(xb2, &layer.wo, xb, n, &mut s.scratch, k);
             for (xi, &d) in x.iter_mut().zip(xb2.iter()) {
                 *xi += d;
@@ -308,6 +293,61 @@ impl Model {
         let m = n - first;
         matmul(&mut s.logits[..m * c.vocab_size], w.classifier(), &x[first * dim..], m, &mut s.scratch, k);
     }
+}
+
+/// One batch's queries and new keys and values in one layer, after RoPE.
+struct Batch<'a> {
+    tokens: usize,
+    pos0: usize,        // position of the batch's first token
+    q: &'a [f32],       // [tokens, dim]
+    k_new: &'a [f32],   // [tokens, kv_dim]
+    v_new: &'a [f32],   // [tokens, kv_dim]
+}
+
+/// Layer `l`'s attention for a batch: store its keys and values in the cache, then each head
+/// attends, token by token, over positions 0..=pos of the layer's cache (the causal mask),
+/// writing `out` (`[tokens, dim]`). Heads run in parallel and write disjoint slices of `out`.
+fn attend<T: CacheValue>(c: &Config, l: usize, cache: &mut KvRuns<T>, b: &Batch, att: &mut [f32], out: &mut [f32], isa: Isa) {
+    let (dim, hs, kv_dim, seq_len) = (c.dim, c.head_size(), c.kv_dim(), c.seq_len);
+    // Each kv head's keys and values go to its own run of the cache, so attention reads them
+    // sequentially (positions a whole kv_dim apart cross a page per read).
+    let layer_cache = l * seq_len * kv_dim; // = l * n_kv_heads * seq_len * hs
+    let head_run = |kh: usize| layer_cache + kh * seq_len * hs;
+    for t in 0..b.tokens {
+        for kh in 0..c.n_kv_heads {
+            let at = head_run(kh) + (b.pos0 + t) * hs;
+            let from = t * kv_dim + kh * hs;
+            for (to, &v) in cache.keys[at..at + hs].iter_mut().zip(&b.k_new[from..from + hs]) {
+                *to = T::from_f32(v);
+            }
+            for (to, &v) in cache.values[at..at + hs].iter_mut().zip(&b.v_new[from..from + hs]) {
+                *to = T::from_f32(v);
+            }
+        }
+    }
+    let (keys, values) = (&cache.keys, &cache.values);
+    // The scalar kernels keep run.c's summation order; the others vectorize the scores.
+    let attention = T::attention_for(isa);
+    let kv_mul = c.kv_mul();
+    let out = SyncPtr(out.as_mut_ptr());
+    att.par_chunks_mut(seq_len).enumerate().for_each(|(h, att)| {
+        let out = out;
+        let run = head_run(h / kv_mul);
+        let keys = &keys[run..run + seq_len * hs]; // [seq_len, hs]
+        let values = &values[run..run + seq_len * hs];
+        let scale = (hs as f32).sqrt();
+        for t in 0..b.tokens {
+            let pos = b.pos0 + t;
+            let q = &b.q[t * dim + h * hs..t * dim + (h + 1) * hs];
+            let att = &mut att[..=pos];
+            (attention.scores)(q, &keys[..(pos + 1) * hs], scale, att);
+            softmax(att);
+            // SAFETY: head h of token t owns out[t, h*hs..(h+1)*hs]; no other task writes it.
+            let o = unsafe { std::slice::from_raw_parts_mut(out.0.add(t * dim + h * hs), hs) };
+            o.fill(0.0);
+            (attention.sum)(att, &values[..(pos + 1) * hs], o);
+        }
+    });
 }
 
 /// Prompts and `logits()` run in batches of this many tokens: large enough that each weight
@@ -423,33 +463,86 @@ fn rope(q: &mut [f32], k: &mut [f32], pos: usize, head_size: usize, theta: f32) 
     }
 }
 
+/// How the KV cache stores keys and values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KvCacheType {
+    /// fp32, as run.c: results equal llama2.c's.
+    F32,
+    /// fp16 (each key and value rounded to nearest): half the memory, and half the bytes
+    /// attention reads per token.
+    F16,
+}
+
+impl KvCacheType {
+    pub fn name(self) -> &'static str {
+        match self {
+            KvCacheType::F32 => "f32",
+            KvCacheType::F16 => "f16",
+        }
+    }
+
+    pub fn from_name(name: &str) -> Option<KvCacheType> {
+        [KvCacheType::F32, KvCacheType::F16].into_iter().find(|t| t.name() == name)
+    }
+
+    /// The default for a model: fp16 where the weights are 4-bit (their rounding dwarfs the
+    /// cache's, as in llama.cpp), fp32 for fp32 and Q8_0 weights (llama2.c parity) and for
+    /// the exact path.
+    pub fn auto(weights: &Weights, kernels: KernelChoice) -> KvCacheType {
+        let affine = weights.layers.iter().any(|l| matches!(l.wq.data, MatrixData::Affine(_)));
+        if affine && kernels.int8_activations {
+            KvCacheType::F16
+        } else {
+            KvCacheType::F32
+        }
+    }
+}
+
+/// Keys and values of every layer, each `[n_layers, n_kv_heads, seq_len, head_size]`.
+#[derive(Debug, Clone)]
+pub struct KvRuns<T> {
+    pub keys: Vec<T>,
+    pub values: Vec<T>,
+}
+
+impl<T: CacheValue> KvRuns<T> {
+    fn new(c: &Config) -> KvRuns<T> {
+        // Zeroed allocations of this size come from fresh pages: a long context costs memory
+        // only as far as it is used.
+        let len = c.n_layers * c.seq_len * c.kv_dim();
+        KvRuns { keys: vec![T::default(); len], values: vec![T::default(); len] }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub enum KvCache {
+    F32(KvRuns<f32>),
+    F16(KvRuns<F16>),
+}
+
 /// Everything one sequence needs while it runs: activations and the KV cache.
 /// Batch buffers grow to the largest batch seen and are then reused: decoding one token at a
 /// time allocates nothing.
 #[derive(Debug, Clone)]
 pub struct State {
     config: Config,
-    pub x: Vec<f32>,           // [batch, dim] residual stream
-    pub xb: Vec<f32>,          // [batch, dim] normed input / attention output / ffn output
-    pub xb2: Vec<f32>,         // [batch, dim] attention projection
-    pub hb: Vec<f32>,          // [batch, hidden_dim]
-    pub hb2: Vec<f32>,         // [batch, hidden_dim]
-    pub q: Vec<f32>,           // [batch, dim]
-    pub att: Vec<f32>,         // [n_heads, seq_len] attention scores
-    pub logits: Vec<f32>,      // [batch or 1, vocab_size]
-    pub k_new: Vec<f32>,       // [batch, kv_dim] the batch's keys, before they go to the cache
-    pub v_new: Vec<f32>,       // [batch, kv_dim] the batch's values
-    pub key_cache: Vec<f32>,   // [n_layers, n_kv_heads, seq_len, head_size]
-    pub value_cache: Vec<f32>, // [n_layers, n_kv_heads, seq_len, head_size]
-    scratch: Scratch,          // matmul's working memory
+    pub x: Vec<f32>,      // [batch, dim] residual stream
+    pub xb: Vec<f32>,     // [batch, dim] normed input / attention output / ffn output
+    pub xb2: Vec<f32>,    // [batch, dim] attention projection
+    pub hb: Vec<f32>,     // [batch, hidden_dim]
+    pub hb2: Vec<f32>,    // [batch, hidden_dim]
+    pub q: Vec<f32>,      // [batch, dim]
+    pub att: Vec<f32>,    // [n_heads, seq_len] attention scores
+    pub logits: Vec<f32>, // [batch or 1, vocab_size]
+    pub k_new: Vec<f32>,  // [batch, kv_dim] the batch's keys, before they go to the cache
+    pub v_new: Vec<f32>,  // [batch, kv_dim] the batch's values
+    pub kv: KvCache,      // [n_layers, n_kv_heads, seq_len, head_size] keys and values
+    scratch: Scratch,     // matmul's working memory
 }
 
 impl State {
-    pub fn new(config: &Config) -> State {
+    pub fn new(config: &Config, kv_cache: KvCacheType) -> State {
         let c = config;
-        // Zeroed allocations of this size come from fresh pages: a long context costs memory
-        // only as far as it is used.
-        let cache = c.n_layers * c.seq_len * c.kv_dim();
         let mut state = State {
             config: *c,
             x: Vec::new(),
@@ -462,12 +555,21 @@ impl State {
             logits: Vec::new(),
             k_new: Vec::new(),
             v_new: Vec::new(),
-            key_cache: vec![0.0; cache],
-            value_cache: vec![0.0; cache],
+            kv: match kv_cache {
+                KvCacheType::F32 => KvCache::F32(KvRuns::new(c)),
+                KvCacheType::F16 => KvCache::F16(KvRuns::new(c)),
+            },
             scratch: Scratch::default(),
         };
         state.reserve(1, true);
         state
+    }
+
+    pub fn kv_cache_type(&self) -> KvCacheType {
+        match self.kv {
+            KvCache::F32(_) => KvCacheType::F32,
+            KvCache::F16(_) => KvCacheType::F16,
+        }
     }
 
     /// Make the batch buffers hold `n` tokens (and `n` rows of logits if `all_logits`).

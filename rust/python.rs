@@ -13,7 +13,7 @@ use crate::error::Error;
 use crate::generate::Session;
 use crate::kernels::{Isa, KernelChoice};
 use crate::llama2c::Format;
-use crate::model::{FileFormat, Model};
+use crate::model::{FileFormat, KvCacheType, Model};
 use crate::sampler::SamplerConfig;
 
 /// Raise the `llama2rs.errors` class that means the same as `error`.
@@ -66,8 +66,15 @@ struct PyModel {
 #[pymethods]
 impl PyModel {
     #[new]
-    #[pyo3(signature = (path, n_threads = None, kernels = None, exact = false))]
-    fn new(py: Python<'_>, path: PathBuf, n_threads: Option<i64>, kernels: Option<String>, exact: bool) -> PyResult<Self> {
+    #[pyo3(signature = (path, n_threads = None, kernels = None, exact = false, kv_cache = None))]
+    fn new(
+        py: Python<'_>,
+        path: PathBuf,
+        n_threads: Option<i64>,
+        kernels: Option<String>,
+        exact: bool,
+        kv_cache: Option<String>,
+    ) -> PyResult<Self> {
         let n_threads = match n_threads {
             Some(n) if n < 1 => {
                 return Err(to_pyerr(Error::Argument(format!("n_threads must be at least 1, got {n}"))))
@@ -83,8 +90,14 @@ impl PyModel {
                 )))
             })?,
         };
+        let kv_cache = match kv_cache.as_deref() {
+            None | Some("auto") => None,
+            Some(name) => Some(KvCacheType::from_name(name).ok_or_else(|| {
+                to_pyerr(Error::Argument(format!("kv_cache must be one of auto, f32, f16; got {name:?}")))
+            })?),
+        };
         let choice = KernelChoice { isa, int8_activations: !exact };
-        let model = py.detach(|| Model::open_with(&path, n_threads, choice)).map_err(to_pyerr)?;
+        let model = py.detach(|| Model::open_with(&path, n_threads, choice, kv_cache)).map_err(to_pyerr)?;
         Ok(PyModel { inner: Arc::new(model) })
     }
 
@@ -92,6 +105,12 @@ impl PyModel {
     #[getter]
     fn kernels(&self) -> &'static str {
         self.inner.kernels().isa.name()
+    }
+
+    /// What the KV cache stores (`f32` or `f16`).
+    #[getter]
+    fn kv_cache(&self) -> &'static str {
+        self.inner.kv_cache().name()
     }
 
     /// True when 4-bit weights multiply fp32 activations (the exact path).

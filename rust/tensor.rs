@@ -109,6 +109,38 @@ pub fn f16_to_f32(bits: u16) -> f32 {
     f32::from_bits(sign | magnitude)
 }
 
+/// An fp32 value rounded to the nearest IEEE fp16 value (ties to even; overflow to infinity,
+/// NaN stays NaN), as numpy's `astype(float16)` and F16C's `vcvtps2ph` round it.
+pub fn f32_to_f16(value: f32) -> u16 {
+    let bits = value.to_bits();
+    let sign = ((bits >> 16) & 0x8000) as u16;
+    let exponent = ((bits >> 23) & 0xff) as i32;
+    let mantissa = bits & 0x7f_ffff;
+    if exponent == 0xff {
+        let nan = if mantissa != 0 { 0x200 | (mantissa >> 13) as u16 } else { 0 };
+        return sign | 0x7c00 | nan;
+    }
+    // The value as a 24-bit significand (hidden bit included) times 2^(e - 150).
+    let e = exponent - 127 + 15; // fp16's biased exponent if the value stays normal
+    let significand = if exponent == 0 { mantissa } else { mantissa | 0x80_0000 };
+    // fp16 keeps 11 significant bits when normal; below e = 1 it drops one more per step.
+    let shift = if e >= 1 { 13 } else { (14 - e) as u32 };
+    if shift > 24 {
+        return sign; // below half the smallest subnormal: rounds to zero
+    }
+    let kept = significand >> shift;
+    let rest = significand & ((1 << shift) - 1);
+    let half = 1 << (shift - 1);
+    let rounded = kept + u32::from(rest > half || (rest == half && kept & 1 == 1));
+    let magnitude = if e >= 1 {
+        // `rounded` carries into the exponent by itself when the significand overflows.
+        ((e as u32) << 10) + rounded - 0x400
+    } else {
+        rounded // a subnormal, or the smallest normal when it rounds up into it
+    };
+    sign | if magnitude >= 0x7c00 { 0x7c00 } else { magnitude as u16 }
+}
+
 /// Convert little-endian fp16 bytes (`[2 * out.len()]`) into `out`, eight at a time with F16C
 /// where the CPU has it.
 pub fn f16s_to_f32(bytes: &[u8], out: &mut [f32]) {
@@ -224,6 +256,73 @@ mod tests {
         assert_eq!(f16_to_f32(0x8000).to_bits(), (-0.0f32).to_bits());
         assert_eq!(f16_to_f32(0x7c00), f32::INFINITY);
         assert!(f16_to_f32(0x7e00).is_nan());
+    }
+
+    #[test]
+    fn f32_to_f16_hand_computed() {
+        assert_eq!(f32_to_f16(1.0), 0x3c00);
+        assert_eq!(f32_to_f16(-2.0), 0xc000);
+        assert_eq!(f32_to_f16(65504.0), 0x7bff);
+        assert_eq!(f32_to_f16(65520.0), 0x7c00); // halfway to 2^16: ties to even, which overflows
+        assert_eq!(f32_to_f16(65519.0), 0x7bff);
+        assert_eq!(f32_to_f16(1e6), 0x7c00);
+        assert_eq!(f32_to_f16(f32::NEG_INFINITY), 0xfc00);
+        assert_eq!(f32_to_f16(f32::NAN) & 0x7e00, 0x7e00);
+        assert_eq!(f32_to_f16(-0.0), 0x8000);
+        // 1 + 2^-11 is halfway between 1 and 1 + 2^-10: ties to the even 1.
+        assert_eq!(f32_to_f16(1.0 + 2f32.powi(-11)), 0x3c00);
+        assert_eq!(f32_to_f16(1.0 + 3.0 * 2f32.powi(-11)), 0x3c02); // ties up to even
+        assert_eq!(f32_to_f16(1.0 + 2f32.powi(-11) + 2f32.powi(-20)), 0x3c01); // above half
+        assert_eq!(f32_to_f16(2f32.powi(-24)), 0x0001); // smallest subnormal
+        assert_eq!(f32_to_f16(2f32.powi(-25)), 0x0000); // half of it: ties to even zero
+        assert_eq!(f32_to_f16(1.5 * 2f32.powi(-25)), 0x0001);
+        assert_eq!(f32_to_f16(1023.0 * 2f32.powi(-24)), 0x03ff);
+        assert_eq!(f32_to_f16(1023.5 * 2f32.powi(-24)), 0x0400); // rounds up into the normals
+        assert_eq!(f32_to_f16(2f32.powi(-14)), 0x0400);
+        assert_eq!(f32_to_f16(1e-30), 0x0000);
+        assert_eq!(f32_to_f16(0.1), 0x2e66); // numpy: float16(0.1).view(uint16)
+    }
+
+    #[test]
+    fn f32_to_f16_round_trips_and_rounds_to_nearest() {
+        for h in 0..=u16::MAX {
+            let v = f16_to_f32(h);
+            if v.is_nan() {
+                continue;
+            }
+            assert_eq!(f32_to_f16(v), h, "{h:#06x}");
+            // Just above and below every finite value still round to it (the gaps are much wider).
+            if v.is_finite() && v != 0.0 {
+                assert_eq!(f32_to_f16(f32::from_bits(v.to_bits() + 1)), h, "{h:#06x} up");
+                assert_eq!(f32_to_f16(f32::from_bits(v.to_bits() - 1)), h, "{h:#06x} down");
+            }
+        }
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn f32_to_f16_equals_f16c() {
+        if !std::arch::is_x86_feature_detected!("f16c") {
+            return;
+        }
+        // Every 4099th fp32 pattern: normals, subnormals, overflow, ties.
+        let mut bits = 0u32;
+        while let Some(next) = bits.checked_add(4099) {
+            let v = f32::from_bits(bits);
+            // SAFETY: the feature is present.
+            let expected = unsafe { f16c_one(v) };
+            if !v.is_nan() {
+                assert_eq!(f32_to_f16(v), expected, "{bits:#010x}");
+            }
+            bits = next;
+        }
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "f16c")]
+    unsafe fn f16c_one(v: f32) -> u16 {
+        use std::arch::x86_64::*;
+        _mm_extract_epi16::<0>(_mm_cvtps_ph::<_MM_FROUND_TO_NEAREST_INT>(_mm_set1_ps(v))) as u16
     }
 
     #[test]

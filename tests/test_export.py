@@ -231,6 +231,12 @@ def test_default_4bit_kernels_are_closer_to_exact_than_an_fp16_kernel(tmp_path):
     for name in l2rs.MATRIX_NAMES:
         fp16[name] = [m.dequantize().astype(np.float16).astype(np.float32) for m in mapping[name]]
     fp16_logits = reference.forward_weights(config, fp16, IDS * 3)  # optimistic: fp32 activations
-    ours = llama2rs.Model(out).logits(IDS * 3)
+    ours = llama2rs.Model(out, kv_cache="f32").logits(IDS * 3)
     assert llama2rs.Model(out).kernels in llama2rs.available_kernels()
     assert np.linalg.norm(ours - exact) < np.linalg.norm(fp16_logits - exact)
+    # The whole default path, fp16 KV cache included, against such a tool's whole model (which
+    # keeps its cache in fp16 too).
+    default = llama2rs.Model(out)
+    assert default.kv_cache == "f16"
+    fp16_model = reference.forward_weights(config, fp16, IDS * 3, kv_cache="f16")
+    assert np.linalg.norm(default.logits(IDS * 3) - exact) < np.linalg.norm(fp16_model - exact)

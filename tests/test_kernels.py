@@ -12,7 +12,7 @@ import pytest
 import llama2rs
 from llama2rs import export, l2rs, reference
 from llama2rs.bench import measure, read_bandwidth, weight_bytes_per_token
-from conftest import STORIES, TOK512, need
+from conftest import STORIES, STORIES_Q80, TOK512, need
 
 IDS = [1, 403, 407, 261, 378, 432, 383, 286, 261, 376, 298, 315] * 6  # 72 tokens: two prefill batches
 
@@ -25,13 +25,13 @@ def q4_file(tmp_path_factory):
                          group_size=32, progress=False)
 
 
-def _exact_q4_logits(path, ids):
+def _exact_q4_logits(path, ids, kv_cache="f32"):
     config, weights, _ = l2rs.read_model(path)
     mapping = {"token_embedding": weights.token_embedding, "rms_final": weights.rms_final,
                "wcls": weights.token_embedding}
     for name in ("rms_att", "rms_ffn", *l2rs.MATRIX_NAMES):
         mapping[name] = [layer[name] for layer in weights.layers]
-    return reference.forward_weights(config, mapping, ids)
+    return reference.forward_weights(config, mapping, ids, kv_cache)
 
 
 def test_available_kernels_and_auto_choice():
@@ -92,3 +92,43 @@ def test_bench_cli(q4_file):
     lines = result.stdout.splitlines()
     assert lines[0].split()[:3] == ["threads", "prefill", "tok/s"] and lines[1].split()[0] == "1"
     assert "GB of weights per token" in lines[-1]
+
+
+def _relative(a, b):
+    return float(np.linalg.norm(a - b) / np.linalg.norm(b))
+
+
+@pytest.mark.parametrize("kernels", llama2rs.available_kernels())
+def test_f16_kv_cache_matches_the_reference_with_f16_rounding(kernels, q4_file):
+    """An fp16 cache equals the reference that rounds each key and value to float16, and is
+    measurably further from the fp32-cache reference (so the rounding really happens)."""
+    ref32 = reference.forward(llama2rs.llama2c.read_model(STORIES), IDS)
+    ref16 = reference.forward(llama2rs.llama2c.read_model(STORIES), IDS, kv_cache="f16")
+    assert _relative(ref16, ref32) > 1e-4
+    ours = llama2rs.Model(STORIES, kernels=kernels, kv_cache="f16").logits(IDS)
+    assert _relative(ours, ref16) < 1e-4 < _relative(ours, ref32)
+    exact16 = llama2rs.Model(q4_file, kernels=kernels, exact=True, kv_cache="f16").logits(IDS)
+    assert _relative(exact16, _exact_q4_logits(q4_file, IDS, kv_cache="f16")) < 1e-4
+    # The default for 4-bit weights is f16 (int8 activations): close to the exact reference.
+    fast = llama2rs.Model(q4_file, kernels=kernels)
+    assert fast.kv_cache == "f16"
+    assert _relative(fast.logits(IDS), _exact_q4_logits(q4_file, IDS, kv_cache="f16")) < 1e-3
+
+
+def test_kv_cache_choice(q4_file):
+    need(STORIES_Q80)
+    assert llama2rs.Model(q4_file).kv_cache == "f16"
+    assert llama2rs.Model(q4_file, exact=True).kv_cache == "f32"  # the exact path stays exact
+    assert llama2rs.Model(STORIES).kv_cache == "f32"  # llama2.c parity
+    assert llama2rs.Model(STORIES_Q80).kv_cache == "f32"
+    assert llama2rs.Model(STORIES, kv_cache="f16").kv_cache == "f16"
+    assert llama2rs.Model(q4_file, kv_cache="f32").kv_cache == "f32"
+    with pytest.raises(llama2rs.ArgumentError, match="kv_cache must be one of auto, f32, f16"):
+        llama2rs.Model(STORIES, kv_cache="bf16")
+    with pytest.raises(llama2rs.ArgumentError, match="kv_cache must be one of"):
+        reference.forward(llama2rs.llama2c.read_model(STORIES), [1, 2], kv_cache="f8")
+    # A generated chain with an fp16 cache is its own greedy chain under teacher forcing.
+    model = llama2rs.Model(STORIES, kv_cache="f16")
+    prompt = IDS[:10]
+    generated = list(model.generate_tokens(prompt, 30, temperature=0.0, ignore_eos=True))
+    assert generated == model.logits(prompt + generated[:-1]).argmax(axis=1)[len(prompt) - 1 :].tolist()

@@ -69,18 +69,19 @@ def measure(model: Model, prompt_tokens: int = 128, decode_tokens: int = 64, rep
 
 
 def report(model_path: str, threads: Optional[list[int]] = None, prompt_tokens: int = 128,
-           decode_tokens: int = 64, repeats: int = 3) -> str:
+           decode_tokens: int = 64, repeats: int = 3, kv_cache: str = "auto") -> str:
     """The table ``llama2rs bench`` prints."""
     lines = [f"{'threads':>7} {'prefill tok/s':>14} {'decode tok/s':>13} {'read GB/s':>10} {'decode / bandwidth limit':>25}"]
     per_token = weight_bytes_per_token(model_path) if str(model_path).endswith(".safetensors") else None
     kernels = ""
     for n in threads or [1, 2]:
-        model = Model(model_path, n_threads=n)
-        kernels = model.kernels
+        model = Model(model_path, n_threads=n, kv_cache=kv_cache)
+        kernels, kv = model.kernels, model.kv_cache
         speed = measure(model, prompt_tokens, decode_tokens, repeats)
         bandwidth = read_bandwidth(n)
         fraction = f"{speed.decode_tok_s * per_token / bandwidth:24.0%}" if per_token else f"{'-':>24}"
         lines.append(f"{n:>7} {speed.prefill_tok_s:14.1f} {speed.decode_tok_s:13.1f} {bandwidth / 1e9:10.1f} {fraction}")
     if per_token:
-        lines.append(f"(decode reads {per_token / 1e9:.3f} GB of weights per token; kernels: {kernels})")
+        lines.append(f"(decode reads {per_token / 1e9:.3f} GB of weights per token; kernels: {kernels}; "
+                     f"KV cache: {kv})")
     return "\n".join(lines)

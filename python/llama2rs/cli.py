@@ -73,6 +73,7 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("-z", "--tokenizer", default=None, help="tokenizer file (default: found beside the model)")
     gen.add_argument("--ignore-eos", action="store_true", help="do not stop at BOS/EOS")
     gen.add_argument("--no-echo", action="store_true", help="do not print the prompt before the new text")
+    _add_kv_cache_argument(gen)
 
     info = commands.add_parser("info", help="print a model file's format and config")
     info.add_argument("model", help="model file")
@@ -92,6 +93,7 @@ def build_parser() -> argparse.ArgumentParser:
     ppl.add_argument("--max-windows", type=_positive_int, default=None, help="score at most this many windows")
     ppl.add_argument("-t", "--threads", type=_positive_int, default=None, help="threads (default: physical cores)")
     ppl.add_argument("-z", "--tokenizer", default=None, help="tokenizer file (default: the model's)")
+    _add_kv_cache_argument(ppl)
 
     bench = commands.add_parser("bench", help="prefill and decode speed, against the memory-bandwidth limit")
     bench.add_argument("model", help="model file")
@@ -99,20 +101,26 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--prompt", type=_positive_int, default=128, help="prompt tokens (default 128)")
     bench.add_argument("--decode", type=_positive_int, default=64, help="tokens to decode (default 64)")
     bench.add_argument("--repeats", type=_positive_int, default=3, help="runs per figure (median; default 3)")
+    _add_kv_cache_argument(bench)
     return parser
+
+
+def _add_kv_cache_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--kv-cache", choices=["auto", "f32", "f16"], default="auto",
+                        help="what the KV cache stores (default auto: f16 for GPTQ weights, f32 for fp32 and Q8_0)")
 
 
 def _bench(args: argparse.Namespace) -> int:
     from .bench import report
 
-    print(report(args.model, args.threads, args.prompt, args.decode, args.repeats))
+    print(report(args.model, args.threads, args.prompt, args.decode, args.repeats, kv_cache=args.kv_cache))
     return 0
 
 
 def _generate(args: argparse.Namespace) -> int:
     from .model import Model
 
-    model = Model(args.model, tokenizer_path=args.tokenizer, n_threads=args.threads)
+    model = Model(args.model, tokenizer_path=args.tokenizer, n_threads=args.threads, kv_cache=args.kv_cache)
     out = sys.stdout
     if not args.no_echo:
         out.write(args.prompt)
@@ -181,7 +189,7 @@ def _perplexity(args: argparse.Namespace) -> int:
         text = open(args.text, encoding="utf-8").read()
     except (OSError, UnicodeDecodeError) as e:
         raise ArgumentError(f"cannot read --text {args.text}: {e}") from None
-    model = Model(args.model, tokenizer_path=args.tokenizer, n_threads=args.threads)
+    model = Model(args.model, tokenizer_path=args.tokenizer, n_threads=args.threads, kv_cache=args.kv_cache)
     base = None if args.base is None else Model(args.base, tokenizer_path=args.tokenizer, n_threads=args.threads)
     result = evaluate(model, text, base, args.window, args.max_windows)
     print(f"perplexity: {result.perplexity:.4f} ({result.n_predictions} predictions in {result.n_windows} "

@@ -72,6 +72,10 @@ class Model:
     time; or ``"avx512"``, ``"avx2"``, ``"portable"``, ``"scalar"`` from
     :func:`available_kernels`). 4-bit weights multiply int8-quantized activations (blocks of
     32) unless ``exact=True``, which keeps activations in fp32.
+    ``kv_cache`` is what the KV cache stores: ``"f16"`` (half the memory, and half the bytes
+    attention reads per token) or ``"f32"``; ``"auto"`` picks f16 for 4-bit and 8-bit GPTQ
+    weights and f32 for fp32 and Q8_0 weights (whose results then equal llama2.c's) and for
+    ``exact=True``.
     """
 
     def __init__(
@@ -81,10 +85,11 @@ class Model:
         n_threads: Optional[int] = None,
         kernels: str = "auto",
         exact: bool = False,
+        kv_cache: str = "auto",
     ) -> None:
         if n_threads is not None:
             n_threads = _check_int("n_threads", n_threads, 1)
-        self._core = _core.Model(os.fspath(model_path), n_threads, kernels, bool(exact))
+        self._core = _core.Model(os.fspath(model_path), n_threads, kernels, bool(exact), kv_cache)
         self.config = Config(**self._core.config)  # type: ignore[arg-type]
         self._tokenizer: Optional[Tokenizer] = None
         # A tokenizer stored in the file is parsed on first use (~25 ms for 32000 tokens), so
@@ -145,6 +150,11 @@ class Model:
     @property
     def exact(self) -> bool:
         return self._core.exact
+
+    @property
+    def kv_cache(self) -> str:
+        """What the KV cache stores: ``f32`` or ``f16``."""
+        return self._core.kv_cache
 
     @property
     def file_size(self) -> int:

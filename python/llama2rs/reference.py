@@ -10,6 +10,8 @@ Precision (the choices to know when comparing against another implementation):
   position-dependent values: the RoPE angle ``pos * freq`` is formed in float32 as run.c
   does (then cos/sin in float64), and in a Q8_0 model every activation vector is cast to
   float32 and quantized exactly like runq.c's ``quantize()``.
+* ``kv_cache="f16"`` models an fp16 KV cache: each key (after RoPE) and value is rounded to
+  float16, as the Rust core stores it, before attention reads it.
 * The sampler works in **float32** wherever run.c uses ``float`` (temperature division,
   softmax, cumulative sums — summed sequentially like C, not pairwise), so its choices
   match run.c's bit for bit as far as numpy's ``exp`` agrees with libm's ``expf``.
@@ -170,8 +172,11 @@ def softmax_rows(scores: np.ndarray) -> np.ndarray:
 # the transformer
 
 
+KV_CACHE_DTYPES = {"f32": None, "f16": np.float16}  # what the cache rounds keys and values to
+
+
 def _attention(config: Config, weights: Mapping, layer: int, x_normed: np.ndarray,
-               cos: np.ndarray, sin: np.ndarray) -> np.ndarray:
+               cos: np.ndarray, sin: np.ndarray, kv_cache: str = "f32") -> np.ndarray:
     """Causal grouped-query self-attention of one layer; x_normed [T, dim] -> [T, dim]."""
     n_positions = x_normed.shape[0]
     head_size, n_heads, n_kv_heads = config.head_size, config.n_heads, config.n_kv_heads
@@ -180,6 +185,10 @@ def _attention(config: Config, weights: Mapping, layer: int, x_normed: np.ndarra
     values = linear(x_normed, weights["wv"][layer]).reshape(n_positions, n_kv_heads, head_size)  # [T, KV, hs]
     queries = apply_rope(queries, cos, sin)  # [T, H, hs]
     keys = apply_rope(keys, cos, sin)  # [T, KV, hs]
+    stored = KV_CACHE_DTYPES[kv_cache]
+    if stored is not None:  # the cache rounds what it stores (the core rounds float32 values)
+        keys = keys.astype(np.float32).astype(stored).astype(np.float64)
+        values = values.astype(np.float32).astype(stored).astype(np.float64)
 
     # GQA: query head h reads kv head h // kv_mul (np.repeat keeps each kv head's copies together).
     keys_per_head = np.repeat(keys, config.kv_mul, axis=1)  # [T, H, hs]
@@ -216,25 +225,28 @@ def _check_tokens(config: Config, tokens: Sequence[int]) -> np.ndarray:
     return token_ids
 
 
-def forward(model: LoadedModel, tokens: Sequence[int]) -> np.ndarray:
+def forward(model: LoadedModel, tokens: Sequence[int], kv_cache: str = "f32") -> np.ndarray:
     """Teacher-forced logits, float32 [len(tokens), vocab]: row t is what run.c's
     ``forward(token=tokens[t], pos=t)`` returns after feeding ``tokens[:t]`` before it.
 
-    Float and Q8_0 weights are both handled (each matrix by its own type).
+    Float and Q8_0 weights are both handled (each matrix by its own type). ``kv_cache``:
+    ``"f32"`` (run.c's cache) or ``"f16"`` (keys and values rounded to float16).
     """
-    return forward_weights(model.config, model.weights, tokens)
+    return forward_weights(model.config, model.weights, tokens, kv_cache)
 
 
-def forward_weights(config: Config, weights: Mapping, tokens: Sequence[int]) -> np.ndarray:
+def forward_weights(config: Config, weights: Mapping, tokens: Sequence[int], kv_cache: str = "f32") -> np.ndarray:
     """:func:`forward` on a weights mapping in llama2.c's naming (``weights["wq"][layer]``
     indexes a layer; matrices float, Q8_0 or affine-quantized)."""
+    if kv_cache not in KV_CACHE_DTYPES:
+        raise ArgumentError(f"kv_cache must be one of {', '.join(KV_CACHE_DTYPES)}; got {kv_cache!r}")
     token_ids = _check_tokens(config, tokens)  # [T]
     eps = config.norm_eps
     cos, sin = rope_cos_sin(config.head_size, token_ids.size, config.rope_theta)  # [T, hs/2] each
 
     x = _embed(weights["token_embedding"], token_ids)  # [T, dim] residual stream
     for layer in range(config.n_layers):
-        x = x + _attention(config, weights, layer, rmsnorm(x, weights["rms_att"][layer], eps), cos, sin)
+        x = x + _attention(config, weights, layer, rmsnorm(x, weights["rms_att"][layer], eps), cos, sin, kv_cache)
         x = x + _feed_forward(weights, layer, rmsnorm(x, weights["rms_ffn"][layer], eps))
     x_final = rmsnorm(x, weights["rms_final"], eps)  # [T, dim]
     return linear(x_final, weights["wcls"]).astype(np.float32)  # [T, vocab]

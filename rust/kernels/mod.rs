@@ -160,35 +160,85 @@ pub fn dot_f32_for(isa: Isa) -> fn(&[f32], &[f32]) -> f32 {
 
 /// A head's attention for one query, both halves, for `isa`: `scores(q, keys, scale, att)`
 /// fills `att[p] = dot(q, keys[p]) / scale`; `sum(att, values, out)` adds `att[p] * values[p]`
-/// into `out` in position order. `keys` and `values` are `[positions, head_size]`.
-pub struct AttentionKernels {
-    pub scores: fn(&[f32], &[f32], f32, &mut [f32]),
-    pub sum: fn(&[f32], &[f32], &mut [f32]),
+/// into `out` in position order. `keys` and `values` are `[positions, head_size]` of the KV
+/// cache's element type `T`.
+pub struct AttentionKernels<T> {
+    pub scores: fn(&[f32], &[T], f32, &mut [f32]),
+    pub sum: fn(&[f32], &[T], &mut [f32]),
 }
 
-pub fn attention_for(isa: Isa) -> AttentionKernels {
-    match isa {
-        #[cfg(target_arch = "x86_64")]
-        Isa::Avx2 | Isa::Avx512 => AttentionKernels {
-            scores: |q, keys, scale, att| unsafe { x86::attention_scores_avx2(q, keys, scale, att) },
-            sum: |att, values, out| unsafe { x86::attention_sum_avx2(att, values, out) },
-        },
-        Isa::Scalar => AttentionKernels {
-            scores: |q, keys, scale, att| attention_scores_with(scalar::Scalar::dot_f32, q, keys, scale, att),
-            sum: attention_sum_plain,
-        },
-        _ => AttentionKernels {
-            scores: |q, keys, scale, att| attention_scores_with(fast::Fast::dot_f32, q, keys, scale, att),
-            sum: attention_sum_plain,
-        },
+/// What the KV cache stores: fp32 (run.c's cache), or fp16, which halves the cache's memory
+/// and the bytes attention reads per token.
+pub trait CacheValue: Copy + Default + Send + Sync + 'static {
+    fn from_f32(v: f32) -> Self;
+    fn to_f32(self) -> f32;
+    fn attention_for(isa: Isa) -> AttentionKernels<Self>;
+}
+
+impl CacheValue for f32 {
+    fn from_f32(v: f32) -> f32 {
+        v
+    }
+    fn to_f32(self) -> f32 {
+        self
+    }
+    fn attention_for(isa: Isa) -> AttentionKernels<f32> {
+        match isa {
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx2 | Isa::Avx512 => AttentionKernels {
+                scores: |q, keys, scale, att| unsafe { x86::attention_scores_avx2(q, keys, scale, att) },
+                sum: |att, values, out| unsafe { x86::attention_sum_avx2(att, values, out) },
+            },
+            Isa::Scalar => AttentionKernels { scores: attention_scores_plain, sum: attention_sum_plain },
+            _ => AttentionKernels {
+                scores: |q, keys, scale, att| attention_scores_with(fast::Fast::dot_f32, q, keys, scale, att),
+                sum: attention_sum_plain,
+            },
+        }
     }
 }
 
-fn attention_sum_plain(att: &[f32], values: &[f32], out: &mut [f32]) {
+/// An IEEE fp16 value, as its bits.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[repr(transparent)]
+pub struct F16(pub u16);
+
+impl CacheValue for F16 {
+    fn from_f32(v: f32) -> F16 {
+        F16(crate::tensor::f32_to_f16(v))
+    }
+    fn to_f32(self) -> f32 {
+        crate::tensor::f16_to_f32(self.0)
+    }
+    fn attention_for(isa: Isa) -> AttentionKernels<F16> {
+        match isa {
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx2 | Isa::Avx512 => AttentionKernels {
+                scores: |q, keys, scale, att| unsafe { x86::attention_scores_f16_avx2(q, keys, scale, att) },
+                sum: |att, values, out| unsafe { x86::attention_sum_f16_avx2(att, values, out) },
+            },
+            _ => AttentionKernels { scores: attention_scores_plain, sum: attention_sum_plain },
+        }
+    }
+}
+
+/// The reference weighted sum: run.c's loop, each product and sum rounded in position order.
+fn attention_sum_plain<T: CacheValue>(att: &[f32], values: &[T], out: &mut [f32]) {
     for (&a, v) in att.iter().zip(values.chunks_exact(out.len())) {
         for (o, &x) in out.iter_mut().zip(v) {
-            *o += a * x;
+            *o += a * x.to_f32();
         }
+    }
+}
+
+/// The reference scores: run.c's sequential dot product per position.
+fn attention_scores_plain<T: CacheValue>(q: &[f32], keys: &[T], scale: f32, att: &mut [f32]) {
+    for (a, key) in att.iter_mut().zip(keys.chunks_exact(q.len())) {
+        let mut sum = 0.0f32;
+        for (&x, &k) in q.iter().zip(key) {
+            sum += x * k.to_f32();
+        }
+        *a = sum / scale;
     }
 }
 
@@ -206,7 +256,7 @@ pub enum Isa {
     Scalar,
     /// Portable Rust (`fast.rs`), vectorized by the compiler for the baseline target.
     Portable,
-    /// x86-64 AVX2 + FMA (`x86.rs`).
+    /// x86-64 AVX2 + FMA + F16C (`x86.rs`).
     Avx2,
     /// x86-64 AVX-512 with VNNI (`x86.rs`).
     Avx512,
@@ -231,10 +281,13 @@ impl Isa {
         match self {
             Isa::Scalar | Isa::Portable => true,
             #[cfg(target_arch = "x86_64")]
-            Isa::Avx2 => is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma"),
+            // F16C (fp16 scales and KV cache) came with or before AVX2 on every CPU that has it.
+            Isa::Avx2 => is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") && is_x86_feature_detected!("f16c"),
             #[cfg(target_arch = "x86_64")]
             Isa::Avx512 => {
-                is_x86_feature_detected!("avx512f")
+                // It runs the AVX2 kernels where it has no wider ones (attention, fp32).
+                Isa::Avx2.supported()
+                    && is_x86_feature_detected!("avx512f")
                     && is_x86_feature_detected!("avx512bw")
                     && is_x86_feature_detected!("avx512vl")
                     && is_x86_feature_detected!("avx512vnni")
@@ -623,21 +676,29 @@ mod tests {
 
     #[test]
     fn attention_kernels_match_scalar_and_float64() {
+        attention_kernels_match::<f32>();
+        attention_kernels_match::<F16>();
+    }
+
+    /// Each ISA's attention over a cache of `T` against the plain loops and a float64 score.
+    fn attention_kernels_match<T: CacheValue + std::fmt::Debug>() {
         let mut rng = Rng(0xa11ce);
-        for (hs, positions) in [(8usize, 1usize), (64, 5), (36, 9), (128, 17)] {
+        for (hs, positions) in [(8usize, 1usize), (64, 5), (36, 9), (128, 17), (100, 3), (13, 4)] {
             let q = rng.vec(hs);
-            let (keys, values) = (rng.vec(hs * positions), rng.vec(hs * positions));
+            let keys: Vec<T> = rng.vec(hs * positions).into_iter().map(T::from_f32).collect();
+            let values: Vec<T> = rng.vec(hs * positions).into_iter().map(T::from_f32).collect();
             let att: Vec<f32> = (0..positions).map(|_| rng.unit()).collect();
             let out0 = rng.vec(hs);
             let scale = (hs as f32).sqrt();
             let mut expected_sum = out0.clone();
             attention_sum_plain(&att, &values, &mut expected_sum);
             for k in choices() {
-                let kernels = attention_for(k.isa);
+                let kernels = T::attention_for(k.isa);
                 let mut scores = vec![0.0f32; positions];
                 (kernels.scores)(&q, &keys, scale, &mut scores);
                 for (p, &got) in scores.iter().enumerate() {
-                    let exact: f64 = (0..hs).map(|i| q[i] as f64 * keys[p * hs + i] as f64).sum::<f64>() / scale as f64;
+                    let exact: f64 =
+                        (0..hs).map(|i| q[i] as f64 * keys[p * hs + i].to_f32() as f64).sum::<f64>() / scale as f64;
                     assert!((got as f64 - exact).abs() < 1e-5 * (1.0 + exact.abs()), "hs {hs} p {p} {:?}", k.isa);
                 }
                 // Every version rounds each product and sum as run.c does: bit-identical.

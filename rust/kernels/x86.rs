@@ -12,7 +12,7 @@
 use std::arch::x86_64::*;
 
 use super::act::{Int16Activations, Int8Activation, CHUNK, RESIDUAL, RESIDUAL_BITS};
-use super::{AffineRow, AffineRows};
+use super::{AffineRow, AffineRows, CacheValue, F16};
 use crate::tensor::{AffineData, Scales};
 
 // ---------------------------------------------------------------------------------------------
@@ -46,6 +46,65 @@ pub unsafe fn attention_sum_avx2(att: &[f32], values: &[f32], out: &mut [f32]) {
     }
 }
 
+/// `attention_scores_avx2` over an fp16 cache: each key converted eight values at a time.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn attention_scores_f16_avx2(q: &[f32], keys: &[F16], scale: f32, out: &mut [f32]) {
+    let hs = q.len();
+    for (o, key) in out.iter_mut().zip(keys.chunks_exact(hs)) {
+        let (pq, pk) = (q.as_ptr(), key.as_ptr() as *const u16);
+        let mut acc = [_mm256_setzero_ps(); 4];
+        let mut i = 0;
+        while i + 32 <= hs {
+            for (j, acc_j) in acc.iter_mut().enumerate() {
+                let k = _mm256_cvtph_ps(_mm_loadu_si128(pk.add(i + 8 * j) as *const _));
+                *acc_j = _mm256_fmadd_ps(_mm256_loadu_ps(pq.add(i + 8 * j)), k, *acc_j);
+            }
+            i += 32;
+        }
+        while i + 8 <= hs {
+            let k = _mm256_cvtph_ps(_mm_loadu_si128(pk.add(i) as *const _));
+            acc[0] = _mm256_fmadd_ps(_mm256_loadu_ps(pq.add(i)), k, acc[0]);
+            i += 8;
+        }
+        let sum = _mm256_add_ps(_mm256_add_ps(acc[0], acc[1]), _mm256_add_ps(acc[2], acc[3]));
+        let mut total = hsum_avx2(sum);
+        while i < hs {
+            total += q[i] * key[i].to_f32();
+            i += 1;
+        }
+        *o = total / scale;
+    }
+}
+
+/// `attention_sum_avx2` over an fp16 cache; the conversion is exact, so this too equals the
+/// scalar loop bit for bit.
+#[target_feature(enable = "avx2,f16c")]
+pub unsafe fn attention_sum_f16_avx2(att: &[f32], values: &[F16], out: &mut [f32]) {
+    let hs = out.len();
+    let py = out.as_mut_ptr();
+    for (&a, v) in att.iter().zip(values.chunks_exact(hs)) {
+        let av = _mm256_set1_ps(a);
+        let pv = v.as_ptr() as *const u16;
+        let mut i = 0;
+        while i + 8 <= hs {
+            let x = _mm256_cvtph_ps(_mm_loadu_si128(pv.add(i) as *const _));
+            _mm256_storeu_ps(py.add(i), _mm256_add_ps(_mm256_loadu_ps(py.add(i)), _mm256_mul_ps(av, x)));
+            i += 8;
+        }
+        while i < hs {
+            out[i] += a * v[i].to_f32();
+            i += 1;
+        }
+    }
+}
+
+#[inline(always)]
+unsafe fn hsum_avx2(v: __m256) -> f32 {
+    let mut lanes = [0.0f32; 8];
+    _mm256_storeu_ps(lanes.as_mut_ptr(), v);
+    lanes.iter().sum()
+}
+
 #[inline(always)]
 unsafe fn dot_f32_avx2_inline(a: &[f32], b: &[f32]) -> f32 {
     let n = a.len().min(b.len());
@@ -61,9 +120,7 @@ unsafe fn dot_f32_avx2_inline(a: &[f32], b: &[f32]) -> f32 {
         i += 32;
     }
     let sum = _mm256_add_ps(_mm256_add_ps(acc[0], acc[1]), _mm256_add_ps(acc[2], acc[3]));
-    let mut lanes = [0.0f32; 8];
-    _mm256_storeu_ps(lanes.as_mut_ptr(), sum);
-    let mut total: f32 = lanes.iter().sum();
+    let mut total = hsum_avx2(sum);
     while i < n {
         total += a[i] * b[i];
         i += 1;
