@@ -12,7 +12,7 @@
 use std::arch::x86_64::*;
 
 use super::act::{Int16Activations, Int8Activation, CHUNK, RESIDUAL, RESIDUAL_BITS};
-use super::{AffineRow, AffineRows, CacheValue, F16};
+use super::{AffineRow, AffineRows, CacheValue, ATTENTION_PREFETCH_AHEAD, F16};
 use crate::tensor::{AffineData, Scales};
 
 // ---------------------------------------------------------------------------------------------
@@ -32,6 +32,7 @@ pub unsafe fn dot_f32_avx2(a: &[f32], b: &[f32]) -> f32 {
 #[target_feature(enable = "avx2,fma")]
 pub unsafe fn attention_scores_avx2(q: &[f32], keys: &[f32], scale: f32, out: &mut [f32]) {
     for (o, key) in out.iter_mut().zip(keys.chunks_exact(q.len())) {
+        prefetch_ahead(key.as_ptr(), q.len());
         *o = dot_f32_avx2_inline(q, key) / scale;
     }
 }
@@ -42,7 +43,24 @@ pub unsafe fn attention_scores_avx2(q: &[f32], keys: &[f32], scale: f32, out: &m
 pub unsafe fn attention_sum_avx2(att: &[f32], values: &[f32], out: &mut [f32]) {
     let hs = out.len();
     for (&a, v) in att.iter().zip(values.chunks_exact(hs)) {
+        prefetch_ahead(v.as_ptr(), hs);
         axpy_avx2_inline(out, a, v);
+    }
+}
+
+/// `out[i] = f32_to_f16(values[i])`, eight at a time (round to nearest even, as the scalar one).
+#[target_feature(enable = "avx2,f16c")]
+pub unsafe fn f32s_to_f16_f16c(values: &[f32], out: &mut [F16]) {
+    let n = values.len().min(out.len());
+    let mut i = 0;
+    while i + 8 <= n {
+        let h = _mm256_cvtps_ph::<_MM_FROUND_TO_NEAREST_INT>(_mm256_loadu_ps(values.as_ptr().add(i)));
+        _mm_storeu_si128(out.as_mut_ptr().add(i) as *mut __m128i, h);
+        i += 8;
+    }
+    while i < n {
+        out[i] = F16::from_f32(values[i]);
+        i += 1;
     }
 }
 
@@ -51,6 +69,7 @@ pub unsafe fn attention_sum_avx2(att: &[f32], values: &[f32], out: &mut [f32]) {
 pub unsafe fn attention_scores_f16_avx2(q: &[f32], keys: &[F16], scale: f32, out: &mut [f32]) {
     let hs = q.len();
     for (o, key) in out.iter_mut().zip(keys.chunks_exact(hs)) {
+        prefetch_ahead(key.as_ptr(), hs);
         let (pq, pk) = (q.as_ptr(), key.as_ptr() as *const u16);
         let mut acc = [_mm256_setzero_ps(); 4];
         let mut i = 0;
@@ -83,6 +102,7 @@ pub unsafe fn attention_sum_f16_avx2(att: &[f32], values: &[F16], out: &mut [f32
     let hs = out.len();
     let py = out.as_mut_ptr();
     for (&a, v) in att.iter().zip(values.chunks_exact(hs)) {
+        prefetch_ahead(v.as_ptr(), hs);
         let av = _mm256_set1_ps(a);
         let pv = v.as_ptr() as *const u16;
         let mut i = 0;
@@ -95,6 +115,18 @@ pub unsafe fn attention_sum_f16_avx2(att: &[f32], values: &[F16], out: &mut [f32
             out[i] += a * v[i].to_f32();
             i += 1;
         }
+    }
+}
+
+/// Prefetch the `n` values `ATTENTION_PREFETCH_AHEAD` bytes after `row` (a position's row).
+#[inline(always)]
+unsafe fn prefetch_ahead<T>(row: *const T, n: usize) {
+    let start = (row as *const u8).wrapping_add(ATTENTION_PREFETCH_AHEAD);
+    let bytes = n * std::mem::size_of::<T>();
+    let mut offset = 0;
+    while offset < bytes {
+        _mm_prefetch::<_MM_HINT_T0>(start.wrapping_add(offset) as *const i8);
+        offset += 64;
     }
 }
 
