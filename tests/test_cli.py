@@ -88,3 +88,24 @@ def test_bad_model_file_is_one_line_and_exit_1(tmp_path):
         f"llama2rs: error: {bad}: file is 2 bytes, shorter than the 28-byte llama2.c header"
     ]
     assert "Traceback" not in result.stderr
+
+
+def test_generate_kv_cache_option():
+    """--kv-cache f16 generates the greedy text of a model with an fp16 cache (the Python API's
+    own), which for this prompt differs from the default fp32 cache's; a bad choice is a
+    one-line usage error."""
+    need(STORIES, TOK512)
+    import llama2rs
+
+    def greedy(kv_cache):
+        model = llama2rs.Model(STORIES, tokenizer_path=TOK512, kv_cache=kv_cache)
+        return model.complete("One day", max_tokens=300, temperature=0.0, ignore_eos=True)
+
+    expected = greedy("f16")
+    assert expected != greedy("f32")  # so the option is seen to take effect
+    result = cli("generate", str(STORIES), "-z", str(TOK512), "-p", "One day", "-n", "300", "--temp", "0",
+                 "--kv-cache", "f16", "--no-echo", "--ignore-eos")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == expected + "\n"
+    bad = cli("generate", str(STORIES), "--kv-cache", "f8")
+    assert bad.returncode == 2 and "invalid choice: 'f8'" in bad.stderr and len(bad.stderr.splitlines()) == 1
