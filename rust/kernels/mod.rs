@@ -175,9 +175,7 @@ pub trait CacheValue: Copy + Default + Send + Sync + 'static {
     fn attention_for(isa: Isa) -> AttentionKernels<Self>;
     /// `to[i] = from_f32(from[i])`.
     fn store(from: &[f32], to: &mut [Self]) {
-        for (t, &f) in to.iter_mut().zip(from) {
-            *t = Self::from_f32(f);
-        }
+        store_each(from, to);
     }
     /// `len` zeros, from fresh (untouched) pages: a long context costs memory only as far
     /// as it is used.
@@ -213,6 +211,13 @@ impl CacheValue for f32 {
     }
 }
 
+/// `CacheValue::store`, one value at a time.
+fn store_each<T: CacheValue>(from: &[f32], to: &mut [T]) {
+    for (t, &f) in to.iter_mut().zip(from) {
+        *t = T::from_f32(f);
+    }
+}
+
 /// An IEEE fp16 value, as its bits.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 #[repr(transparent)]
@@ -231,9 +236,7 @@ impl CacheValue for F16 {
             // SAFETY: the feature is present.
             return unsafe { x86::f32s_to_f16_f16c(from, to) };
         }
-        for (t, &f) in to.iter_mut().zip(from) {
-            *t = F16::from_f32(f);
-        }
+        store_each(from, to);
     }
     fn zeros(len: usize) -> Vec<F16> {
         // `vec![F16(0); len]` would write every element; a zeroed u16 allocation is not
