@@ -485,12 +485,14 @@ impl KvCacheType {
         [KvCacheType::F32, KvCacheType::F16].into_iter().find(|t| t.name() == name)
     }
 
-    /// The default for a model: fp16 where the weights are 4-bit (their rounding dwarfs the
-    /// cache's, as in llama.cpp), fp32 for fp32 and Q8_0 weights (llama2.c parity) and for
-    /// the exact path.
+    /// The default for a model: fp16 where the weights are GPTQ (their rounding dwarfs the
+    /// cache's, as in llama.cpp) and the kernels convert fp16 in hardware (F16C); fp32 for
+    /// fp32 and Q8_0 weights (llama2.c parity), for the exact path, and for kernels whose
+    /// attention would convert fp16 one value at a time.
     pub fn auto(weights: &Weights, kernels: KernelChoice) -> KvCacheType {
         let affine = weights.layers.iter().any(|l| matches!(l.wq.data, MatrixData::Affine(_)));
-        if affine && kernels.int8_activations {
+        let hardware_f16 = matches!(kernels.isa, Isa::Avx2 | Isa::Avx512);
+        if affine && kernels.int8_activations && hardware_f16 {
             KvCacheType::F16
         } else {
             KvCacheType::F32

@@ -86,7 +86,7 @@ impl PyModel {
             None | Some("auto") => Isa::detect(),
             Some(name) => Isa::from_name(name).ok_or_else(|| {
                 to_pyerr(Error::Argument(format!(
-                    "kernels must be one of auto, scalar, portable, avx2, avx512; got {name:?}"
+                    "kernels must be one of auto, scalar, portable, avx2, avx512, neon; got {name:?}"
                 )))
             })?,
         };

@@ -39,7 +39,7 @@ def test_available_kernels_and_auto_choice():
     assert kernels[:2] == ["scalar", "portable"]
     need(STORIES)
     assert llama2rs.Model(STORIES).kernels == kernels[-1]  # auto picks the fastest
-    with pytest.raises(llama2rs.ArgumentError, match="kernels must be one of"):
+    with pytest.raises(llama2rs.ArgumentError, match="kernels must be one of auto, scalar, portable, avx2, avx512, neon"):
         llama2rs.Model(STORIES, kernels="sse9")
 
 
@@ -94,6 +94,9 @@ def test_bench_cli(q4_file):
     assert "GB of weights per token" in lines[-1]
 
 
+HARDWARE_F16_CACHE = {"avx2": "f16", "avx512": "f16"}  # kv_cache="auto" for 4-bit weights
+
+
 def _relative(a, b):
     return float(np.linalg.norm(a - b) / np.linalg.norm(b))
 
@@ -109,15 +112,18 @@ def test_f16_kv_cache_matches_the_reference_with_f16_rounding(kernels, q4_file):
     assert _relative(ours, ref16) < 1e-4 < _relative(ours, ref32)
     exact16 = llama2rs.Model(q4_file, kernels=kernels, exact=True, kv_cache="f16").logits(IDS)
     assert _relative(exact16, _exact_q4_logits(q4_file, IDS, kv_cache="f16")) < 1e-4
-    # The default for 4-bit weights is f16 (int8 activations): close to the exact reference.
+    # The default for 4-bit weights is f16 where the kernels convert fp16 in hardware.
     fast = llama2rs.Model(q4_file, kernels=kernels)
-    assert fast.kv_cache == "f16"
-    assert _relative(fast.logits(IDS), _exact_q4_logits(q4_file, IDS, kv_cache="f16")) < 1e-3
+    assert fast.kv_cache == HARDWARE_F16_CACHE.get(kernels, "f32")
+    assert _relative(fast.logits(IDS), _exact_q4_logits(q4_file, IDS, kv_cache=fast.kv_cache)) < 1e-3
 
 
 def test_kv_cache_choice(q4_file):
     need(STORIES_Q80)
-    assert llama2rs.Model(q4_file).kv_cache == "f16"
+    default = llama2rs.Model(q4_file)
+    assert default.kv_cache == HARDWARE_F16_CACHE.get(default.kernels, "f32")
+    for kernels in llama2rs.available_kernels():
+        assert llama2rs.Model(q4_file, kernels=kernels).kv_cache == HARDWARE_F16_CACHE.get(kernels, "f32")
     assert llama2rs.Model(q4_file, exact=True).kv_cache == "f32"  # the exact path stays exact
     assert llama2rs.Model(STORIES).kv_cache == "f32"  # llama2.c parity
     assert llama2rs.Model(STORIES_Q80).kv_cache == "f32"

@@ -69,13 +69,14 @@ class Model:
     beside the model (see :func:`find_tokenizer`); without one, only the token-id methods work.
     ``n_threads`` defaults to the number of physical cores.
     ``kernels`` picks the implementation (``"auto"``: the fastest this CPU runs, chosen at run
-    time; or ``"avx512"``, ``"avx2"``, ``"portable"``, ``"scalar"`` from
+    time; or ``"avx512"``, ``"avx2"``, ``"neon"``, ``"portable"``, ``"scalar"`` from
     :func:`available_kernels`). 4-bit weights multiply int8-quantized activations (blocks of
     32) unless ``exact=True``, which keeps activations in fp32.
     ``kv_cache`` is what the KV cache stores: ``"f16"`` (half the memory, and half the bytes
     attention reads per token) or ``"f32"``; ``"auto"`` picks f16 for 4-bit and 8-bit GPTQ
-    weights and f32 for fp32 and Q8_0 weights (whose results then equal llama2.c's) and for
-    ``exact=True``.
+    weights on x86 kernels with hardware fp16 conversion (``avx2``, ``avx512``), and f32 for
+    fp32 and Q8_0 weights (whose results then equal llama2.c's), for ``exact=True`` and for
+    the other kernels.
     """
 
     def __init__(

@@ -3,7 +3,8 @@
 //! Implementations, chosen per model at run time (`Isa`): `scalar.rs`, plain loops in llama2.c's
 //! summation order, the reference; `fast.rs`, portable Rust the compiler vectorizes; `x86.rs`,
 //! AVX2 and AVX-512 VNNI (int8 activations from `act.rs` for 4-bit decode; for prefill an int16
-//! `vpdpwssd` GEMM on AVX-512 and an fp32 GEMM on AVX2). Tests run every implementation this CPU
+//! `vpdpwssd` GEMM on AVX-512 and an fp32 GEMM on AVX2); `neon.rs`, aarch64 `sdot` for 4-bit
+//! and Q8_0 rows. Tests run every implementation this CPU
 //! supports against the reference and a float64 expectation on random shapes. `matmul` splits
 //! the output rows over the rayon pool the caller installed; `matmul_shared_input` runs
 //! matrices that read one input in one parallel region.
@@ -13,6 +14,8 @@ pub mod fast;
 pub mod scalar;
 #[cfg(target_arch = "x86_64")]
 pub mod x86;
+#[cfg(target_arch = "aarch64")]
+pub mod neon;
 
 use rayon::prelude::*;
 
@@ -146,6 +149,26 @@ impl QuantizedVec {
             }
         }
     }
+}
+
+/// `sum_g scales[g] * zeros[g] * group_sums[g]`: the zero-point part of a row's dot product.
+#[inline(always)]
+pub(crate) fn zero_term(row: &AffineRow, group_sums: &[f32]) -> f32 {
+    let mut acc = [0.0f32; 8];
+    let n = row.scales.len();
+    let mut g = 0;
+    while g + 8 <= n {
+        for k in 0..8 {
+            acc[k] += row.scales[g + k] * row.zeros[g + k] as f32 * group_sums[g + k];
+        }
+        g += 8;
+    }
+    let mut total: f32 = acc.iter().sum();
+    while g < n {
+        total += row.scales[g] * row.zeros[g] as f32 * group_sums[g];
+        g += 1;
+    }
+    total
 }
 
 /// The fp32 dot product of `isa` (attention scores use it as well as fp32 matrices).
@@ -302,6 +325,8 @@ pub enum Isa {
     Avx2,
     /// x86-64 AVX-512 with VNNI (`x86.rs`).
     Avx512,
+    /// aarch64 NEON with the dot-product extension (`neon.rs`).
+    Neon,
 }
 
 impl Isa {
@@ -311,11 +336,12 @@ impl Isa {
             Isa::Portable => "portable",
             Isa::Avx2 => "avx2",
             Isa::Avx512 => "avx512",
+            Isa::Neon => "neon",
         }
     }
 
     pub fn from_name(name: &str) -> Option<Isa> {
-        [Isa::Scalar, Isa::Portable, Isa::Avx2, Isa::Avx512].into_iter().find(|i| i.name() == name)
+        Isa::ALL.into_iter().find(|i| i.name() == name)
     }
 
     /// Can this CPU run it?
@@ -334,20 +360,25 @@ impl Isa {
                     && is_x86_feature_detected!("avx512vl")
                     && is_x86_feature_detected!("avx512vnni")
             }
-            #[cfg(not(target_arch = "x86_64"))]
+            #[cfg(target_arch = "aarch64")]
+            Isa::Neon => std::arch::is_aarch64_feature_detected!("dotprod"),
+            #[allow(unreachable_patterns)]
             _ => false,
         }
     }
 
     /// The fastest implementation this CPU supports.
     pub fn detect() -> Isa {
-        [Isa::Avx512, Isa::Avx2].into_iter().find(|i| i.supported()).unwrap_or(Isa::Portable)
+        [Isa::Avx512, Isa::Avx2, Isa::Neon].into_iter().find(|i| i.supported()).unwrap_or(Isa::Portable)
     }
 
     /// Every implementation this CPU supports, slowest first.
     pub fn available() -> Vec<Isa> {
-        [Isa::Scalar, Isa::Portable, Isa::Avx2, Isa::Avx512].into_iter().filter(|i| i.supported()).collect()
+        Isa::ALL.into_iter().filter(|i| i.supported()).collect()
     }
+
+    /// Every implementation, slowest first (on its own architecture).
+    pub const ALL: [Isa; 5] = [Isa::Scalar, Isa::Portable, Isa::Avx2, Isa::Avx512, Isa::Neon];
 }
 
 /// How a model's matrices are multiplied.
@@ -370,7 +401,8 @@ impl KernelChoice {
 pub struct Scratch {
     q8: Vec<QuantizedVec>,         // [n_tokens] inputs quantized for Q8_0 weights
     int8: Vec<act::Int8Activation>, // [n_tokens] inputs quantized for 4-bit weights
-    int16: act::Int16Activations,  // [n_tokens] inputs quantized for the 4-bit GEMM
+    #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
+    int16: act::Int16Activations,  // [n_tokens] inputs quantized for the 4-bit GEMM (x86)
     permuted: Vec<f32>,            // [n_tokens, cols] inputs in stored column order (act-order)
     group_sums: Vec<Vec<f32>>,     // [n_tokens][n_groups] input sums per group (affine weights)
 }
@@ -441,6 +473,8 @@ pub fn matmul(out: &mut [f32], w: &Matrix, x: &[f32], n_tokens: usize, scratch: 
                 Isa::Scalar => scalar::Scalar::dot_q8,
                 #[cfg(target_arch = "x86_64")]
                 Isa::Avx2 | Isa::Avx512 if gs % 32 == 0 => |w, ws, x, xs, gs| unsafe { x86::dot_q8_avx2(w, ws, x, xs, gs) },
+                #[cfg(target_arch = "aarch64")]
+                Isa::Neon if gs % 16 == 0 => |w, ws, x, xs, gs| unsafe { neon::dot_q8_neon(w, ws, x, xs, gs) },
                 _ => fast::Fast::dot_q8,
             };
             for_rows(&|r, t| {
@@ -503,7 +537,12 @@ pub fn matmul(out: &mut [f32], w: &Matrix, x: &[f32], n_tokens: usize, scratch: 
                     scratch.int8[t].update_group_sums(a.group_size);
                 }
                 let acts = &scratch.int8[..n_tokens];
-                for_rows(&|r, t| with_scale_buffer(|buf| scalar::dot_q4_i8(affine_rows.row(r, buf), &acts[t])));
+                let dot: fn(AffineRow, &act::Int8Activation) -> f32 = match k.isa {
+                    #[cfg(target_arch = "aarch64")]
+                    Isa::Neon => |row, act| unsafe { neon::dot_q4_i8_neon(row, act) },
+                    _ => scalar::dot_q4_i8,
+                };
+                for_rows(&|r, t| with_scale_buffer(|buf| dot(affine_rows.row(r, buf), &acts[t])));
             } else {
                 scratch.group_sums.resize_with(n_tokens, Vec::new);
                 for t in 0..n_tokens {
@@ -558,6 +597,7 @@ pub fn matmul_shared_input(jobs: &mut [(&mut [f32], &Matrix)], x: &[f32], n_toke
 }
 
 /// One affine matrix for `affine_fast_x86`: where its `[n_tokens, rows]` output goes.
+#[cfg(target_arch = "x86_64")]
 #[derive(Clone, Copy)]
 struct AffineJob<'a> {
     out: OutPtr,
@@ -694,6 +734,14 @@ mod tests {
         assert!(Isa::detect().supported());
         assert!(Isa::available().contains(&Isa::Scalar) && Isa::available().contains(&Isa::Portable));
         assert_eq!(Isa::from_name("avx2"), Some(Isa::Avx2));
+        assert_eq!(Isa::from_name("neon"), Some(Isa::Neon));
+        // Where the CPU has the dot-product extension (qemu-aarch64's default CPU does), the
+        // NEON kernels are chosen, so the kernel tests run them.
+        #[cfg(target_arch = "aarch64")]
+        if std::arch::is_aarch64_feature_detected!("dotprod") {
+            assert_eq!(Isa::detect(), Isa::Neon);
+        }
+        eprintln!("kernels here: {:?}", Isa::available());
     }
 
     #[test]

@@ -12,7 +12,7 @@
 use std::arch::x86_64::*;
 
 use super::act::{Int16Activations, Int8Activation, CHUNK, RESIDUAL, RESIDUAL_BITS};
-use super::{AffineRow, AffineRows, CacheValue, ATTENTION_PREFETCH_AHEAD, F16};
+use super::{zero_term, AffineRow, AffineRows, CacheValue, ATTENTION_PREFETCH_AHEAD, F16};
 use crate::tensor::{AffineData, Scales};
 
 // ---------------------------------------------------------------------------------------------
@@ -202,25 +202,6 @@ pub unsafe fn f16s_to_f32_f16c(bytes: &[u8], out: &mut [f32]) {
 /// 5632x2048 matrix: 2 KB ahead 65%, 6-8 KB 75%, 16 KB 70% of the read bandwidth.
 const PREFETCH_AHEAD: usize = 6144;
 
-/// `sum_g scales[g] * zeros[g] * group_sums[g]`: the zero-point part of a row's dot product.
-#[inline(always)]
-fn zero_term(row: &AffineRow, group_sums: &[f32]) -> f32 {
-    let mut acc = [0.0f32; 8];
-    let n = row.scales.len();
-    let mut g = 0;
-    while g + 8 <= n {
-        for k in 0..8 {
-            acc[k] += row.scales[g + k] * row.zeros[g + k] as f32 * group_sums[g + k];
-        }
-        g += 8;
-    }
-    let mut total: f32 = acc.iter().sum();
-    while g < n {
-        total += row.scales[g] * row.zeros[g] as f32 * group_sums[g];
-        g += 1;
-    }
-    total
-}
 
 /// What the 4-bit SIMD kernels need to know about a matrix's groups, worked out once per
 /// matrix rather than once per row.
