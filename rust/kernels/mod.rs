@@ -741,7 +741,6 @@ mod tests {
         if std::arch::is_aarch64_feature_detected!("dotprod") {
             assert_eq!(Isa::detect(), Isa::Neon);
         }
-        eprintln!("kernels here: {:?}", Isa::available());
     }
 
     #[test]
