@@ -565,13 +565,6 @@ impl State {
         state
     }
 
-    pub fn kv_cache_type(&self) -> KvCacheType {
-        match self.kv {
-            KvCache::F32(_) => KvCacheType::F32,
-            KvCache::F16(_) => KvCacheType::F16,
-        }
-    }
-
     /// Make the batch buffers hold `n` tokens (and `n` rows of logits if `all_logits`).
     fn reserve(&mut self, n: usize, all_logits: bool) {
         let c = self.config;
