@@ -73,7 +73,7 @@ def report(model_path: str, threads: Optional[list[int]] = None, prompt_tokens: 
     """The table ``llama2rs bench`` prints."""
     lines = [f"{'threads':>7} {'prefill tok/s':>14} {'decode tok/s':>13} {'read GB/s':>10} {'decode / bandwidth limit':>25}"]
     per_token = weight_bytes_per_token(model_path) if str(model_path).endswith(".safetensors") else None
-    kernels = ""
+    kernels = kv = ""
     for n in threads or [1, 2]:
         model = Model(model_path, n_threads=n, kv_cache=kv_cache)
         kernels, kv = model.kernels, model.kv_cache

@@ -107,7 +107,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _add_kv_cache_argument(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--kv-cache", choices=["auto", "f32", "f16"], default="auto",
-                        help="what the KV cache stores (default auto: f16 for GPTQ weights, f32 for fp32 and Q8_0)")
+                        help="what the KV cache stores (default auto: f16 for GPTQ weights on avx2/avx512, else f32)")
 
 
 def _bench(args: argparse.Namespace) -> int:
