@@ -130,6 +130,7 @@ unsafe fn prefetch_ahead<T>(row: *const T, n: usize) {
     }
 }
 
+/// The sum of the eight lanes, in lane order.
 #[inline(always)]
 unsafe fn hsum_avx2(v: __m256) -> f32 {
     let mut lanes = [0.0f32; 8];
@@ -669,9 +670,7 @@ unsafe fn dot_q4_i8_avx2_inline(row: AffineRow, act: &Int8Activation, group_sums
         };
         acc = _mm256_fmadd_ps(_mm256_mul_ps(dot, d), s, acc);
     }
-    let mut lanes = [0.0f32; 8];
-    _mm256_storeu_ps(lanes.as_mut_ptr(), acc);
-    lanes.iter().sum::<f32>() - zero_term(&row, group_sums)
+    hsum_avx2(acc) - zero_term(&row, group_sums)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -871,9 +870,7 @@ pub unsafe fn gemm_q4_f32_avx2(
         let nt = (n_tokens - t0).min(T);
         for i in 0..rows.len() {
             for j in 0..nt {
-                let mut lanes = [0.0f32; 8];
-                _mm256_storeu_ps(lanes.as_mut_ptr(), partial[(tile * R + i) * T + j]);
-                write(t0 + j, i, lanes.iter().sum());
+                write(t0 + j, i, hsum_avx2(partial[(tile * R + i) * T + j]));
             }
         }
     }
