@@ -3,13 +3,33 @@
 use crate::error::{Error, Result};
 
 /// Upper bounds far above any real Llama (70B: dim 8192, hidden 28672, 80 layers, 64 heads).
-/// A header beyond them is corrupt. `python/llama2rs/config.py` states the same numbers.
+/// A header beyond them is corrupt. The one statement of them: Python reads `LIMITS` through
+/// the binding (`llama2rs._core.CONFIG_LIMITS`).
 pub const MAX_DIM: usize = 1 << 16;
 pub const MAX_HIDDEN_DIM: usize = 1 << 18;
 pub const MAX_LAYERS: usize = 1 << 10;
 pub const MAX_HEADS: usize = 1 << 10;
 pub const MAX_VOCAB: usize = 1 << 21;
 pub const MAX_SEQ_LEN: usize = 1 << 20;
+
+/// Each integer field of `Config` with its upper bound (every field is at least 1).
+pub const LIMITS: [(&str, usize); 7] = [
+    ("dim", MAX_DIM),
+    ("hidden_dim", MAX_HIDDEN_DIM),
+    ("n_layers", MAX_LAYERS),
+    ("n_heads", MAX_HEADS),
+    ("n_kv_heads", MAX_HEADS),
+    ("vocab_size", MAX_VOCAB),
+    ("seq_len", MAX_SEQ_LEN),
+];
+
+/// `value` as a count in `[1, max]`, or the error that names `name`.
+fn bounded(name: &str, value: i64, max: usize) -> Result<usize> {
+    if value < 1 || value as u64 > max as u64 {
+        return Err(Error::Config(format!("{name} must be in [1, {max}], got {value}")));
+    }
+    Ok(value as usize)
+}
 
 /// llama2.c's fixed values for what its files do not store.
 pub const LLAMA2C_NORM_EPS: f32 = 1e-5;
@@ -46,20 +66,19 @@ impl Config {
         vocab_size: i64,
         seq_len: i64,
     ) -> Result<Config> {
-        let field = |name: &str, value: i64, max: usize| -> Result<usize> {
-            if value < 1 || value as u64 > max as u64 {
-                return Err(Error::Config(format!("{name} must be in [1, {max}], got {value}")));
-            }
-            Ok(value as usize)
-        };
+        let raw = [dim, hidden_dim, n_layers, n_heads, n_kv_heads, vocab_size, seq_len];
+        let mut v = [0usize; 7];
+        for ((out, &value), (name, max)) in v.iter_mut().zip(&raw).zip(LIMITS) {
+            *out = bounded(name, value, max)?;
+        }
         let config = Config {
-            dim: field("dim", dim, MAX_DIM)?,
-            hidden_dim: field("hidden_dim", hidden_dim, MAX_HIDDEN_DIM)?,
-            n_layers: field("n_layers", n_layers, MAX_LAYERS)?,
-            n_heads: field("n_heads", n_heads, MAX_HEADS)?,
-            n_kv_heads: field("n_kv_heads", n_kv_heads, MAX_HEADS)?,
-            vocab_size: field("vocab_size", vocab_size, MAX_VOCAB)?,
-            seq_len: field("seq_len", seq_len, MAX_SEQ_LEN)?,
+            dim: v[0],
+            hidden_dim: v[1],
+            n_layers: v[2],
+            n_heads: v[3],
+            n_kv_heads: v[4],
+            vocab_size: v[5],
+            seq_len: v[6],
             norm_eps: LLAMA2C_NORM_EPS,
             rope_theta: LLAMA2C_ROPE_THETA,
             bos_id: LLAMA2C_BOS,
@@ -71,19 +90,9 @@ impl Config {
 
     /// Check the relations between fields that the forward pass relies on.
     pub fn validate(&self) -> Result<()> {
-        let bounds = [
-            ("dim", self.dim, MAX_DIM),
-            ("hidden_dim", self.hidden_dim, MAX_HIDDEN_DIM),
-            ("n_layers", self.n_layers, MAX_LAYERS),
-            ("n_heads", self.n_heads, MAX_HEADS),
-            ("n_kv_heads", self.n_kv_heads, MAX_HEADS),
-            ("vocab_size", self.vocab_size, MAX_VOCAB),
-            ("seq_len", self.seq_len, MAX_SEQ_LEN),
-        ];
-        for (name, value, max) in bounds {
-            if value < 1 || value > max {
-                return Err(Error::Config(format!("{name} must be in [1, {max}], got {value}")));
-            }
+        let values = self.counts();
+        for (&value, (name, max)) in values.iter().zip(LIMITS) {
+            bounded(name, i64::try_from(value).unwrap_or(i64::MAX), max)?;
         }
         for (name, value) in [("norm_eps", self.norm_eps), ("rope_theta", self.rope_theta)] {
             if !(value.is_finite() && value > 0.0) {
@@ -98,25 +107,24 @@ impl Config {
                 )));
             }
         }
-        if self.dim % self.n_heads != 0 {
-            return Err(Error::Config(format!(
-                "dim ({}) must be a multiple of n_heads ({})",
-                self.dim, self.n_heads
-            )));
+        if !self.dim.is_multiple_of(self.n_heads) {
+            return Err(Error::Config(format!("dim ({}) must be a multiple of n_heads ({})", self.dim, self.n_heads)));
         }
-        if self.n_heads % self.n_kv_heads != 0 {
+        if !self.n_heads.is_multiple_of(self.n_kv_heads) {
             return Err(Error::Config(format!(
                 "n_heads ({}) must be a multiple of n_kv_heads ({})",
                 self.n_heads, self.n_kv_heads
             )));
         }
-        if self.head_size() % 2 != 0 {
-            return Err(Error::Config(format!(
-                "head size dim/n_heads ({}) must be even for RoPE",
-                self.head_size()
-            )));
+        if !self.head_size().is_multiple_of(2) {
+            return Err(Error::Config(format!("head size dim/n_heads ({}) must be even for RoPE", self.head_size())));
         }
         Ok(())
+    }
+
+    /// The integer fields, in `LIMITS`' order.
+    fn counts(&self) -> [usize; 7] {
+        [self.dim, self.hidden_dim, self.n_layers, self.n_heads, self.n_kv_heads, self.vocab_size, self.seq_len]
     }
 
     pub fn head_size(&self) -> usize {

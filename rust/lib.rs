@@ -1,21 +1,26 @@
-//! llama2rs: run Llama-2-style models on CPUs from memory-mapped llama2.c files.
+//! llama2rs: run Llama-family models fast on CPUs, from memory-mapped files.
 //!
-//! The core knows nothing of Python. Sections, in the order data flows:
-//! [`config`] (shapes) -> [`llama2c`] and [`l2rs`] (file formats, zero-copy views in [`tensor`]) ->
-//! [`kernels`] (matrix-vector products) -> [`model`] (the forward pass) ->
-//! [`sampler`] (next token) -> [`generate`] (a sequence's session).
-//! The PyO3 binding lives in `python` behind the `python` feature.
+//! The core knows nothing of Python. Modules, in the order data flows:
+//! [`config`] (shapes and their bounds) -> [`formats`] (llama2.c's files and ours, recognised
+//! by content, validated into typed views: [`weights`]) -> [`kernels`] (the per-CPU kernel
+//! table: matrix products, attention, fp16) -> [`model`] (the forward pass, KV cache, state)
+//! -> [`sampler`] (next token) -> [`generate`] (a sequence's session). [`disjoint`] is the one
+//! way parallel tasks share an output; [`membw`] measures read bandwidth for benchmarks.
+//! The PyO3 binding lives in `python/` behind the `python` feature.
+
+#![deny(unsafe_op_in_unsafe_fn)]
 
 pub mod config;
+pub mod disjoint;
 pub mod error;
+pub mod formats;
 pub mod generate;
 pub mod kernels;
-pub mod l2rs;
-pub mod llama2c;
+mod math;
 pub mod membw;
 pub mod model;
 pub mod sampler;
-pub mod tensor;
+pub mod weights;
 
 #[cfg(feature = "python")]
 mod python;
@@ -23,5 +28,6 @@ mod python;
 pub use config::Config;
 pub use error::{Error, Result};
 pub use generate::Session;
+pub use kernels::{Isa, Kernels};
 pub use model::{Model, State};
 pub use sampler::{Sampler, SamplerConfig};

@@ -23,7 +23,9 @@ pub fn read_bandwidth(n_bytes: usize, n_threads: usize, repeats: usize) -> f64 {
     for _ in 0..repeats.max(1) {
         for ahead in PREFETCH_DISTANCES {
             let start = Instant::now();
-            let total: u64 = pool.install(|| buffer.par_chunks(per_thread).map(|part| sum_words(part, ahead)).reduce(|| 0, u64::wrapping_add));
+            let total: u64 = pool.install(|| {
+                buffer.par_chunks(per_thread).map(|part| sum_words(part, ahead)).reduce(|| 0, u64::wrapping_add)
+            });
             let seconds = start.elapsed().as_secs_f64();
             std::hint::black_box(total);
             best = best.max((words * 8) as f64 / seconds);
@@ -41,7 +43,7 @@ fn sum_words(words: &[u64], ahead: usize) -> u64 {
         #[cfg(target_arch = "x86_64")]
         if ahead > 0 {
             use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
-            // SAFETY: prefetching never faults, in bounds or not (SSE, part of x86-64).
+            // SAFETY: a prefetch never faults, in bounds or not (SSE, part of x86-64).
             unsafe { _mm_prefetch::<_MM_HINT_T0>((chunk.as_ptr() as *const i8).wrapping_add(ahead)) };
         }
         for k in 0..8 {

@@ -3,7 +3,7 @@
 //! same cutoff and ordering, so a seed gives llama2.c's text. Top-k is our addition.
 
 use crate::error::{Error, Result};
-use crate::model::softmax;
+use crate::math::softmax;
 
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct SamplerConfig {
@@ -20,10 +20,7 @@ pub struct SamplerConfig {
 impl SamplerConfig {
     pub fn validate(&self) -> Result<()> {
         if !(self.temperature.is_finite() && self.temperature >= 0.0) {
-            return Err(Error::Argument(format!(
-                "temperature must be a finite number >= 0, got {}",
-                self.temperature
-            )));
+            return Err(Error::Argument(format!("temperature must be a finite number >= 0, got {}", self.temperature)));
         }
         if !(self.top_p.is_finite() && self.top_p >= 0.0 && self.top_p <= 1.0) {
             return Err(Error::Argument(format!("top_p must be in [0, 1], got {}", self.top_p)));

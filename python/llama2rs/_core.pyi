@@ -7,9 +7,13 @@ from typing import Optional, Sequence, Union, final
 import numpy as np
 import numpy.typing as npt
 
-__all__ = ["Model", "Session", "__version__", "available_kernels", "read_bandwidth"]
+__all__ = ["CONFIG_LIMITS", "KERNEL_NAMES", "Model", "Session", "__version__", "available_kernels", "read_bandwidth"]
 
 __version__: str
+# Upper bound of each integer Config field (every field is at least 1).
+CONFIG_LIMITS: dict[str, int]
+# Every kernel implementation's name, slowest first (available_kernels() lists this CPU's).
+KERNEL_NAMES: tuple[str, ...]
 
 def available_kernels() -> list[str]: ...
 def read_bandwidth(n_bytes: int = ..., n_threads: int = 1, repeats: int = 3) -> float: ...

@@ -1,42 +1,20 @@
-//! The PyO3 binding: converts types and errors, releases the GIL around compute, nothing more.
-//! The Python package (`python/llama2rs`) builds the user-facing API on top of these classes.
+//! `Model` and `Session`: thin wrappers over the core's model and generation session.
 
 use std::path::PathBuf;
 use std::sync::Arc;
 
 use numpy::{PyArray1, PyArray2, PyArrayMethods};
-use pyo3::exceptions::PyRuntimeError;
 use pyo3::prelude::*;
-use pyo3::types::{PyBytes, PyDict, PyType};
+use pyo3::types::{PyBytes, PyDict};
 
+use super::errors::to_pyerr;
 use crate::error::Error;
+use crate::formats::llama2c::Format;
+use crate::formats::FileFormat;
 use crate::generate::Session;
-use crate::kernels::{Isa, KernelChoice};
-use crate::llama2c::Format;
-use crate::model::{FileFormat, KvCacheType, Model};
+use crate::kernels::{Isa, Kernels};
+use crate::model::{KvCacheType, Model};
 use crate::sampler::SamplerConfig;
-
-/// Raise the `llama2rs.errors` class that means the same as `error`.
-fn to_pyerr(error: Error) -> PyErr {
-    let class_name = match &error {
-        Error::ModelFile { .. } => "ModelFileError",
-        Error::Config(_) => "ConfigError",
-        Error::InvalidToken { .. } => "InvalidTokenError",
-        Error::ContextLength { .. } => "ContextLengthError",
-        Error::Argument(_) => "ArgumentError",
-    };
-    let message = error.to_string();
-    Python::attach(|py| {
-        let class = py
-            .import("llama2rs.errors")
-            .and_then(|module| module.getattr(class_name))
-            .and_then(|class| class.cast_into::<PyType>().map_err(PyErr::from));
-        match class {
-            Ok(class) => PyErr::from_type(class, message),
-            Err(_) => PyRuntimeError::new_err(message),
-        }
-    })
-}
 
 /// Python ints to token ids; a negative or huge id is an invalid token, not an OverflowError.
 fn token_ids(tokens: &[i64], vocab_size: usize) -> Result<Vec<u32>, Error> {
@@ -59,7 +37,7 @@ fn non_negative(name: &str, value: i64) -> Result<usize, Error> {
 
 /// A memory-mapped model (read-only, shareable between threads).
 #[pyclass(name = "Model", module = "llama2rs._core", frozen)]
-struct PyModel {
+pub(crate) struct PyModel {
     inner: Arc<Model>,
 }
 
@@ -85,26 +63,26 @@ impl PyModel {
         let isa = match kernels.as_deref() {
             None | Some("auto") => Isa::detect(),
             Some(name) => Isa::from_name(name).ok_or_else(|| {
-                to_pyerr(Error::Argument(format!(
-                    "kernels must be one of auto, scalar, portable, avx2, avx512, neon; got {name:?}"
-                )))
+                let names: Vec<&str> = std::iter::once("auto").chain(Isa::names()).collect();
+                to_pyerr(Error::Argument(format!("kernels must be one of {}; got {name:?}", names.join(", "))))
             })?,
         };
         let kv_cache = match kv_cache.as_deref() {
             None | Some("auto") => None,
             Some(name) => Some(KvCacheType::from_name(name).ok_or_else(|| {
-                to_pyerr(Error::Argument(format!("kv_cache must be one of auto, f32, f16; got {name:?}")))
+                let names: Vec<&str> = std::iter::once("auto").chain(KvCacheType::ALL.map(KvCacheType::name)).collect();
+                to_pyerr(Error::Argument(format!("kv_cache must be one of {}; got {name:?}", names.join(", "))))
             })?),
         };
-        let choice = KernelChoice { isa, int8_activations: !exact };
-        let model = py.detach(|| Model::open_with(&path, n_threads, choice, kv_cache)).map_err(to_pyerr)?;
+        let kernels = Kernels::new(isa, !exact).map_err(to_pyerr)?;
+        let model = py.detach(|| Model::open_with(&path, n_threads, kernels, kv_cache)).map_err(to_pyerr)?;
         Ok(PyModel { inner: Arc::new(model) })
     }
 
-    /// The kernel implementation in use (`scalar`, `portable`, `avx2`, `avx512`).
+    /// The kernel implementation in use (one of `KERNEL_NAMES`).
     #[getter]
     fn kernels(&self) -> &'static str {
-        self.inner.kernels().isa.name()
+        self.inner.kernels().isa().name()
     }
 
     /// What the KV cache stores (`f32` or `f16`).
@@ -116,7 +94,7 @@ impl PyModel {
     /// True when 4-bit weights multiply fp32 activations (the exact path).
     #[getter]
     fn exact(&self) -> bool {
-        !self.inner.kernels().int8_activations
+        !self.inner.kernels().int8_activations()
     }
 
     /// The shape as a dict of ints.
@@ -209,7 +187,7 @@ impl PyModel {
 
 /// One sequence being generated: feed tokens, sample the next one.
 #[pyclass(name = "Session", module = "llama2rs._core")]
-struct PySession {
+pub(crate) struct PySession {
     inner: Session,
 }
 
@@ -239,27 +217,4 @@ impl PySession {
     fn remaining(&self) -> usize {
         self.inner.remaining()
     }
-}
-
-/// The kernel implementations this CPU can run, slowest first.
-#[pyfunction]
-fn available_kernels() -> Vec<&'static str> {
-    Isa::available().into_iter().map(Isa::name).collect()
-}
-
-/// Memory read bandwidth in bytes/s: `n_threads` threads stream a buffer of `n_bytes`.
-#[pyfunction]
-#[pyo3(signature = (n_bytes = 1 << 30, n_threads = 1, repeats = 3))]
-fn read_bandwidth(py: Python<'_>, n_bytes: usize, n_threads: usize, repeats: usize) -> f64 {
-    py.detach(|| crate::membw::read_bandwidth(n_bytes, n_threads, repeats))
-}
-
-#[pymodule]
-fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
-    m.add_function(wrap_pyfunction!(read_bandwidth, m)?)?;
-    m.add_function(wrap_pyfunction!(available_kernels, m)?)?;
-    m.add_class::<PyModel>()?;
-    m.add_class::<PySession>()?;
-    m.add("__version__", env!("CARGO_PKG_VERSION"))?;
-    Ok(())
 }

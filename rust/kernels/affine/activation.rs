@@ -18,6 +18,8 @@
 
 use rayon::prelude::*;
 
+use crate::disjoint::DisjointSlice;
+
 /// Columns per SIMD chunk (64 weight bytes).
 pub const CHUNK: usize = 128;
 /// Values per activation scale.
@@ -57,17 +59,17 @@ pub struct Int8Activation {
     source: Vec<f32>,
     pub cols: usize,
     pub padded: usize,
-    pub natural: Vec<i8>,      // [padded] natural column order
-    pub residual: Vec<i8>,     // [padded] the rounding error, in units of d / RESIDUAL
-    pub interleaved: Vec<i8>,  // [padded] per chunk: even columns, then odd columns
+    pub natural: Vec<i8>,              // [padded] natural column order
+    pub residual: Vec<i8>,             // [padded] the rounding error, in units of d / RESIDUAL
+    pub interleaved: Vec<i8>,          // [padded] per chunk: even columns, then odd columns
     pub residual_interleaved: Vec<i8>, // [padded] the same for `residual`
-    pub block_scales: Vec<f32>, // [padded / BLOCK]
-    pub lane_scales: Vec<f32>,  // [padded / LANE]
-    pub lane_units: Vec<f32>,   // [padded / LANE] lane_scales / RESIDUAL
+    pub block_scales: Vec<f32>,        // [padded / BLOCK]
+    pub lane_scales: Vec<f32>,         // [padded / LANE]
+    pub lane_units: Vec<f32>,          // [padded / LANE] lane_scales / RESIDUAL
     /// Sums of the dequantized values per group of `sums_group_size` columns (the zero-point
     /// term), kept with the activation so matrices that share an input compute them once.
     sums: Vec<f32>, // [n_groups]
-    sums_group_size: usize, // 0: not computed for the current input
+    sums_group_size: usize,            // 0: not computed for the current input
 }
 
 impl Int8Activation {
@@ -168,12 +170,6 @@ pub struct Int16Activations {
     pub scales: Vec<f32>, // [n_tokens, padded / block]
 }
 
-/// A pointer that token tasks write through at disjoint offsets.
-#[derive(Clone, Copy)]
-struct SharedMut(*mut i16);
-unsafe impl Send for SharedMut {}
-unsafe impl Sync for SharedMut {}
-
 /// Largest int16 activation block: 128 columns, fewer when weight groups are smaller.
 pub const INT16_BLOCK: usize = 128;
 
@@ -185,7 +181,7 @@ impl Int16Activations {
         if group_size >= cols {
             return Some(INT16_BLOCK);
         }
-        [128, 64, 32].into_iter().find(|b| group_size % b == 0)
+        [128, 64, 32].into_iter().find(|b| group_size.is_multiple_of(*b))
     }
 
     /// Quantize `x` (`[n_tokens, cols]`) in blocks of `block` columns.
@@ -204,17 +200,18 @@ impl Int16Activations {
         self.scales.resize(n_tokens * n_blocks, 0.0);
         // Tokens in parallel (the GEMM's threads would otherwise wait for this): token t owns
         // its scales row and its block of every block row of `values`.
-        let values = SharedMut(self.values.as_mut_ptr());
+        let values = DisjointSlice::new(&mut self.values);
         self.scales.par_chunks_mut(n_blocks).zip(x.par_chunks_exact(cols)).enumerate().for_each(|(t, (scales, xt))| {
-            let values = values;
+            let values = &values;
             for (b, part) in xt.chunks(block).enumerate() {
                 let max_abs = part.iter().fold(0.0f32, |m, v| m.max(v.abs()));
                 let scale = max_abs / 32767.0;
                 scales[b] = scale;
                 if scale > 0.0 {
                     let inv = 1.0 / scale;
-                    // SAFETY: [(b * n_tokens + t) * block, +block) is this token's alone.
-                    let out = unsafe { std::slice::from_raw_parts_mut(values.0.add((b * n_tokens + t) * block), block) };
+                    // SAFETY: t < n_tokens (the zip with the n_tokens rows of scales) and
+                    // b < n_blocks, so the block is inside `values`, and it is token t's alone.
+                    let out = unsafe { values.slice_mut((b * n_tokens + t) * block, block) };
                     for (o, v) in out.iter_mut().zip(part) {
                         *o = round_even(v * inv).clamp(-32767.0, 32767.0) as i16;
                     }
@@ -234,7 +231,9 @@ impl Int16Activations {
 /// True when the SIMD 4-bit kernels can apply one weight scale per 8-column lane: groups are
 /// whole lanes and either tile a chunk or span whole chunks (or there is one group per row).
 pub fn lanes_fit_groups(group_size: usize, cols: usize) -> bool {
-    group_size >= cols || group_size % CHUNK == 0 || (CHUNK % group_size == 0 && group_size % LANE == 0)
+    group_size >= cols
+        || group_size.is_multiple_of(CHUNK)
+        || (CHUNK.is_multiple_of(group_size) && group_size.is_multiple_of(LANE))
 }
 
 #[cfg(test)]

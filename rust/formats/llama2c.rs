@@ -14,9 +14,10 @@
 use std::borrow::Cow;
 use std::path::Path;
 
+use super::{f32_cow, i8_view};
 use crate::config::Config;
 use crate::error::{Error, Result};
-use crate::tensor::{LayerWeights, Matrix, MatrixData, Q8Data, Weights};
+use crate::weights::{LayerWeights, Matrix, MatrixData, Q8Data, Weights};
 
 pub const MAGIC: u32 = 0x616b_3432; // "ak42" read as a little-endian uint32
 pub const LEGACY_HEADER_BYTES: usize = 7 * 4;
@@ -27,7 +28,9 @@ pub enum Format {
     Legacy,
     V1,
     /// Q8_0 with this many weights per scale.
-    V2Q8 { group_size: usize },
+    V2Q8 {
+        group_size: usize,
+    },
 }
 
 impl Format {
@@ -57,10 +60,7 @@ fn read_i32(bytes: &[u8], offset: usize) -> i64 {
 /// Parse and validate the header of a llama2.c file.
 pub fn read_header(path: &Path, bytes: &[u8]) -> Result<Header> {
     let too_short = |need: usize, what: &str| {
-        Error::model_file(
-            path,
-            format!("file is {} bytes, shorter than the {need}-byte {what} header", bytes.len()),
-        )
+        Error::model_file(path, format!("file is {} bytes, shorter than the {need}-byte {what} header", bytes.len()))
     };
     if bytes.len() < LEGACY_HEADER_BYTES {
         return Err(too_short(LEGACY_HEADER_BYTES, "llama2.c"));
@@ -124,7 +124,9 @@ pub fn read_header(path: &Path, bytes: &[u8]) -> Result<Header> {
         v => {
             return Err(Error::model_file(
                 path,
-                format!("unsupported llama2.c format version {v} (this build reads the legacy format and versions 1 and 2)"),
+                format!(
+                    "unsupported llama2.c format version {v} (this build reads the legacy format and versions 1 and 2)"
+                ),
             ))
         }
     };
@@ -153,19 +155,11 @@ impl<'a> Cursor<'a> {
         if self.bytes.is_none() {
             return Cow::Borrowed(&[]);
         }
-        // SAFETY: any 4 bytes are a valid f32; length and alignment are checked by align_to.
-        let (head, body, tail) = unsafe { raw.align_to::<f32>() };
-        if head.is_empty() && tail.is_empty() {
-            Cow::Borrowed(body)
-        } else {
-            Cow::Owned(raw.chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect())
-        }
+        f32_cow(raw)
     }
 
     fn i8s(&mut self, n: usize) -> &'a [i8] {
-        let raw = self.take(n);
-        // SAFETY: i8 and u8 have the same size and alignment.
-        unsafe { std::slice::from_raw_parts(raw.as_ptr() as *const i8, raw.len()) }
+        i8_view(self.take(n))
     }
 
     fn skip(&mut self, n_bytes: usize) {
@@ -255,16 +249,7 @@ fn assemble<'a>(
     classifier: Option<Matrix<'a>>,
 ) -> Weights<'a> {
     let mut layers = Vec::with_capacity(wq.len());
-    let mut parts = rms_att
-        .into_iter()
-        .zip(wq)
-        .zip(wk)
-        .zip(wv)
-        .zip(wo)
-        .zip(rms_ffn)
-        .zip(w1)
-        .zip(w2)
-        .zip(w3);
+    let mut parts = rms_att.into_iter().zip(wq).zip(wk).zip(wv).zip(wo).zip(rms_ffn).zip(w1).zip(w2).zip(w3);
     for ((((((((rms_att, wq), wk), wv), wo), rms_ffn), w1), w2), w3) in parts.by_ref() {
         layers.push(LayerWeights { rms_att, wq, wk, wv, wo, rms_ffn, w1, w2, w3 });
     }

@@ -24,15 +24,16 @@
 //!     column j holds input feature perm[j]).
 
 use std::borrow::Cow;
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::path::Path;
 
 use safetensors::{Dtype, SafeTensors};
 use serde_json::Value;
 
+use super::{f32_cow, i8_view, Contents, FileFormat};
 use crate::config::Config;
 use crate::error::{Error, Result};
-use crate::tensor::{AffineData, LayerWeights, Matrix, MatrixData, Q8Data, Scales, Weights};
+use crate::weights::{AffineData, LayerWeights, Matrix, MatrixData, Q8Data, Scales, Weights};
 
 pub const FORMAT_NAME: &str = "llama2rs";
 pub const FORMAT_VERSION: u64 = 2;
@@ -44,13 +45,6 @@ pub fn is_safetensors(bytes: &[u8]) -> bool {
     }
     let n = u64::from_le_bytes(bytes[..8].try_into().unwrap());
     n >= 2 && n <= (bytes.len() - 8) as u64 && bytes[8] == b'{'
-}
-
-pub struct Contents<'a> {
-    pub config: Config,
-    pub weights: Weights<'a>,
-    pub tokenizer: &'a [u8],
-    pub metadata: HashMap<String, String>,
 }
 
 struct Reader<'a, 'p> {
@@ -96,14 +90,13 @@ impl<'a> Reader<'a, '_> {
                 .tensor(&scales_name)
                 .map(|v| v.shape().get(1).copied().unwrap_or(0))
                 .map_err(|_| self.fail(format!("missing tensor '{scales_name}'")))?;
-            if groups == 0 || cols % groups != 0 {
+            if groups == 0 || !cols.is_multiple_of(groups) {
                 return Err(self.fail(format!(
                     "tensor '{scales_name}' has {groups} groups per row, which do not divide {cols} columns"
                 )));
             }
             let values = self.raw(&format!("{name}.q8_0"), Dtype::I8, &[rows, cols])?;
-            // SAFETY: i8 and u8 have the same layout.
-            let values = unsafe { std::slice::from_raw_parts(values.as_ptr() as *const i8, values.len()) };
+            let values = i8_view(values);
             let scales = self.f32s(&scales_name, &shape2(groups))?;
             MatrixData::Q8(Q8Data { values, scales, group_size: cols / groups })
         } else if let Some(bits) = [4u32, 8].into_iter().find(|b| self.has(&format!("{name}.q{b}"))) {
@@ -126,7 +119,8 @@ impl<'a> Reader<'a, '_> {
             let perm_name = format!("{name}.perm");
             let perm = if self.has(&perm_name) {
                 let raw = self.raw(&perm_name, Dtype::I32, &[cols])?;
-                let perm: Vec<u32> = raw.chunks_exact(4).map(|c| i32::from_le_bytes(c.try_into().unwrap()) as u32).collect();
+                let perm: Vec<u32> =
+                    raw.chunks_exact(4).map(|c| i32::from_le_bytes(c.try_into().unwrap()) as u32).collect();
                 let mut seen = vec![false; cols];
                 for &p in &perm {
                     if p as usize >= cols || std::mem::replace(&mut seen[p as usize], true) {
@@ -145,24 +139,16 @@ impl<'a> Reader<'a, '_> {
     }
 }
 
-/// View any 4-byte-aligned run of little-endian f32 in place; copy the rare unaligned one.
-fn f32_cow(raw: &[u8]) -> Cow<'_, [f32]> {
-    // SAFETY: any 4 bytes are a valid f32; align_to checks alignment and length.
-    let (head, body, tail) = unsafe { raw.align_to::<f32>() };
-    if head.is_empty() && tail.is_empty() {
-        Cow::Borrowed(body)
-    } else {
-        Cow::Owned(raw.chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect())
-    }
-}
-
 fn config_from_json(text: &str) -> std::result::Result<Config, String> {
     let v: Value = serde_json::from_str(text).map_err(|e| format!("config is not valid JSON: {e}"))?;
     let int = |key: &str| -> std::result::Result<i64, String> {
         v.get(key).and_then(Value::as_i64).ok_or_else(|| format!("config.{key} is missing or not an integer"))
     };
     let float = |key: &str| -> std::result::Result<f32, String> {
-        v.get(key).and_then(Value::as_f64).map(|f| f as f32).ok_or_else(|| format!("config.{key} is missing or not a number"))
+        v.get(key)
+            .and_then(Value::as_f64)
+            .map(|f| f as f32)
+            .ok_or_else(|| format!("config.{key} is missing or not a number"))
     };
     match v.get("rope_layout").and_then(Value::as_str) {
         Some("interleaved") => {}
@@ -193,7 +179,8 @@ fn config_from_json(text: &str) -> std::result::Result<Config, String> {
 pub fn read_model<'a>(path: &Path, bytes: &'a [u8]) -> Result<Contents<'a>> {
     let fail = |m: String| Error::model_file(path, m);
     let tensors = SafeTensors::deserialize(bytes).map_err(|e| fail(format!("not a valid safetensors file: {e}")))?;
-    let (_, header) = SafeTensors::read_metadata(bytes).map_err(|e| fail(format!("not a valid safetensors file: {e}")))?;
+    let (_, header) =
+        SafeTensors::read_metadata(bytes).map_err(|e| fail(format!("not a valid safetensors file: {e}")))?;
     let metadata = header.metadata().clone().unwrap_or_default();
     match metadata.get("format").map(String::as_str) {
         Some(FORMAT_NAME) => {}
@@ -216,7 +203,9 @@ pub fn read_model<'a>(path: &Path, bytes: &'a [u8]) -> Result<Contents<'a>> {
         .map_err(|e| fail(format!("bad config in __metadata__: {e}")))?;
     let affine_group = match metadata.get("affine_group_size") {
         None => None,
-        Some(text) => Some(text.parse::<i64>().map_err(|_| fail(format!("affine_group_size is not an integer: {text:?}")))?),
+        Some(text) => {
+            Some(text.parse::<i64>().map_err(|_| fail(format!("affine_group_size is not an integer: {text:?}")))?)
+        }
     };
 
     let mut r = Reader { path, tensors, used: HashSet::new() };
@@ -226,11 +215,12 @@ pub fn read_model<'a>(path: &Path, bytes: &'a [u8]) -> Result<Contents<'a>> {
     let tokenizer = r.raw("tokenizer", Dtype::U8, &[tokenizer_len])?;
     let token_embedding = r.matrix("token_embedding", c.vocab_size, dim, affine_group)?;
     let rms_final = r.f32s("rms_final", &[dim])?;
-    let classifier = if r.has("classifier.weight") || r.has("classifier.q8_0") || r.has("classifier.q4") || r.has("classifier.q8") {
-        Some(r.matrix("classifier", c.vocab_size, dim, affine_group)?)
-    } else {
-        None
-    };
+    let classifier =
+        if r.has("classifier.weight") || r.has("classifier.q8_0") || r.has("classifier.q4") || r.has("classifier.q8") {
+            Some(r.matrix("classifier", c.vocab_size, dim, affine_group)?)
+        } else {
+            None
+        };
     let mut layers = Vec::with_capacity(c.n_layers);
     for l in 0..c.n_layers {
         let p = format!("layers.{l}");
@@ -246,10 +236,13 @@ pub fn read_model<'a>(path: &Path, bytes: &'a [u8]) -> Result<Contents<'a>> {
             w3: r.matrix(&format!("{p}.w3"), hidden, dim, affine_group)?,
         });
     }
-    let mut unknown: Vec<String> = r.tensors.names().into_iter().filter(|n| !r.used.contains(*n)).map(String::from).collect();
+    let mut unknown: Vec<String> =
+        r.tensors.names().into_iter().filter(|n| !r.used.contains(*n)).map(String::from).collect();
     if !unknown.is_empty() {
         unknown.sort();
         return Err(fail(format!("unexpected tensors for this config: {}", unknown.join(", "))));
     }
-    Ok(Contents { config, weights: Weights { token_embedding, layers, rms_final, classifier }, tokenizer, metadata })
+    let weights = Weights { token_embedding, layers, rms_final, classifier };
+    let format = FileFormat::Llama2rs { version };
+    Ok(Contents { config, format, weights, tokenizer: Some(tokenizer), metadata })
 }

@@ -1,0 +1,75 @@
+//! The KV cache: every layer's keys and values, fp32 (run.c's) or fp16.
+
+use half::f16;
+
+use crate::config::Config;
+use crate::kernels::{CacheValue, Kernels};
+use crate::weights::{MatrixData, Weights};
+
+/// How the KV cache stores keys and values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KvCacheType {
+    /// fp32, as run.c: results equal llama2.c's.
+    F32,
+    /// fp16 (each key and value rounded to nearest): half the memory, and half the bytes
+    /// attention reads per token.
+    F16,
+}
+
+impl KvCacheType {
+    pub const ALL: [KvCacheType; 2] = [KvCacheType::F32, KvCacheType::F16];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            KvCacheType::F32 => "f32",
+            KvCacheType::F16 => "f16",
+        }
+    }
+
+    pub fn from_name(name: &str) -> Option<KvCacheType> {
+        KvCacheType::ALL.into_iter().find(|t| t.name() == name)
+    }
+
+    /// The default for a model: fp16 where the weights are GPTQ (their rounding dwarfs the
+    /// cache's, as in llama.cpp) and the kernels convert fp16 in hardware (F16C); fp32 for
+    /// fp32 and Q8_0 weights (llama2.c parity), for the exact path, and for kernels whose
+    /// attention would convert fp16 one value at a time.
+    pub fn auto(weights: &Weights, kernels: &Kernels) -> KvCacheType {
+        let affine = weights.layers.iter().any(|l| matches!(l.wq.data, MatrixData::Affine(_)));
+        if affine && kernels.int8_activations() && kernels.fp16_in_hardware() {
+            KvCacheType::F16
+        } else {
+            KvCacheType::F32
+        }
+    }
+}
+
+/// Keys and values of every layer, each `[n_layers, n_kv_heads, seq_len, head_size]`: each kv
+/// head's positions are one run, so attention reads them sequentially.
+#[derive(Debug, Clone)]
+pub struct KvRuns<T> {
+    pub keys: Vec<T>,
+    pub values: Vec<T>,
+}
+
+impl<T: CacheValue> KvRuns<T> {
+    pub(crate) fn new(c: &Config) -> KvRuns<T> {
+        let len = c.n_layers * c.seq_len * c.kv_dim();
+        KvRuns { keys: T::zeros(len), values: T::zeros(len) }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub enum KvCache {
+    F32(KvRuns<f32>),
+    F16(KvRuns<f16>),
+}
+
+impl KvCache {
+    pub fn new(c: &Config, kind: KvCacheType) -> KvCache {
+        match kind {
+            KvCacheType::F32 => KvCache::F32(KvRuns::new(c)),
+            KvCacheType::F16 => KvCache::F16(KvRuns::new(c)),
+        }
+    }
+}
