@@ -80,3 +80,6 @@ pub(crate) fn f32_cow(raw: &[u8]) -> Cow<'_, [f32]> {
         Cow::Owned(raw.chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect())
     }
 }
+
+#[cfg(test)]
+mod tests;

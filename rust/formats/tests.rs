@@ -1,0 +1,257 @@
+//! The readers of untrusted bytes (`llama2c`, `l2rs`) on small files of every encoding: every
+//! truncation point is an error, and hundreds of random byte flips never panic, neither while
+//! reading nor while running the model on what was read.
+
+use std::collections::HashMap;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::path::Path;
+
+use safetensors::tensor::TensorView;
+use safetensors::Dtype;
+
+use super::read;
+use crate::kernels::{Isa, Kernels};
+use crate::model::Model;
+
+/// dim 8, hidden 12, 2 layers, 2 heads of 4 (1 kv head), vocab 10, seq_len 4.
+const SHAPE: [i32; 7] = [8, 12, 2, 2, 1, 10, 4];
+
+/// Small deterministic generator (xorshift64).
+struct Rng(u64);
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+    fn below(&mut self, n: usize) -> usize {
+        (self.next() % n as u64) as usize
+    }
+    fn f32_bytes(&mut self, n: usize) -> Vec<u8> {
+        (0..n).flat_map(|_| ((self.next() >> 40) as f32 / (1u64 << 24) as f32 - 0.5).to_le_bytes()).collect()
+    }
+}
+
+fn ints(values: &[i32]) -> Vec<u8> {
+    values.iter().flat_map(|v| v.to_le_bytes()).collect()
+}
+
+/// A llama2.c file, its bytes laid out as llama2.c's own export writes them (counted here
+/// independently of the reader).
+fn llama2c_file(version: i32, shared: bool, rng: &mut Rng) -> Vec<u8> {
+    let [dim, hidden, layers, heads, kv_heads, vocab, seq_len] = SHAPE.map(|v| v as usize);
+    let hs = dim / heads;
+    let kv_dim = kv_heads * hs;
+    let per_layer = [dim * dim, kv_dim * dim, kv_dim * dim, dim * dim, hidden * dim, dim * hidden, hidden * dim];
+    let mut out = Vec::new();
+    match version {
+        0 => {
+            let mut header = SHAPE;
+            header[5] = if shared { vocab as i32 } else { -(vocab as i32) };
+            out.extend(ints(&header));
+            out.extend(rng.f32_bytes(vocab * dim + layers * dim));
+            for n in per_layer[..4].iter() {
+                out.extend(rng.f32_bytes(layers * n));
+            }
+            out.extend(rng.f32_bytes(layers * dim));
+            for n in per_layer[4..].iter() {
+                out.extend(rng.f32_bytes(layers * n));
+            }
+            out.extend(rng.f32_bytes(dim + seq_len * hs)); // final norm, both RoPE tables
+            if !shared {
+                out.extend(rng.f32_bytes(vocab * dim));
+            }
+        }
+        _ => {
+            out.extend(0x616b_3432u32.to_le_bytes());
+            out.extend(ints(&[version]));
+            out.extend(ints(&SHAPE));
+            out.push(shared as u8);
+            let group = 4usize;
+            if version == 2 {
+                out.extend(ints(&[group as i32]));
+            }
+            out.resize(256, 0);
+            out.extend(rng.f32_bytes(2 * layers * dim + dim)); // norms
+            let mut matrices = vec![vocab * dim];
+            for n in per_layer {
+                matrices.extend(std::iter::repeat_n(n, layers));
+            }
+            if !shared {
+                matrices.push(vocab * dim);
+            }
+            for n in matrices {
+                if version == 2 {
+                    out.extend((0..n).map(|_| rng.next() as u8));
+                    out.extend(rng.f32_bytes(n / group));
+                } else {
+                    out.extend(rng.f32_bytes(n));
+                }
+            }
+        }
+    }
+    out
+}
+
+/// A llama2rs file holding every encoding: fp32, Q8_0, 4-bit with fp16 scales and act-order,
+/// 8-bit with fp32 scales, and a separate classifier.
+fn l2rs_file(rng: &mut Rng) -> Vec<u8> {
+    let [dim, hidden, layers, heads, kv_heads, vocab, seq_len] = SHAPE.map(|v| v as usize);
+    let kv_dim = kv_heads * (dim / heads);
+    let group = 4usize;
+    let mut tensors: Vec<(String, Dtype, Vec<usize>, Vec<u8>)> = Vec::new();
+    let mut add =
+        |name: String, dtype: Dtype, shape: Vec<usize>, data: Vec<u8>| tensors.push((name, dtype, shape, data));
+    add("tokenizer".into(), Dtype::U8, vec![5], b"tok!\n".to_vec());
+    add("rms_final".into(), Dtype::F32, vec![dim], rng.f32_bytes(dim));
+    add("token_embedding.weight".into(), Dtype::F32, vec![vocab, dim], rng.f32_bytes(vocab * dim));
+    add("classifier.q8_0".into(), Dtype::I8, vec![vocab, dim], (0..vocab * dim).map(|_| rng.next() as u8).collect());
+    add("classifier.q8_0_scales".into(), Dtype::F32, vec![vocab, dim / group], rng.f32_bytes(vocab * dim / group));
+    for l in 0..layers {
+        let p = format!("layers.{l}");
+        add(format!("{p}.rms_att"), Dtype::F32, vec![dim], rng.f32_bytes(dim));
+        add(format!("{p}.rms_ffn"), Dtype::F32, vec![dim], rng.f32_bytes(dim));
+        for (m, rows, cols) in [
+            ("wq", dim, dim),
+            ("wk", kv_dim, dim),
+            ("wv", kv_dim, dim),
+            ("wo", dim, dim),
+            ("w1", hidden, dim),
+            ("w2", dim, hidden),
+            ("w3", hidden, dim),
+        ] {
+            let groups = cols.div_ceil(group);
+            let four_bit = m != "wv";
+            let (bits, row_bytes) = if four_bit { (4, cols.div_ceil(2)) } else { (8, cols) };
+            add(
+                format!("{p}.{m}.q{bits}"),
+                Dtype::U8,
+                vec![rows, row_bytes],
+                (0..rows * row_bytes).map(|_| rng.next() as u8).collect(),
+            );
+            let scales: Vec<u8> = if four_bit {
+                (0..rows * groups).flat_map(|_| (0x2000u16 + (rng.next() % 0x1000) as u16).to_le_bytes()).collect()
+            } else {
+                rng.f32_bytes(rows * groups)
+            };
+            add(format!("{p}.{m}.scales"), if four_bit { Dtype::F16 } else { Dtype::F32 }, vec![rows, groups], scales);
+            add(
+                format!("{p}.{m}.zeros"),
+                Dtype::U8,
+                vec![rows, groups],
+                (0..rows * groups).map(|_| rng.next() as u8 & 15).collect(),
+            );
+            if m == "w2" {
+                let perm: Vec<u8> = (0..cols as i32).rev().flat_map(|i| i.to_le_bytes()).collect();
+                add(format!("{p}.{m}.perm"), Dtype::I32, vec![cols], perm);
+            }
+        }
+    }
+    let config = format!(
+        r#"{{"dim": {dim}, "hidden_dim": {hidden}, "n_layers": {layers}, "n_heads": {heads}, "n_kv_heads": {kv_heads}, "vocab_size": {vocab}, "seq_len": {seq_len}, "norm_eps": 1e-5, "rope_theta": 10000.0, "rope_layout": "interleaved", "bos_id": 1, "eos_id": 2}}"#
+    );
+    let metadata: HashMap<String, String> = [
+        ("format", "llama2rs".to_string()),
+        ("format_version", "2".to_string()),
+        ("config", config),
+        ("affine_group_size", group.to_string()),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v))
+    .collect();
+    let views: Vec<(String, TensorView)> = tensors
+        .iter()
+        .map(|(name, dtype, shape, data)| (name.clone(), TensorView::new(*dtype, shape.clone(), data).unwrap()))
+        .collect();
+    safetensors::tensor::serialize(views, Some(metadata)).unwrap()
+}
+
+/// Every file the tests corrupt, by name.
+fn files() -> Vec<(&'static str, Vec<u8>)> {
+    let mut rng = Rng(0x5eed_f11e);
+    vec![
+        ("llama2c legacy, shared classifier", llama2c_file(0, true, &mut rng)),
+        ("llama2c legacy, separate classifier", llama2c_file(0, false, &mut rng)),
+        ("llama2c v1", llama2c_file(1, false, &mut rng)),
+        ("llama2c v2 (Q8_0)", llama2c_file(2, true, &mut rng)),
+        ("llama2rs", l2rs_file(&mut rng)),
+    ]
+}
+
+#[test]
+fn the_test_files_are_valid() {
+    for (what, bytes) in files() {
+        let contents = read(Path::new(what), &bytes).unwrap_or_else(|e| panic!("{what}: {e}"));
+        assert_eq!(contents.config.dim, SHAPE[0] as usize, "{what}");
+    }
+}
+
+#[test]
+fn every_truncation_is_an_error_and_so_is_a_trailing_byte() {
+    for (what, bytes) in files() {
+        for len in 0..bytes.len() {
+            let result = catch_unwind(|| read(Path::new(what), &bytes[..len]).map(|_| ()));
+            match result {
+                Ok(Err(_)) => {}
+                Ok(Ok(())) => panic!("{what}: a file cut to {len} of {} bytes was accepted", bytes.len()),
+                Err(_) => panic!("{what}: a file cut to {len} of {} bytes panicked the reader", bytes.len()),
+            }
+        }
+        if what.starts_with("llama2c") {
+            let mut longer = bytes.clone();
+            longer.push(0);
+            assert!(read(Path::new(what), &longer).is_err(), "{what}: a trailing byte was accepted");
+        }
+    }
+}
+
+#[test]
+fn random_byte_flips_never_panic_reading_or_running() {
+    let dir = std::env::temp_dir().join(format!("llama2rs-flips-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut rng = Rng(0xf1195);
+    let kernels: Vec<Kernels> = Isa::available().into_iter().map(|isa| Kernels::new(isa, true).unwrap()).collect();
+    let (mut accepted, mut refused) = (0, 0);
+    for (what, bytes) in files() {
+        for trial in 0..80 {
+            let mut flipped = bytes.clone();
+            // Mostly the header, where the structure is; the rest anywhere.
+            let header = if what == "llama2rs" {
+                (u64::from_le_bytes(bytes[..8].try_into().unwrap()) + 8) as usize
+            } else {
+                256
+            };
+            for _ in 0..1 + rng.below(3) {
+                let at = if rng.below(4) > 0 { rng.below(header.min(flipped.len())) } else { rng.below(flipped.len()) };
+                flipped[at] ^= 1 << rng.below(8);
+            }
+            let outcome = catch_unwind(AssertUnwindSafe(|| read(Path::new(what), &flipped).is_ok()));
+            match outcome {
+                Ok(true) => accepted += 1,
+                Ok(false) => {
+                    refused += 1;
+                    continue;
+                }
+                Err(_) => panic!("{what}: flip trial {trial} panicked the reader"),
+            }
+            // What the reader accepted must run: every ISA, a few positions.
+            let path = dir.join(format!("{trial}.bin"));
+            std::fs::write(&path, &flipped).unwrap();
+            for k in &kernels {
+                let ran = catch_unwind(AssertUnwindSafe(|| {
+                    let model = Model::open_with(&path, Some(1), *k, None).expect("opened once already");
+                    let mut state = model.new_state();
+                    for (pos, token) in [1u32, 5, 9].into_iter().enumerate() {
+                        model.forward(&mut state, token, pos).unwrap();
+                    }
+                    model.logits(&[1, 2, 3, 4]).unwrap();
+                }));
+                assert!(ran.is_ok(), "{what}: flip trial {trial} panicked the forward pass on {:?}", k.isa());
+            }
+        }
+    }
+    std::fs::remove_dir_all(&dir).ok();
+    // Both outcomes happen: flips in the data are accepted, flips in the header are not.
+    assert!(accepted > 20 && refused > 20, "accepted {accepted}, refused {refused}");
+}
