@@ -57,7 +57,7 @@ import numpy as np
 from ..config import Config
 from ..errors import ConfigError, ModelFileError
 from ..quantize.affine import AffineQuantized
-from ..weights import MATRIX_NAMES, Weights
+from ..weights import Weights
 from . import safetensors
 
 __all__ = [
