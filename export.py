@@ -4,12 +4,12 @@
     python export.py --hf DIR -o model.l2rs.safetensors [--quantize q4 --calibration text.txt]
     python export.py --llama2c stories260K.bin --tokenizer tok512.bin -o stories260K.l2rs.safetensors
 
-The logic lives in ``llama2rs.export`` (also ``llama2rs export``); run ``--help`` for options.
+The conversion lives in ``llama2rs.export``, the options in ``llama2rs.cli.export`` (also ``llama2rs export``); run ``--help`` for options.
 """
 
 import sys
 
-from llama2rs.export import main
+from llama2rs.cli.export import main
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -102,9 +102,9 @@ def write_gguf(hf_dir: Path, out: Path, c: Config) -> None:
     import gguf
     import sentencepiece
 
-    from llama2rs.hf import read_safetensors
+    from llama2rs.formats import safetensors
 
-    tensors = read_safetensors(hf_dir / "model.safetensors", bf16_to_float32=False)
+    tensors = safetensors.read(hf_dir / "model.safetensors", bf16_to_float32=False)
     w = gguf.GGUFWriter(str(out) + ".tmp", "llama")
     w.add_name("random")
     w.add_context_length(c.seq_len)

@@ -22,9 +22,12 @@ from pathlib import Path
 # No BLAS is used here; numpy's OpenBLAS pool would otherwise spin on the second core for a while.
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))  # for support.fixtures
+
 import llama2rs  # noqa: E402
-from llama2rs import llama2c
-from llama2rs.config import Config
+from llama2rs.config import Config  # noqa: E402
+from llama2rs.formats import llama2c  # noqa: E402
+from support.fixtures import random_weights  # noqa: E402
 
 SHAPES = {
     # (dim, hidden_dim, n_layers, n_heads, n_kv_heads, vocab_size, seq_len)
@@ -79,9 +82,9 @@ def main() -> int:
     fp32 = args.out / f"{args.shape}.bin"
     q80 = args.out / f"{args.shape}_q80.bin"
     if not fp32.exists() or not q80.exists():
-        weights = llama2c.random_weights(config, seed=0)
-        llama2c.write_legacy(fp32, config, weights)
-        llama2c.write_v2(q80, config, weights, group_size=64 if config.dim % 64 == 0 else 32)
+        weights = random_weights(config, seed=0)
+        llama2c.write_legacy(fp32, weights)
+        llama2c.write_v2(q80, weights, group_size=64 if config.dim % 64 == 0 else 32)
 
     print(f"shape {args.shape} {SHAPES[args.shape]}, {args.steps} positions, median of {args.repeats}")
     print(f"{'format':<8} {'program':<22} {'tok/s':>9} {'ratio':>7}")

@@ -21,10 +21,11 @@ from pathlib import Path
 import numpy as np
 
 import llama2rs
-from llama2rs import l2rs
 from llama2rs.config import Config
-from llama2rs.quant import AffineQuantized
+from llama2rs.formats import l2rs
+from llama2rs.quantize.affine import AffineQuantized
 from llama2rs.tokenizer import Tokenizer
+from llama2rs.weights import Weights
 
 REPO = Path(__file__).resolve().parent.parent
 LLAMA2_7B = Config(dim=4096, hidden_dim=11008, n_layers=32, n_heads=32, n_kv_heads=32, vocab_size=32000, seq_len=4096)
@@ -54,8 +55,8 @@ def write_7b(path: Path, tokenizer: Path) -> None:
     layers = [{"rms_att": norm, "rms_ffn": norm, **{k: _random_q4(rng, *s) for k, s in shapes.items()}}
               for _ in range(c.n_layers)]
     embedding = rng.standard_normal((c.vocab_size, c.dim), dtype=np.float32) * 0.02
-    weights = l2rs.ModelWeights(embedding, layers, norm, classifier=embedding.copy())
-    l2rs.write_model(path, c, weights, Tokenizer(tokenizer).to_bin_bytes(), {"source": "random, Llama-2-7B shape"})
+    weights = Weights(c, embedding, layers, norm, classifier=embedding.copy())
+    l2rs.write_model(path, weights, Tokenizer(tokenizer).to_bin_bytes(), {"source": "random, Llama-2-7B shape"})
 
 
 def read_once(path: Path) -> float:

@@ -12,9 +12,11 @@ import numpy as np
 import pytest
 
 import llama2rs
-from llama2rs import calibrate, export, l2rs, llama2c, reference
+from llama2rs import export, reference
+from llama2rs.formats import l2rs, llama2c, safetensors
+from llama2rs.quantize import calibrate
 from llama2rs.errors import ArgumentError, ModelFileError
-from llama2rs.quant import AffineQuantized
+from llama2rs.quantize.affine import AffineQuantized
 from conftest import REPO_ROOT, STORIES, STORIES_Q80, TOK512, assert_q80_close, need
 
 IDS = [1, 403, 407, 261, 378, 432, 383, 286, 261, 376, 298, 315]
@@ -24,15 +26,6 @@ def _export_llama2c(tmp_path, src=STORIES, name="out.l2rs.safetensors", **kwargs
     need(src, TOK512)
     source = export.load_source("llama2c", src, TOK512)
     return export.export(source, tmp_path / name, progress=False, **kwargs)
-
-
-def _mapping(weights: l2rs.ModelWeights) -> dict:
-    """llama2rs weights in the reference's llama2.c naming."""
-    out = {"token_embedding": weights.token_embedding, "rms_final": weights.rms_final,
-           "wcls": weights.token_embedding if weights.classifier is None else weights.classifier}
-    for name in ("rms_att", "rms_ffn", *l2rs.MATRIX_NAMES):
-        out[name] = [layer[name] for layer in weights.layers]
-    return out
 
 
 def test_llama2c_export_runs_alone_and_identically(tmp_path):
@@ -56,11 +49,11 @@ def test_q80_file_exports_without_requantizing(tmp_path):
                                                      ("q4", "rtn", 128)])
 def test_quantized_export_matches_reference(tmp_path, quantize, method, group):
     out = _export_llama2c(tmp_path, quantize=quantize, method=method, group_size=group)
-    config, weights, _ = l2rs.read_model(out)
+    weights, _ = l2rs.read_model(out)
     w1 = weights.layers[0]["w1"]
     if quantize == "q4":
         assert isinstance(w1, AffineQuantized) and w1.group_size == min(group if group > 0 else 64, 64)
-    expected = reference.forward_weights(config, _mapping(weights), IDS)
+    expected = reference.forward(weights, IDS)
     ours = llama2rs.Model(out, exact=True).logits(IDS)
     if quantize == "q4":  # fp32 activations against the exact dequantization
         np.testing.assert_allclose(ours, expected, rtol=0, atol=1e-4)
@@ -142,7 +135,7 @@ def test_failed_write_leaves_nothing(tmp_path, monkeypatch):
             raise RuntimeError("disk full")
 
     with pytest.raises(RuntimeError, match="disk full"):
-        l2rs.write_model(tmp_path / "x.safetensors", source.config, source.weights, source.tokenizer.to_bin_bytes(),
+        l2rs.write_model(tmp_path / "x.safetensors", source.weights, source.tokenizer.to_bin_bytes(),
                          progress=explode)
     assert len(calls) == 10 and os.listdir(tmp_path) == []
 
@@ -202,7 +195,7 @@ def test_export_cli_and_top_level_script(tmp_path):
     info = subprocess.run([sys.executable, "-m", "llama2rs", "info", str(out)], capture_output=True, text=True)
     # 4-bit scales are stored as fp16 (format version 2); the float tensors stay fp32.
     assert '"method": "rtn"' in info.stdout and "llama2rs-v2" in info.stdout
-    header, _ = l2rs.read_safetensors_header(out)
+    header, _ = safetensors.read_header(out)
     assert header["layers.0.wq.scales"]["dtype"] == "F16" and header["rms_final"]["dtype"] == "F32"
     bad = subprocess.run([sys.executable, "-m", "llama2rs", "export", "--llama2c", str(STORIES), "-o",
                           str(tmp_path / "x"), "--quantize", "q5"], capture_output=True, text=True)
@@ -224,18 +217,16 @@ def test_default_4bit_kernels_are_closer_to_exact_than_an_fp16_kernel(tmp_path):
     """The accuracy bar for the fast path: at least as close to the exact dequantize-then-fp32
     result as a GPTQ tool's fp16 kernel (weights dequantized to fp16, fp16 activations)."""
     out = _export_llama2c(tmp_path, quantize="q4", method="rtn", group_size=32)
-    config, weights, _ = l2rs.read_model(out)
-    mapping = _mapping(weights)
-    exact = reference.forward_weights(config, mapping, IDS * 3)
-    fp16 = dict(mapping)
-    for name in l2rs.MATRIX_NAMES:
-        fp16[name] = [m.dequantize().astype(np.float16).astype(np.float32) for m in mapping[name]]
-    fp16_logits = reference.forward_weights(config, fp16, IDS * 3)  # optimistic: fp32 activations
+    weights, _ = l2rs.read_model(out)
+    exact = reference.forward(weights, IDS * 3)
+    fp16 = weights.map_matrices(lambda name, m: m.dequantize().astype(np.float16).astype(np.float32),
+                                embeddings=False)
+    fp16_logits = reference.forward(fp16, IDS * 3)  # optimistic: fp32 activations
     ours = llama2rs.Model(out, kv_cache="f32").logits(IDS * 3)
     assert llama2rs.Model(out).kernels in llama2rs.available_kernels()
     assert np.linalg.norm(ours - exact) < np.linalg.norm(fp16_logits - exact)
     # The whole default path, fp16 KV cache included, against such a tool's whole model (which
     # keeps its cache in fp16 too).
     default = llama2rs.Model(out)
-    fp16_model = reference.forward_weights(config, fp16, IDS * 3, kv_cache="f16")
+    fp16_model = reference.forward(fp16, IDS * 3, kv_cache="f16")
     assert np.linalg.norm(default.logits(IDS * 3) - exact) < np.linalg.norm(fp16_model - exact)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from llama2rs.gptq import (
+from llama2rs.quantize.gptq import (
     HessianAccumulator,
     find_params,
     gptq_quantize,
@@ -13,7 +13,7 @@ from llama2rs.gptq import (
     quantize_rtn,
     quantize_to_int,
 )
-from llama2rs.quant import AffineQuantized
+from llama2rs.quantize.affine import AffineQuantized
 
 SHAPES = [(64, 172), (172, 64), (30, 50), (17, 33)]
 GROUPS = [32, 64, 128, -1]

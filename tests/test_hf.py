@@ -9,11 +9,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from llama2rs import hf, hf_reference, reference
+from llama2rs import reference
+from llama2rs.formats import hf, safetensors
 from llama2rs.config import Config
 from llama2rs.errors import ConfigError, ModelFileError
-from llama2rs.llama2c import random_weights, read_model, write_legacy
-from llama2rs.quant import AffineQuantized
+from llama2rs.formats.llama2c import read_model, write_legacy
+from llama2rs.quantize.affine import AffineQuantized
+from support import hf_reference, hf_writers
+from support.fixtures import random_weights, stacked
 
 TOKENS = [1, 7, 3, 30, 2, 11, 5, 19, 0, 4]
 
@@ -36,7 +39,7 @@ def raw_safetensors(entries, data: bytes, metadata=None, pad_to=8) -> bytes:
 def all_tensors(directory: Path) -> dict:
     tensors = {}
     for path in sorted(directory.glob("*.safetensors")):
-        tensors.update(hf.read_safetensors(path))
+        tensors.update(safetensors.read(path))
     return tensors
 
 
@@ -64,7 +67,7 @@ def test_read_hand_written_safetensors(tmp_path):
     path = tmp_path / "x.safetensors"
     path.write_bytes(raw_safetensors(entries, data, metadata={"format": "pt"}))
 
-    got = hf.read_safetensors(path)
+    got = safetensors.read(path)
     assert list(got) == [name for name, *_ in blobs]
     np.testing.assert_array_equal(got["a"], f32)
     assert got["a"].dtype == np.float32 and not got["a"].flags.writeable  # a read-only map
@@ -78,7 +81,7 @@ def test_read_hand_written_safetensors(tmp_path):
     np.testing.assert_array_equal(got["s"], [-128, 127])
     np.testing.assert_array_equal(got["t"], [True, False])
     assert got["empty"].shape == (0, 4)
-    raw_bits = hf.read_safetensors(path, bf16_to_float32=False)["b"]
+    raw_bits = safetensors.read(path, bf16_to_float32=False)["b"]
     np.testing.assert_array_equal(raw_bits, [0x3F80, 0xC000, 0x4049])
 
 
@@ -87,10 +90,10 @@ def test_write_safetensors_round_trip_and_bf16_rounding(tmp_path):
     halves = np.array([1.0, 0.1, -65504.0, 3e-5], dtype=np.float32)
     tensors = {"x": values, "y": np.arange(6, dtype=np.int32).reshape(2, 3), "z": halves}
     path = tmp_path / "w.safetensors"
-    hf.write_safetensors(path, tensors, {"format": "pt"}, dtypes={"x": "BF16", "z": "F16"})
+    safetensors.write(path, tensors, {"format": "pt"}, dtypes={"x": "BF16", "z": "F16"})
     header_len = struct.unpack("<Q", path.read_bytes()[:8])[0]
     assert header_len % 8 == 0
-    got = hf.read_safetensors(path)
+    got = safetensors.read(path)
     # Round to nearest even at bit 16: 1 + 2^-8 is a tie -> 1.0; 1 + 3*2^-8 -> 1 + 2^-6.
     expected_bf16 = [1.0, 1.0, 1.0 + 2.0 ** -6]
     np.testing.assert_array_equal(got["x"][:3], expected_bf16)
@@ -142,12 +145,12 @@ def test_corrupt_safetensors_raise(tmp_path, case):
     path = tmp_path / "bad.safetensors"
     path.write_bytes(blob)
     with pytest.raises(ModelFileError):
-        hf.read_safetensors(path)
+        safetensors.read(path)
 
 
 def test_missing_safetensors_file(tmp_path):
     with pytest.raises(ModelFileError):
-        hf.read_safetensors(tmp_path / "nope.safetensors")
+        safetensors.read(tmp_path / "nope.safetensors")
 
 
 # ----------------------------------------------------------------------------- RoPE row order
@@ -183,13 +186,13 @@ SHAPES = [
 def test_float_round_trip(tmp_path, shape, tied):
     config = make_config(**shape)
     weights = random_weights(config, seed=3, shared_classifier=tied)
-    hf.write_hf_checkpoint(tmp_path, config, weights, tied=tied, shards=1 if tied else 3)
+    hf_writers.write_hf_checkpoint(tmp_path, weights, tied=tied, shards=1 if tied else 3)
     assert (tmp_path / "model.safetensors.index.json").is_file() == (not tied)
     model = hf.load_hf(tmp_path)
     assert model.config == config
-    assert model.tied == tied and model.quantization is None and model.tokenizer_path is None
-    got = model.to_llama2c_weights()
-    for name, value in weights.items():
+    assert model.tied == tied and model.quantization is None and hf.find_tokenizer(tmp_path) is None
+    got = stacked(model, dequantize=True)
+    for name, value in stacked(weights).items():
         np.testing.assert_array_equal(got[name], value, err_msg=name)
     for layer in model.layers:
         assert all(layer[k].dtype == np.float32 for k in layer)
@@ -199,9 +202,9 @@ def test_float_round_trip(tmp_path, shape, tied):
 def test_half_precision_round_trip(tmp_path, dtype):
     config = make_config()
     weights = random_weights(config, seed=5, shared_classifier=False)
-    hf.write_hf_checkpoint(tmp_path, config, weights, dtype=dtype, tied=False)
-    got = hf.load_hf(tmp_path).to_llama2c_weights()
-    for name, value in weights.items():
+    hf_writers.write_hf_checkpoint(tmp_path, weights, dtype=dtype, tied=False)
+    got = stacked(hf.load_hf(tmp_path), dequantize=True)
+    for name, value in stacked(weights).items():
         if dtype == "float16":
             np.testing.assert_array_equal(got[name], value.astype(np.float16).astype(np.float32))
         else:
@@ -218,16 +221,16 @@ def test_sharded_index_and_extras(tmp_path):
     tok = tmp_path / "src.model"
     tok.write_bytes(b"sentencepiece-bytes")
     out = tmp_path / "ckpt"
-    hf.write_hf_checkpoint(out, config, weights, shards=4, tokenizer_model=tok,
+    hf_writers.write_hf_checkpoint(out, weights, shards=4, tokenizer_model=tok,
                            extra_config={"eos_token_id": [2, 9], "rms_norm_eps": 1e-6,
                                          "rope_theta": 500000.0})
     index = json.loads((out / "model.safetensors.index.json").read_text())
     assert len(set(index["weight_map"].values())) == 4
     model = hf.load_hf(out)
-    assert model.tokenizer_path == out / "tokenizer.model"
+    assert hf.find_tokenizer(out) == out / "tokenizer.model"
     assert model.config.eos_id == 2 and model.config.norm_eps == 1e-6
     assert model.config.rope_theta == 500000.0
-    np.testing.assert_array_equal(model.to_llama2c_weights()["w2"], weights["w2"])
+    np.testing.assert_array_equal(stacked(model, dequantize=True)["w2"], stacked(weights)["w2"])
 
     # a shard listed in the index but missing
     (out / "model-00003-of-00004.safetensors").unlink()
@@ -238,22 +241,22 @@ def test_sharded_index_and_extras(tmp_path):
 def test_checkpoint_errors(tmp_path):
     config = make_config(layers=1)
     weights = random_weights(config, seed=2)
-    hf.write_hf_checkpoint(tmp_path, config, weights)
-    tensors = dict(hf.read_safetensors(tmp_path / "model.safetensors"))
+    hf_writers.write_hf_checkpoint(tmp_path, weights)
+    tensors = dict(safetensors.read(tmp_path / "model.safetensors"))
 
     # missing tensor
     del tensors["model.layers.0.mlp.up_proj.weight"]
-    hf.write_safetensors(tmp_path / "model.safetensors", tensors)
+    safetensors.write(tmp_path / "model.safetensors", tensors)
     with pytest.raises(ModelFileError, match="up_proj"):
         hf.load_hf(tmp_path)
     # wrong shape
     tensors["model.layers.0.mlp.up_proj.weight"] = np.zeros((3, 3), np.float32)
-    hf.write_safetensors(tmp_path / "model.safetensors", tensors)
+    safetensors.write(tmp_path / "model.safetensors", tensors)
     with pytest.raises(ModelFileError, match="shape"):
         hf.load_hf(tmp_path)
     # untied without lm_head
-    tensors["model.layers.0.mlp.up_proj.weight"] = weights["w3"][0]
-    hf.write_safetensors(tmp_path / "model.safetensors", tensors)
+    tensors["model.layers.0.mlp.up_proj.weight"] = weights.layers[0]["w3"]
+    safetensors.write(tmp_path / "model.safetensors", tensors)
     cfg = json.loads((tmp_path / "config.json").read_text())
     cfg["tie_word_embeddings"] = False
     (tmp_path / "config.json").write_text(json.dumps(cfg))
@@ -312,26 +315,26 @@ def test_hf_forward_matches_llama2c_reference(tmp_path, heads, kv, tied):
     weights: proves the q/k row permutation and the RoPE equivalence."""
     config = make_config(dim=64, hidden=172, heads=heads, kv=kv)  # eps 1e-5, theta 10000
     weights = random_weights(config, seed=11, shared_classifier=tied)
-    hf.write_hf_checkpoint(tmp_path / "hf", config, weights, tied=tied)
+    hf_writers.write_hf_checkpoint(tmp_path / "hf", weights, tied=tied)
     hf_cfg = json.loads((tmp_path / "hf" / "config.json").read_text())
-    logits_hf = hf_reference.hf_forward(hf.read_safetensors(tmp_path / "hf" / "model.safetensors"),
+    logits_hf = hf_reference.hf_forward(safetensors.read(tmp_path / "hf" / "model.safetensors"),
                                         hf_cfg, TOKENS)
 
-    write_legacy(tmp_path / "m.bin", config, weights, shared_classifier=tied)
+    write_legacy(tmp_path / "m.bin", weights)
     logits_ref = reference.forward(read_model(tmp_path / "m.bin"), TOKENS)
     assert logits_hf.shape == (len(TOKENS), config.vocab_size)
     np.testing.assert_allclose(logits_hf, logits_ref, atol=1e-4, rtol=0)
 
     # the imported weights give the same model
-    write_legacy(tmp_path / "i.bin", config, hf.load_hf(tmp_path / "hf").to_llama2c_weights(), tied)
+    write_legacy(tmp_path / "i.bin", hf.load_hf(tmp_path / "hf"))
     np.testing.assert_allclose(reference.forward(read_model(tmp_path / "i.bin"), TOKENS), logits_ref,
                                atol=1e-6, rtol=0)
 
     # negative control: HF tensors without the rotate-half permutation are a different model
-    unpermuted = dict(hf.hf_tensors_from_llama2c(config, weights, tied))
+    unpermuted = dict(hf_writers.hf_tensors(weights, tied))
     for layer in range(config.n_layers):
-        unpermuted[f"model.layers.{layer}.self_attn.q_proj.weight"] = weights["wq"][layer]
-        unpermuted[f"model.layers.{layer}.self_attn.k_proj.weight"] = weights["wk"][layer]
+        unpermuted[f"model.layers.{layer}.self_attn.q_proj.weight"] = weights.layers[layer]["wq"]
+        unpermuted[f"model.layers.{layer}.self_attn.k_proj.weight"] = weights.layers[layer]["wk"]
     assert np.abs(hf_reference.hf_forward(unpermuted, hf_cfg, TOKENS) - logits_ref).max() > 1e-3
 
 
@@ -380,7 +383,7 @@ def check_gptq_layers(directory: Path, config: Config, model, expected, bits, gr
 def test_gptq_import(tmp_path, tool, fmt, bits, group_size, desc_act, sym):
     config = make_config(**GPTQ_CONFIG)
     weights = random_weights(config, seed=7)
-    expected = hf.write_gptq_checkpoint(tmp_path, config, weights, bits=bits, group_size=group_size,
+    expected = hf_writers.write_gptq_checkpoint(tmp_path, weights, bits=bits, group_size=group_size,
                                         desc_act=desc_act, sym=sym, tool=tool, checkpoint_format=fmt,
                                         seed=group_size % 97)
     model = hf.load_hf(tmp_path)
@@ -394,8 +397,8 @@ def test_gptq_import(tmp_path, tool, fmt, bits, group_size, desc_act, sym):
     else:
         assert w2.perm is None
     # quantization error is what RTN gives: small relative to the weights
-    dense = model.to_llama2c_weights()
-    rel = np.linalg.norm(dense["w2"] - weights["w2"]) / np.linalg.norm(weights["w2"])
+    dense, original = stacked(model, dequantize=True), stacked(weights)
+    rel = np.linalg.norm(dense["w2"] - original["w2"]) / np.linalg.norm(original["w2"])
     assert rel < (0.2 if bits == 4 else 0.02)
 
 
@@ -405,7 +408,7 @@ def test_gptq_odd_shapes_and_forward(tmp_path, tool, fmt):
     no g_idx on disk; the HF forward of the GPTQ tensors equals the imported model's."""
     config = make_config(dim=60, hidden=100, layers=2, heads=6, kv=2, vocab=37)
     weights = random_weights(config, seed=9, shared_classifier=False)
-    expected = hf.write_gptq_checkpoint(tmp_path, config, weights, bits=4, group_size=32, desc_act=False,
+    expected = hf_writers.write_gptq_checkpoint(tmp_path, weights, bits=4, group_size=32, desc_act=False,
                                         sym=False, tool=tool, checkpoint_format=fmt, tied=False,
                                         quantize_lm_head=True, write_g_idx=False)
     tensors = all_tensors(tmp_path)
@@ -418,7 +421,7 @@ def test_gptq_odd_shapes_and_forward(tmp_path, tool, fmt):
     hf_cfg = json.loads((tmp_path / "config.json").read_text())
     quant_cfg = json.loads((tmp_path / "quantize_config.json").read_text())
     logits_hf = hf_reference.hf_forward(tensors, hf_cfg, TOKENS[:8], quant_cfg)
-    write_legacy(tmp_path / "m.bin", config, model.to_llama2c_weights(), shared_classifier=False)
+    write_legacy(tmp_path / "m.bin", model)
     logits_ref = reference.forward(read_model(tmp_path / "m.bin"), TOKENS[:8])
     np.testing.assert_allclose(logits_hf, logits_ref, atol=1e-4, rtol=0)
 
@@ -426,13 +429,13 @@ def test_gptq_odd_shapes_and_forward(tmp_path, tool, fmt):
 def test_gptq_desc_act_forward(tmp_path):
     config = make_config(**GPTQ_CONFIG)
     weights = random_weights(config, seed=4)
-    hf.write_gptq_checkpoint(tmp_path, config, weights, bits=4, group_size=32, desc_act=True,
+    hf_writers.write_gptq_checkpoint(tmp_path, weights, bits=4, group_size=32, desc_act=True,
                              sym=True, tool="gptqmodel", checkpoint_format="gptq_v2", shards=2)
     assert (tmp_path / "model.safetensors.index.json").is_file()
     model = hf.load_hf(tmp_path)
     hf_cfg = json.loads((tmp_path / "config.json").read_text())
     logits_hf = hf_reference.hf_forward(all_tensors(tmp_path), hf_cfg, TOKENS)  # quantization_config inside
-    write_legacy(tmp_path / "m.bin", config, model.to_llama2c_weights())
+    write_legacy(tmp_path / "m.bin", model)
     np.testing.assert_allclose(logits_hf, reference.forward(read_model(tmp_path / "m.bin"), TOKENS),
                                atol=1e-4, rtol=0)
 
@@ -442,8 +445,9 @@ def test_gptqmodel_v1_zero_point_zero_round_trips(tmp_path):
     (word-wide ``- 0x11111111``, borrowing into the next field) comes back exactly."""
     config = make_config(**GPTQ_CONFIG)
     weights = random_weights(config, seed=8)
-    weights["w1"] = np.abs(weights["w1"])  # gate_proj: every group >= 0 -> zero point 0
-    expected = hf.write_gptq_checkpoint(tmp_path, config, weights, bits=4, group_size=32, sym=False,
+    for layer in weights.layers:
+        layer["w1"] = np.abs(layer["w1"])  # gate_proj: every group >= 0 -> zero point 0
+    expected = hf_writers.write_gptq_checkpoint(tmp_path, weights, bits=4, group_size=32, sym=False,
                                         tool="gptqmodel", checkpoint_format="gptq")
     assert np.all(expected["layers"][0]["w1"].zeros == 0)
     model = hf.load_hf(tmp_path)
@@ -458,9 +462,10 @@ def test_autogptq_zero_point_zero_is_lossy(tmp_path):
     read 16 for all of them). Only those fields differ from what was quantized."""
     config = make_config(**GPTQ_CONFIG)
     weights = random_weights(config, seed=8)
-    weights["w1"][0, :, 40:48] = np.abs(weights["w1"][0, :, 40:48])  # outputs 40..47 of w1
-    weights["w1"][0, 40:48, :] = np.abs(weights["w1"][0, 40:48, :])  # >= 0: zero point 0
-    expected = hf.write_gptq_checkpoint(tmp_path, config, weights, bits=4, group_size=-1, sym=False,
+    w1 = weights.layers[0]["w1"]
+    w1[:, 40:48] = np.abs(w1[:, 40:48])  # outputs 40..47 of w1
+    w1[40:48, :] = np.abs(w1[40:48, :])  # >= 0: zero point 0
+    expected = hf_writers.write_gptq_checkpoint(tmp_path, weights, bits=4, group_size=-1, sym=False,
                                         tool="autogptq")
     want = expected["layers"][0]["w1"].zeros[:, 0]
     assert np.all(want[40:48] == 0) and np.all(want[:40] > 0) and np.all(want[48:] > 0)
@@ -471,7 +476,7 @@ def test_autogptq_zero_point_zero_is_lossy(tmp_path):
 
 
 def test_gptq_with_project_gptq_quantizer(tmp_path):
-    gptq = pytest.importorskip("llama2rs.gptq")
+    gptq = pytest.importorskip("llama2rs.quantize.gptq")
     config = make_config(**GPTQ_CONFIG)
     weights = random_weights(config, seed=12)
     rng = np.random.default_rng(0)
@@ -482,7 +487,7 @@ def test_gptq_with_project_gptq_quantizer(tmp_path):
         acc.add(x)
         return gptq.gptq_quantize(w, acc.hessian, bits=bits, group_size=group_size, sym=sym)
 
-    expected = hf.write_gptq_checkpoint(tmp_path, config, weights, bits=4, group_size=64, desc_act=True,
+    expected = hf_writers.write_gptq_checkpoint(tmp_path, weights, bits=4, group_size=64, desc_act=True,
                                         sym=False, tool="autogptq", quantizer=quantizer)
     check_gptq_layers(tmp_path, config, hf.load_hf(tmp_path), expected, 4, 64, "gptq")
 
@@ -490,25 +495,25 @@ def test_gptq_with_project_gptq_quantizer(tmp_path):
 def test_gptq_bad_g_idx_and_configs(tmp_path):
     config = make_config(**GPTQ_CONFIG)
     weights = random_weights(config, seed=6)
-    hf.write_gptq_checkpoint(tmp_path, config, weights, bits=4, group_size=32, tool="gptqmodel",
+    hf_writers.write_gptq_checkpoint(tmp_path, weights, bits=4, group_size=32, tool="gptqmodel",
                              checkpoint_format="gptq_v2")
     path = tmp_path / "model.safetensors"
-    tensors = dict(hf.read_safetensors(path))
+    tensors = dict(safetensors.read(path))
     good = {k: np.array(v) for k, v in tensors.items()}
     name = "model.layers.0.mlp.down_proj.g_idx"
     bad = good[name].copy()
     bad[:172][bad[:172] == 1] = 0  # group 0 gets 64 inputs, group 1 none
-    hf.write_safetensors(path, {**good, name: bad})
+    safetensors.write(path, {**good, name: bad})
     with pytest.raises(ModelFileError, match="g_idx"):
         hf.load_hf(tmp_path)
-    hf.write_safetensors(path, {**good, name: bad[:100]})  # too short
+    safetensors.write(path, {**good, name: bad[:100]})  # too short
     with pytest.raises(ModelFileError):
         hf.load_hf(tmp_path)
     truncated = good["model.layers.0.mlp.down_proj.qweight"][:10]
-    hf.write_safetensors(path, {**good, "model.layers.0.mlp.down_proj.qweight": truncated})
+    safetensors.write(path, {**good, "model.layers.0.mlp.down_proj.qweight": truncated})
     with pytest.raises(ModelFileError, match="qweight"):
         hf.load_hf(tmp_path)
-    hf.write_safetensors(path, good)
+    safetensors.write(path, good)
     hf.load_hf(tmp_path)  # restored
 
     qfile = tmp_path / "quantize_config.json"

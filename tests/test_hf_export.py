@@ -9,10 +9,13 @@ import numpy as np
 import pytest
 
 import llama2rs
-from llama2rs import export, hf, llama2c
+from llama2rs import export
 from llama2rs.config import Config
-from llama2rs.hf_reference import hf_forward
+from llama2rs.formats import safetensors
 from conftest import TOK512_MODEL, need
+from support.fixtures import random_weights
+from support.hf_reference import hf_forward
+from support.hf_writers import write_gptq_checkpoint, write_hf_checkpoint
 
 # (dim, hidden_dim, n_layers, n_heads, n_kv_heads): vocab 512 to use tok512.model
 SHAPES = {
@@ -44,7 +47,7 @@ def _hf(directory):
     quant = json.loads(quant_file.read_text()) if quant_file.exists() else None
     tensors = {}
     for f in sorted(directory.glob("*.safetensors")):
-        tensors.update(hf.read_safetensors(f))
+        tensors.update(safetensors.read(f))
     return tensors, cfg, quant
 
 
@@ -54,8 +57,8 @@ def _hf(directory):
 def test_float_checkpoint_logits_match_transformers_math(tmp_path, shape, dtype, shards, tied):
     need(TOK512_MODEL)
     config = _config(shape, norm_eps=1e-6, rope_theta=500000.0)
-    weights = llama2c.random_weights(config, seed=len(shape), shared_classifier=tied)
-    directory = hf.write_hf_checkpoint(tmp_path / "hf", config, weights, dtype=dtype, shards=shards, tied=tied,
+    weights = random_weights(config, seed=len(shape), shared_classifier=tied)
+    directory = write_hf_checkpoint(tmp_path / "hf", weights, dtype=dtype, shards=shards, tied=tied,
                                        tokenizer_model=TOK512_MODEL)
     model = _export(tmp_path, directory)
     assert model.config.norm_eps == pytest.approx(1e-6) and model.config.rope_theta == 500000.0
@@ -68,8 +71,8 @@ def test_float_checkpoint_logits_match_transformers_math(tmp_path, shape, dtype,
 def test_float_checkpoint_greedy_text_matches_and_tokenizer_is_embedded(tmp_path):
     need(TOK512_MODEL)
     config = _config("gqa2")
-    weights = llama2c.random_weights(config, seed=3, scale=3.0)
-    directory = hf.write_hf_checkpoint(tmp_path / "hf", config, weights, tokenizer_model=TOK512_MODEL)
+    weights = random_weights(config, seed=3, scale=3.0)
+    directory = write_hf_checkpoint(tmp_path / "hf", weights, tokenizer_model=TOK512_MODEL)
     model = _export(tmp_path, directory)
     prompt = model.tokenize("Once upon a time")
     generated = list(model.generate_tokens(prompt, 30, temperature=0.0, ignore_eos=True))
@@ -96,9 +99,9 @@ GPTQ_CASES = [
 def test_gptq_checkpoint_matches_exact_dequantized_reference(tmp_path, tool, fmt, bits, group, desc_act, sym, shape):
     need(TOK512_MODEL)
     config = _config(shape)
-    weights = llama2c.random_weights(config, seed=7)
+    weights = random_weights(config, seed=7)
     directory = tmp_path / "gptq"
-    hf.write_gptq_checkpoint(directory, config, weights, bits=bits, group_size=group, desc_act=desc_act, sym=sym,
+    write_gptq_checkpoint(directory, weights, bits=bits, group_size=group, desc_act=desc_act, sym=sym,
                              tool=tool, checkpoint_format=fmt, tokenizer_model=TOK512_MODEL)
     model = _export(tmp_path, directory, exact=True)
     quant = json.loads(model.metadata["quantization"])
@@ -115,7 +118,7 @@ def test_gptq_checkpoint_cannot_be_requantized(tmp_path):
     need(TOK512_MODEL)
     config = _config("gqa2")
     directory = tmp_path / "gptq"
-    hf.write_gptq_checkpoint(directory, config, llama2c.random_weights(config, seed=1), tokenizer_model=TOK512_MODEL)
+    write_gptq_checkpoint(directory, random_weights(config, seed=1), tokenizer_model=TOK512_MODEL)
     with pytest.raises(llama2rs.ArgumentError, match="already quantized"):
         export.export(export.load_source("hf", directory), tmp_path / "x", quantize="q8", progress=False)
 
@@ -124,8 +127,8 @@ def test_hf_float_checkpoint_quantized_with_gptq(tmp_path):
     """--hf DIR --quantize q4 --method gptq: the file carries 4-bit weights and stays close."""
     need(TOK512_MODEL)
     config = _config("gqa2")
-    weights = llama2c.random_weights(config, seed=5)
-    directory = hf.write_hf_checkpoint(tmp_path / "hf", config, weights, tokenizer_model=TOK512_MODEL)
+    weights = random_weights(config, seed=5)
+    directory = write_hf_checkpoint(tmp_path / "hf", weights, tokenizer_model=TOK512_MODEL)
     calibration = " ".join(["the cat sat on the mat and looked at the dog"] * 40)
     model = _export(tmp_path, directory, quantize="q4", method="gptq", group_size=32,
                     calibration_text=calibration, calibration_windows=8, calibration_length=64)

@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 
 import llama2rs
-from llama2rs import export, l2rs, reference
+from llama2rs import export, reference
+from llama2rs.formats import l2rs, llama2c, safetensors
 from llama2rs.bench import measure, read_bandwidth, weight_bytes_per_token
 from conftest import STORIES, STORIES_Q80, TOK512, need
 
@@ -26,12 +27,8 @@ def q4_file(tmp_path_factory):
 
 
 def _exact_q4_logits(path, ids, kv_cache="f32"):
-    config, weights, _ = l2rs.read_model(path)
-    mapping = {"token_embedding": weights.token_embedding, "rms_final": weights.rms_final,
-               "wcls": weights.token_embedding}
-    for name in ("rms_att", "rms_ffn", *l2rs.MATRIX_NAMES):
-        mapping[name] = [layer[name] for layer in weights.layers]
-    return reference.forward_weights(config, mapping, ids, kv_cache)
+    weights, _ = l2rs.read_model(path)
+    return reference.forward(weights, ids, kv_cache)
 
 
 def test_available_kernels_and_auto_choice():
@@ -47,7 +44,7 @@ def test_available_kernels_and_auto_choice():
 def test_each_kernel_set_matches_the_reference(kernels, q4_file):
     fp32 = llama2rs.Model(STORIES, kernels=kernels)
     assert fp32.kernels == kernels
-    expected = reference.forward(llama2rs.llama2c.read_model(STORIES), IDS)
+    expected = reference.forward(llama2c.read_model(STORIES), IDS)
     np.testing.assert_allclose(fp32.logits(IDS), expected, rtol=0, atol=1e-4)
     exact = _exact_q4_logits(q4_file, IDS)
     np.testing.assert_allclose(llama2rs.Model(q4_file, kernels=kernels, exact=True).logits(IDS), exact,
@@ -80,7 +77,7 @@ def test_bench_tools(q4_file):
     assert speed.prefill_tok_s > 0 and speed.decode_tok_s > 0
     assert read_bandwidth(1, n_bytes=1 << 24) > 1e8  # > 0.1 GB/s: it measured something
     per_token = weight_bytes_per_token(str(q4_file))
-    header, _ = l2rs.read_safetensors_header(q4_file)
+    header, _ = safetensors.read_header(q4_file)
     table = header["token_embedding.weight"]["data_offsets"]
     assert 0 < per_token < q4_file.stat().st_size - (table[1] - table[0]) + 64 * 4
 
@@ -105,8 +102,8 @@ def _relative(a, b):
 def test_f16_kv_cache_matches_the_reference_with_f16_rounding(kernels, q4_file):
     """An fp16 cache equals the reference that rounds each key and value to float16, and is
     measurably further from the fp32-cache reference (so the rounding really happens)."""
-    ref32 = reference.forward(llama2rs.llama2c.read_model(STORIES), IDS)
-    ref16 = reference.forward(llama2rs.llama2c.read_model(STORIES), IDS, kv_cache="f16")
+    ref32 = reference.forward(llama2c.read_model(STORIES), IDS)
+    ref16 = reference.forward(llama2c.read_model(STORIES), IDS, kv_cache="f16")
     assert _relative(ref16, ref32) > 1e-4
     ours = llama2rs.Model(STORIES, kernels=kernels, kv_cache="f16").logits(IDS)
     assert _relative(ours, ref16) < 1e-4 < _relative(ours, ref32)
@@ -132,7 +129,7 @@ def test_kv_cache_choice(q4_file):
     with pytest.raises(llama2rs.ArgumentError, match="kv_cache must be one of auto, f32, f16"):
         llama2rs.Model(STORIES, kv_cache="bf16")
     with pytest.raises(llama2rs.ArgumentError, match="kv_cache must be one of"):
-        reference.forward(llama2rs.llama2c.read_model(STORIES), [1, 2], kv_cache="f8")
+        reference.forward(llama2c.read_model(STORIES), [1, 2], kv_cache="f8")
     # A generated chain with an fp16 cache is its own greedy chain under teacher forcing.
     model = llama2rs.Model(STORIES, kv_cache="f16")
     prompt = IDS[:10]

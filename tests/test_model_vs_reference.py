@@ -7,9 +7,11 @@ import numpy as np
 import pytest
 
 import llama2rs
-from llama2rs import llama2c, reference
+from llama2rs import reference
+from llama2rs.formats import llama2c
 from llama2rs.config import Config
 from conftest import STORIES, STORIES_Q80, assert_q80_close, need
+from support.fixtures import random_weights
 
 # (dim, hidden_dim, n_layers, n_heads, n_kv_heads, vocab_size, seq_len): GQA ratios 1, 2, 3, 4, 8;
 # head sizes 2 to 128; dims that are not multiples of 8.
@@ -29,23 +31,14 @@ def _tokens(config: Config, n: int, seed: int) -> list[int]:
     return [1] + rng.integers(0, config.vocab_size, size=n - 1).tolist()
 
 
-def _write(path, fmt: str, config: Config, weights: dict, shared: bool, group_size: int = 2) -> None:
-    if fmt == "legacy":
-        llama2c.write_legacy(path, config, weights, shared_classifier=shared)
-    elif fmt == "v1":
-        llama2c.write_v1(path, config, weights, shared_classifier=shared)
-    else:
-        llama2c.write_v2(path, config, weights, group_size, shared_classifier=shared)
-
-
 @pytest.mark.parametrize("fmt", ["legacy", "v1"])
 @pytest.mark.parametrize("shared", [True, False], ids=["shared", "separate"])
 @pytest.mark.parametrize("shape", list(SHAPES), ids=list(SHAPES))
 def test_fp32_logits_match_reference(tmp_path, shape, shared, fmt):
     config = Config(*SHAPES[shape])
-    weights = llama2c.random_weights(config, seed=len(shape) + 100 * shared, shared_classifier=shared)
+    weights = random_weights(config, seed=len(shape) + 100 * shared, shared_classifier=shared)
     path = tmp_path / f"{shape}.bin"
-    _write(path, fmt, config, weights, shared)
+    llama2c.write(path, weights, fmt)
     tokens = _tokens(config, config.seq_len, seed=3)
     ours = llama2rs.Model(path).logits(tokens)
     expected = reference.forward(llama2c.read_model(path), tokens)
@@ -60,9 +53,9 @@ def test_q80_logits_match_reference(tmp_path, shape, group_size, shared):
     config = Config(*SHAPES[shape])
     if config.dim % group_size or config.hidden_dim % group_size:
         pytest.skip("group size must divide dim and hidden_dim")
-    weights = llama2c.random_weights(config, seed=11, shared_classifier=shared)
+    weights = random_weights(config, seed=11, shared_classifier=shared)
     path = tmp_path / "q80.bin"
-    _write(path, "v2", config, weights, shared, group_size)
+    llama2c.write(path, weights, "v2", group_size)
     model = llama2rs.Model(path)
     assert model.format == "llama2c-v2-q8_0" and model.group_size == group_size
     tokens = _tokens(config, min(config.seq_len, 12), seed=5)
@@ -93,7 +86,7 @@ def test_sampler_matches_reference_sampler(tmp_path, temperature, top_p, top_k, 
     """Feed the Rust model's own logits to the NumPy sampler: it must pick the same tokens."""
     config = Config(*SHAPES["gqa2-hs8"])
     path = tmp_path / "m.bin"
-    _write(path, "legacy", config, llama2c.random_weights(config, seed=2, scale=3.0), True)
+    llama2c.write(path, random_weights(config, seed=2, scale=3.0), "legacy")
     model = llama2rs.Model(path)
     prompt = [1, 5, 9]
     ids = list(model.generate_tokens(prompt, 25, temperature, top_p, top_k, seed, ignore_eos=True))

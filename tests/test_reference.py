@@ -22,7 +22,8 @@ def _import_pure_modules():
     """Import llama2c/reference; if the package __init__ needs the (unbuilt) compiled core,
     load these pure-Python modules without running __init__."""
     try:
-        from llama2rs import llama2c, reference  # noqa: F401
+        from llama2rs import reference
+        from llama2rs.formats import llama2c
 
         return llama2c, reference
     except ImportError:
@@ -31,14 +32,17 @@ def _import_pure_modules():
         package = types.ModuleType("llama2rs")
         package.__path__ = [str(REPO / "python" / "llama2rs")]
         sys.modules["llama2rs"] = package
-        return importlib.import_module("llama2rs.llama2c"), importlib.import_module("llama2rs.reference")
+        return importlib.import_module("llama2rs.formats.llama2c"), importlib.import_module("llama2rs.reference")
 
 
 llama2c, reference = _import_pure_modules()
 from llama2rs.config import Config  # noqa: E402
 from llama2rs.errors import ConfigError, ModelFileError  # noqa: E402
+from llama2rs.quantize.q80 import Q8Tensor, quantize_q80  # noqa: E402
+from llama2rs.weights import MATRIX_NAMES  # noqa: E402
+from support.fixtures import from_stacked, random_weights, stacked, stacked_shapes  # noqa: E402
 
-LoadedModel, Q8Tensor = llama2c.LoadedModel, llama2c.Q8Tensor
+NORM_NAMES = ("rms_att", "rms_ffn", "rms_final")  # float32 in every llama2.c format
 
 MODELS = Path(os.environ.get("LLAMA2RS_MODELS", REPO.parent / "shared" / "models"))
 STORIES = MODELS / "stories260K"
@@ -54,13 +58,8 @@ GROUP_SIZES = [4, 4, 2]
 WRITERS = ["legacy", "v1", "v2"]
 
 
-def write(fmt, path, config, weights, shared, group_size=4):
-    if fmt == "legacy":
-        llama2c.write_legacy(path, config, weights, shared_classifier=shared)
-    elif fmt == "v1":
-        llama2c.write_v1(path, config, weights, shared_classifier=shared)
-    else:
-        llama2c.write_v2(path, config, weights, group_size, shared_classifier=shared)
+def write(fmt, path, weights, group_size=4):
+    llama2c.write(path, weights, fmt, group_size)
 
 
 def expected_file_size(fmt, config, shared, group_size):
@@ -87,22 +86,23 @@ def expected_file_size(fmt, config, shared, group_size):
 @pytest.mark.parametrize("index", range(len(CONFIGS)))
 def test_round_trip(tmp_path, index, fmt, shared):
     config, group_size = CONFIGS[index], GROUP_SIZES[index]
-    weights = llama2c.random_weights(config, seed=index, shared_classifier=shared)
+    weights = random_weights(config, seed=index, shared_classifier=shared)
     path = tmp_path / f"model-{fmt}.bin"
-    write(fmt, path, config, weights, shared, group_size)
+    write(fmt, path, weights, group_size)
 
     assert path.stat().st_size == expected_file_size(fmt, config, shared, group_size)
     model = llama2c.read_model(path)
     assert model.config == config
-    assert model.format == fmt
-    assert model.shared_classifier is shared
-    assert model.group_size == (group_size if fmt == "v2" else None)
-    assert (model.weights["wcls"] is model.weights["token_embedding"]) is shared
+    assert model.metadata["format_version"] == fmt
+    assert model.tied is shared
+    assert (model.quantization or {}).get("group_size") == (group_size if fmt == "v2" else None)
+    assert (model.wcls is model.token_embedding) is shared
 
-    for name, original in weights.items():
-        loaded = model.weights[name]
-        if fmt == "v2" and name not in llama2c.NORM_NAMES:
-            expected = llama2c.quantize_q80(original, group_size)
+    loaded_weights = stacked(model)
+    for name, original in stacked(weights).items():
+        loaded = loaded_weights[name]
+        if fmt == "v2" and name not in NORM_NAMES:
+            expected = quantize_q80(original, group_size)
             assert isinstance(loaded, Q8Tensor) and loaded.group_size == group_size
             np.testing.assert_array_equal(loaded.q, expected.q, err_msg=name)
             np.testing.assert_array_equal(loaded.scale, expected.scale, err_msg=name)
@@ -116,18 +116,18 @@ def test_round_trip(tmp_path, index, fmt, shared):
 @pytest.mark.parametrize("fmt", WRITERS)
 def test_rewrite_of_read_model_is_byte_identical(tmp_path, fmt, shared):
     config = CONFIGS[2]
-    weights = llama2c.random_weights(config, seed=7, shared_classifier=shared)
+    weights = random_weights(config, seed=7, shared_classifier=shared)
     first, second = tmp_path / "a.bin", tmp_path / "b.bin"
-    write(fmt, first, config, weights, shared, group_size=2)
+    write(fmt, first, weights, group_size=2)
     model = llama2c.read_model(first)
-    write(fmt, second, model.config, model.weights, shared, group_size=2)
+    write(fmt, second, model, group_size=2)
     assert first.read_bytes() == second.read_bytes()
 
 
 def test_legacy_negative_vocab_flags_separate_classifier(tmp_path):
     config = CONFIGS[0]
     path = tmp_path / "legacy.bin"
-    llama2c.write_legacy(path, config, llama2c.random_weights(config, 1, False), shared_classifier=False)
+    llama2c.write_legacy(path, random_weights(config, 1, False))
     header = struct.unpack("<7i", path.read_bytes()[:28])
     assert header == (12, 20, 2, 3, 1, -37, 9)
 
@@ -135,7 +135,7 @@ def test_legacy_negative_vocab_flags_separate_classifier(tmp_path):
 def test_v2_header_layout(tmp_path):
     config = CONFIGS[0]
     path = tmp_path / "q.bin"
-    llama2c.write_v2(path, config, llama2c.random_weights(config, 1), 4)
+    llama2c.write_v2(path, random_weights(config, 1), 4)
     data = path.read_bytes()
     assert data[:4] == b"24ka"  # 0x616b3432 little-endian
     assert struct.unpack("<i7iBi", data[4:41]) == (2, 12, 20, 2, 3, 1, 37, 9, 1, 4)
@@ -146,7 +146,7 @@ def test_v2_header_layout(tmp_path):
 def test_wrong_length_names_expected_size(tmp_path, fmt):
     config = CONFIGS[0]
     path = tmp_path / "m.bin"
-    write(fmt, path, config, llama2c.random_weights(config, 3), True)
+    write(fmt, path, random_weights(config, 3))
     data = path.read_bytes()
     expected = str(len(data))
     path.write_bytes(data[:-1])
@@ -161,7 +161,7 @@ def test_wrong_length_names_expected_size(tmp_path, fmt):
 def test_bad_magic_version_and_missing_file(tmp_path):
     config = CONFIGS[0]
     path = tmp_path / "m.bin"
-    llama2c.write_v1(path, config, llama2c.random_weights(config, 3))
+    llama2c.write_v1(path, random_weights(config, 3))
     data = bytearray(path.read_bytes())
 
     bad_magic = bytearray(data)
@@ -193,7 +193,7 @@ def test_bad_config_raises_config_error(tmp_path):
 
 def test_failed_write_leaves_nothing(tmp_path, monkeypatch):
     config = CONFIGS[0]
-    weights = llama2c.random_weights(config, 3)
+    weights = random_weights(config, 3)
     calls = []
 
     def failing_write(handle, array):
@@ -204,20 +204,20 @@ def test_failed_write_leaves_nothing(tmp_path, monkeypatch):
 
     monkeypatch.setattr(llama2c, "_write_f32", failing_write)
     with pytest.raises(OSError, match="disk full"):
-        llama2c.write_v1(tmp_path / "m.bin", config, weights)
+        llama2c.write_v1(tmp_path / "m.bin", weights)
     assert list(tmp_path.iterdir()) == []
 
 
 def test_random_weights_shapes_and_scale():
     config = CONFIGS[1]
-    weights = llama2c.random_weights(config, seed=0, shared_classifier=False)
-    for name, shape in llama2c.weight_shapes(config).items():
+    weights = stacked(random_weights(config, seed=0, shared_classifier=False))
+    for name, shape in stacked_shapes(config).items():
         assert weights[name].shape == shape and weights[name].dtype == np.float32
     assert abs(float(weights["rms_att"].mean()) - 1.0) < 0.1
     assert abs(float(weights["w2"].std()) * math.sqrt(config.hidden_dim) - 1.0) < 0.1
     assert weights["wcls"] is not weights["token_embedding"]
-    shared = llama2c.random_weights(config, seed=0)
-    assert shared["wcls"] is shared["token_embedding"]
+    shared = random_weights(config, seed=0)
+    assert shared.wcls is shared.token_embedding and shared.tied
 
 
 # ---------------------------------------------------------------------------------------
@@ -233,7 +233,7 @@ def test_quantize_q80_hand_example():
         ],
         dtype=np.float32,
     )
-    quantized = llama2c.quantize_q80(w, 2)
+    quantized = quantize_q80(w, 2)
     assert quantized.q.dtype == np.int8 and quantized.scale.dtype == np.float32
     np.testing.assert_array_equal(
         quantized.q, [[50, -127, 0, 127], [2, 127, -4, 127], [0, 0, 0, 0]]
@@ -256,7 +256,7 @@ def test_activation_quantization_rounds_half_away_from_zero():
 def test_q8_linear_matches_runq_loop():
     rng = np.random.default_rng(5)
     group_size, n, d = 4, 12, 5
-    weight = llama2c.quantize_q80(rng.standard_normal((d, n)), group_size)
+    weight = quantize_q80(rng.standard_normal((d, n)), group_size)
     x = rng.standard_normal((2, n))
     got = reference.linear(x, weight)  # [2, d]
     x_q, x_scale = reference.quantize_activations(x, group_size)
@@ -277,7 +277,7 @@ def test_q8_linear_matches_runq_loop():
 
 def zero_model(config):
     """Weights with every attention/ffn matrix zero (blocks add nothing to the residual)."""
-    weights = {name: np.zeros(shape, np.float32) for name, shape in llama2c.weight_shapes(config).items()}
+    weights = {name: np.zeros(shape, np.float32) for name, shape in stacked_shapes(config).items()}
     weights["rms_att"][:] = 1.0
     weights["rms_ffn"][:] = 1.0
     return weights
@@ -289,7 +289,7 @@ def test_forward_with_empty_blocks_is_classifier_of_normed_embedding():
     weights["token_embedding"][:] = [[3.0, 4.0], [1.0, 0.0], [0.0, -2.0]]
     weights["rms_final"][:] = [1.0, 2.0]
     weights["wcls"][:] = [[1.0, 0.0], [0.0, 1.0], [1.0, -1.0]]
-    model = LoadedModel(config, weights, "v1", False, None)
+    model = from_stacked(config, weights)
 
     logits = reference.forward(model, [0, 2])
     # token 0: embedding (3, 4), mean square 12.5 -> normed (3, 4) / sqrt(12.5 + 1e-5) * (1, 2)
@@ -312,7 +312,7 @@ def test_attention_averages_values_causally_with_gqa():
     weights["wo"][0] = np.eye(4)
     weights["rms_final"][:] = 1.0
     weights["wcls"][:] = np.eye(4)
-    model = LoadedModel(config, weights, "v1", False, None)
+    model = from_stacked(config, weights)
     tokens = [0, 1, 2]
 
     embedded = weights["token_embedding"][tokens].astype(np.float64)  # [3, 4]
@@ -346,7 +346,7 @@ def test_rope_matches_run_c_loop():
 
 def run_c_forward(model, tokens):
     """run.c's algorithm transliterated: one position at a time with a KV cache (float64)."""
-    config, w = model.config, model.weights
+    config, w = model.config, stacked(model)
     hs, kv_dim, kv_mul = config.head_size, config.kv_dim, config.kv_mul
 
     def rmsnorm(x, weight):
@@ -388,7 +388,7 @@ def run_c_forward(model, tokens):
 @pytest.mark.parametrize("index", [0, 1])
 def test_forward_matches_sequential_run_c_algorithm(index):
     config = CONFIGS[index]
-    model = LoadedModel(config, llama2c.random_weights(config, seed=11), "v1", True, None)
+    model = random_weights(config, seed=11)
     tokens = [1, 5, 3, 0, 7, 7, 2]
     np.testing.assert_allclose(reference.forward(model, tokens), run_c_forward(model, tokens),
                                rtol=1e-5, atol=1e-5)
@@ -397,11 +397,12 @@ def test_forward_matches_sequential_run_c_algorithm(index):
 @pytest.mark.parametrize("quantized", [False, True])
 def test_attention_is_causal(quantized):
     config = CONFIGS[0]
-    weights = llama2c.random_weights(config, seed=2)
+    weights = stacked(random_weights(config, seed=2))
     if quantized:
-        weights = {name: (value if name in llama2c.NORM_NAMES else llama2c.quantize_q80(value, 4))
+        weights = {name: (value if name in NORM_NAMES else quantize_q80(value, 4))
                    for name, value in weights.items()}
-    model = LoadedModel(config, weights, "v2" if quantized else "v1", True, 4 if quantized else None)
+        weights["wcls"] = weights["token_embedding"]  # tied, as in the float model
+    model = from_stacked(config, weights)
     first = reference.forward(model, [1, 4, 9, 2, 30, 5])
     second = reference.forward(model, [1, 4, 9, 17, 0, 36, 8])
     np.testing.assert_array_equal(first[:3], second[:3])
@@ -411,11 +412,11 @@ def test_attention_is_causal(quantized):
 
 def test_q80_forward_is_close_to_float_forward():
     config = CONFIGS[1]
-    weights = llama2c.random_weights(config, seed=4)
-    float_model = LoadedModel(config, weights, "v1", True, None)
-    q_weights = {name: (value if name in llama2c.NORM_NAMES else llama2c.quantize_q80(value, 4))
-                 for name, value in weights.items()}
-    q_model = LoadedModel(config, q_weights, "v2", True, 4)
+    float_model = random_weights(config, seed=4)
+    q_weights = {name: (value if name in NORM_NAMES else quantize_q80(value, 4))
+                 for name, value in stacked(float_model).items()}
+    q_weights["wcls"] = q_weights["token_embedding"]  # tied, as in the float model
+    q_model = from_stacked(config, q_weights)
     tokens = [0, 3, 8, 1]
     float_logits, q_logits = reference.forward(float_model, tokens), reference.forward(q_model, tokens)
     assert np.abs(float_logits - q_logits).max() < 0.1 * np.abs(float_logits).max()
@@ -426,7 +427,7 @@ def test_forward_rejects_bad_tokens():
     from llama2rs.errors import ContextLengthError, InvalidTokenError
 
     config = CONFIGS[2]
-    model = LoadedModel(config, llama2c.random_weights(config, 0), "v1", True, None)
+    model = random_weights(config, 0)
     with pytest.raises(InvalidTokenError):
         reference.forward(model, [1, 7])
     with pytest.raises(ContextLengthError):
@@ -519,7 +520,7 @@ class ScriptedSampler:
 
 def test_generate_ids_loop_semantics():
     config = CONFIGS[2]
-    model = LoadedModel(config, llama2c.random_weights(config, 0), "v1", True, None)
+    model = random_weights(config, 0)
     # prompt longer than steps: only forced tokens, steps + 1 in total
     assert reference.generate_ids(model, [1, 4, 5, 6], 2, ScriptedSampler([])) == [1, 4, 5]
     # sampling after the prompt, BOS stops (and is dropped)
@@ -586,20 +587,21 @@ def test_stories260k_config_and_q80_weights():
     fp32 = llama2c.read_model(STORIES / "stories260K.bin")
     assert fp32.config == Config(dim=64, hidden_dim=172, n_layers=5, n_heads=8, n_kv_heads=4,
                                  vocab_size=512, seq_len=512)
-    assert fp32.format == "legacy" and fp32.shared_classifier
+    assert fp32.metadata["format_version"] == "legacy" and fp32.tied
     q80 = llama2c.read_model(STORIES / "stories260K_q80.bin")
     assert q80.config == fp32.config
-    assert q80.format == "v2" and q80.group_size == 4 and q80.shared_classifier
-    for name in llama2c.MATRIX_NAMES:
-        original = np.asarray(fp32.weights[name])  # [..., rows, cols]
+    assert q80.metadata["format_version"] == "v2" and q80.quantization["group_size"] == 4 and q80.tied
+    fp32_weights, q80_weights = stacked(fp32), stacked(q80)
+    for name in ("token_embedding", *MATRIX_NAMES):
+        original = np.asarray(fp32_weights[name])  # [..., rows, cols]
         groups = original.reshape(-1, 4)  # [n_groups, 4]
-        error = np.abs(q80.weights[name].dequantize().reshape(-1, 4) - groups)  # [n_groups, 4]
+        error = np.abs(q80_weights[name].dequantize().reshape(-1, 4) - groups)  # [n_groups, 4]
         bound = np.abs(groups).max(axis=1, keepdims=True) / 127  # [n_groups, 1]
         assert np.all(error <= bound), name
         # our quantizer reproduces export.py's file bit for bit
-        requantized = llama2c.quantize_q80(original, 4)
-        np.testing.assert_array_equal(requantized.q, q80.weights[name].q, err_msg=name)
-        np.testing.assert_array_equal(requantized.scale, q80.weights[name].scale, err_msg=name)
+        requantized = quantize_q80(original, 4)
+        np.testing.assert_array_equal(requantized.q, q80_weights[name].q, err_msg=name)
+        np.testing.assert_array_equal(requantized.scale, q80_weights[name].scale, err_msg=name)
 
 
 @needs_fixtures

@@ -11,7 +11,7 @@ from typing import Optional
 import numpy as np
 
 from . import _core
-from .l2rs import read_safetensors_header
+from .formats.safetensors import read_header
 from .model import Model
 
 __all__ = ["Speed", "measure", "weight_bytes_per_token", "read_bandwidth"]
@@ -31,7 +31,7 @@ def read_bandwidth(n_threads: int, n_bytes: int = 1 << 30) -> float:
 def weight_bytes_per_token(path: str) -> int:
     """Bytes of a llama2rs file that decoding one token reads: every tensor except the token
     embedding, of which it reads one row (and the tokenizer, which it does not read)."""
-    header, _ = read_safetensors_header(path)
+    header, _ = read_header(path)
     header.pop("__metadata__", None)
     total = 0
     for name, info in header.items():

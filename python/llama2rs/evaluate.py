@@ -8,7 +8,7 @@ from typing import Optional
 
 import numpy as np
 
-from .calibrate import calibration_windows
+from .quantize.calibrate import calibration_windows
 from .errors import ArgumentError
 from .model import Model
 

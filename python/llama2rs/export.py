@@ -7,38 +7,38 @@ one self-contained file (config, tokenizer, tensors) that ``llama2rs.Model(path)
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Optional
 
-
-from . import calibrate, l2rs, llama2c
 from .config import Config
-from .errors import ArgumentError, Llama2rsError, TokenizerError
-from .l2rs import MATRIX_NAMES, ModelWeights
-from .llama2c import Q8Tensor
-from .quant import AffineQuantized
+from .errors import ArgumentError, TokenizerError
+from .formats import l2rs, llama2c
+from .model import find_tokenizer
 from .tokenizer import Tokenizer
+from .weights import MATRIX_NAMES, Weights, is_quantized
 
-__all__ = ["Source", "load_source", "export", "main", "build_parser"]
+__all__ = ["Source", "load_source", "export", "ProgressBar"]
 
 
 @dataclass
 class Source:
-    config: Config
-    weights: ModelWeights
+    weights: Weights
     tokenizer: Tokenizer
     description: str
-    quantization: Optional[dict] = None  # what the source already was, e.g. a GPTQ config
 
+    @property
+    def config(self) -> Config:
+        return self.weights.config
 
-def _is_quantized(m: object) -> bool:
-    return isinstance(m, (AffineQuantized, Q8Tensor))
+    @property
+    def quantization(self) -> Optional[dict]:
+        """What the source already was, e.g. a GPTQ config."""
+        return self.weights.quantization
 
 
 def _resolve_tokenizer(explicit: Optional[os.PathLike], found: Optional[Path], vocab_size: int, what: str) -> Tokenizer:
@@ -53,38 +53,23 @@ def load_source(kind: str, path: os.PathLike, tokenizer: Optional[os.PathLike] =
     decides by content: a directory is HuggingFace, a llama2rs safetensors file is ours)."""
     path = Path(path)
     if kind == "auto":
-        if path.is_dir():
-            kind = "hf"
-        else:
-            try:
-                header, _ = l2rs.read_safetensors_header(path)
-                kind = "llama2rs" if (header.get("__metadata__") or {}).get("format") == l2rs.FORMAT_NAME else "llama2c"
-            except Llama2rsError:
-                kind = "llama2c"
+        kind = "hf" if path.is_dir() else "llama2rs" if l2rs.is_llama2rs_file(path) else "llama2c"
     if kind == "llama2c":
-        from .model import find_tokenizer
-
-        loaded = llama2c.read_model(path)
-        c, w = loaded.config, loaded.weights
-        layers = [{name: w[name][i] for name in ("rms_att", "rms_ffn", *MATRIX_NAMES)} for i in range(c.n_layers)]
-        weights = ModelWeights(w["token_embedding"], layers, w["rms_final"],
-                               None if loaded.shared_classifier else w["wcls"])
-        tok = _resolve_tokenizer(tokenizer, find_tokenizer(path), c.vocab_size, str(path))
-        quant = {"method": "q8_0", "group_size": loaded.group_size} if loaded.format == "v2" else None
-        return Source(c, weights, tok, f"llama2.c {loaded.format} file {path.name}", quant)
+        weights = llama2c.read_model(path)
+        tok = _resolve_tokenizer(tokenizer, find_tokenizer(path), weights.config.vocab_size, str(path))
+        return Source(weights, tok, f"llama2.c {weights.metadata['format_version']} file {path.name}")
     if kind == "hf":
-        from . import hf
+        from .formats import hf
 
-        imported = hf.load_hf(path)
-        weights = ModelWeights(imported.token_embedding, imported.layers, imported.rms_final, imported.wcls)
-        tok = _resolve_tokenizer(tokenizer, imported.tokenizer_path, imported.config.vocab_size, str(path))
-        kind_name = "GPTQ checkpoint" if imported.quantization else "checkpoint"
-        return Source(imported.config, weights, tok, f"HuggingFace {kind_name} {path.name}", imported.quantization)
+        weights = hf.load_hf(path)
+        tok = _resolve_tokenizer(tokenizer, hf.find_tokenizer(path), weights.config.vocab_size, str(path))
+        kind_name = "GPTQ checkpoint" if weights.quantization else "checkpoint"
+        return Source(weights, tok, f"HuggingFace {kind_name} {path.name}")
     if kind == "llama2rs":
-        config, weights, tokenizer_bin = l2rs.read_model(path)
-        tok = Tokenizer(tokenizer) if tokenizer else Tokenizer.from_bytes(tokenizer_bin, config.vocab_size, str(path))
-        quant = json.loads(weights.metadata["quantization"]) if "quantization" in weights.metadata else None
-        return Source(config, weights, tok, f"llama2rs file {path.name}", quant)
+        weights, tokenizer_bin = l2rs.read_model(path)
+        vocab = weights.config.vocab_size
+        tok = Tokenizer(tokenizer) if tokenizer else Tokenizer.from_bytes(tokenizer_bin, vocab, str(path))
+        return Source(weights, tok, f"llama2rs file {path.name}")
     raise ArgumentError(f"unknown source kind {kind!r}")
 
 
@@ -130,8 +115,10 @@ def export(
     weights = source.weights
     quant_meta = source.quantization
     if quantize != "none":
+        from .quantize import calibrate
+
         matrices = [layer[m] for layer in weights.layers for m in MATRIX_NAMES]
-        if any(_is_quantized(m) for m in matrices):
+        if any(is_quantized(m) for m in matrices):
             raise ArgumentError(f"{source.description} is already quantized: export it with --quantize none")
         method = method or ("gptq" if calibration_text is not None and quantize == "q4" else "rtn")
         windows = None
@@ -142,7 +129,7 @@ def export(
             ids = source.tokenizer.encode(calibration_text, bos=False)
             windows = calibrate.calibration_windows(ids, length, calibration_windows, source.config.bos_id)
         weights = calibrate.quantize_model(
-            source.config, weights, quantize, method, group_size, act_order, sym, windows,
+            weights, quantize, method, group_size, act_order, sym, windows,
             quantize_embeddings, percdamp, ProgressBar(f"quantize ({method})", progress),
         )
         quant_meta = {"method": method if quantize == "q4" else "q8_0", "bits": 4 if quantize == "q4" else 8,
@@ -154,76 +141,6 @@ def export(
     metadata = {"source": source.description}
     if quant_meta is not None:
         metadata["quantization"] = json.dumps(quant_meta)
-    l2rs.write_model(output, source.config, weights, source.tokenizer.to_bin_bytes(), metadata,
+    l2rs.write_model(output, weights, source.tokenizer.to_bin_bytes(), metadata,
                      ProgressBar("write", progress))
     return output
-
-
-def build_parser(prog: str = "export.py") -> argparse.ArgumentParser:
-    from .cli import _Parser
-
-    parser = _Parser(prog=prog, description="Convert a checkpoint into a llama2rs model file.")
-    add_export_arguments(parser)
-    return parser
-
-
-def add_export_arguments(parser: argparse.ArgumentParser, positional_input: bool = False) -> None:
-    if positional_input:
-        parser.add_argument("input", help="llama2.c file, HuggingFace directory or llama2rs file")
-        parser.set_defaults(hf=None, llama2c=None, input_kind="auto")
-    else:
-        parser.set_defaults(input_kind="llama2rs")
-        src = parser.add_mutually_exclusive_group(required=True)
-        src.add_argument("--hf", metavar="DIR", help="HuggingFace Llama directory (config.json, *.safetensors)")
-        src.add_argument("--llama2c", metavar="FILE", help="llama2.c model file (legacy, v1 or v2 Q8_0)")
-        src.add_argument("--input", metavar="FILE", help="a llama2rs file (to quantize it)")
-    parser.add_argument("--tokenizer", metavar="TOK", help="tokenizer.bin or tokenizer.model (default: found beside the source)")
-    parser.add_argument("-o", "--output", required=True, help="output file (e.g. model.l2rs.safetensors)")
-    parser.add_argument("--quantize", choices=["none", "q8", "q4"], default="q4" if positional_input else "none",
-                        help="none: keep the weights as they are; q8: llama2.c's Q8_0; q4: 4-bit groups")
-    parser.add_argument("--method", choices=["gptq", "rtn"], default=None,
-                        help="q4 method (default: gptq when --calibration is given, else round-to-nearest)")
-    parser.add_argument("--group-size", type=int, default=128, help="weights per scale; -1 = one per row (default 128)")
-    parser.add_argument("--act-order", action="store_true", help="GPTQ: quantize columns by decreasing Hessian diagonal")
-    parser.add_argument("--sym", action="store_true", help="symmetric groups (default: asymmetric, with zero points)")
-    parser.add_argument("--calibration", metavar="TEXTFILE", help="calibration text for GPTQ (UTF-8)")
-    parser.add_argument("--calibration-windows", type=int, default=128, help="at most this many windows (default 128)")
-    parser.add_argument("--calibration-length", type=int, default=None, help="tokens per window (default: min(seq_len, 512))")
-    parser.add_argument("--quantize-embeddings", action="store_true", help="also quantize the embedding and classifier")
-    parser.add_argument("--damp", type=float, default=0.01, help="GPTQ dampening, fraction of mean diag(H) (default 0.01)")
-    parser.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
-
-
-def run_export(args: argparse.Namespace) -> int:
-    if args.hf:
-        kind, path = "hf", args.hf
-    elif args.llama2c:
-        kind, path = "llama2c", args.llama2c
-    else:  # --input (a llama2rs file), or quantize's positional input of any kind
-        kind, path = args.input_kind, args.input
-    calibration = None
-    if args.calibration:
-        try:
-            calibration = Path(args.calibration).read_text(encoding="utf-8")
-        except (OSError, UnicodeDecodeError) as e:
-            raise ArgumentError(f"cannot read calibration text {args.calibration}: {e}") from None
-    start = time.perf_counter()
-    source = load_source(kind, path, args.tokenizer)
-    out = export(source, args.output, args.quantize, args.method, args.group_size, args.act_order, args.sym,
-                 calibration, args.calibration_windows, args.calibration_length, args.quantize_embeddings,
-                 args.damp, progress=not args.quiet)
-    size = out.stat().st_size
-    print(f"wrote {out} ({size / 1e6:.1f} MB) from {source.description} in {time.perf_counter() - start:.1f} s",
-          file=sys.stderr)
-    return 0
-
-
-def main(argv: Optional[Sequence[str]] = None) -> int:
-    from .cli import run_guarded
-
-    args = build_parser().parse_args(argv)
-    return run_guarded(run_export, args)
-
-
-if __name__ == "__main__":
-    sys.exit(main())

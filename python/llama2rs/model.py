@@ -18,7 +18,8 @@ __all__ = ["Model", "find_tokenizer", "available_kernels"]
 
 
 def available_kernels() -> list[str]:
-    """The kernel implementations this CPU can run, slowest first (``scalar`` ... ``avx512``)."""
+    """The kernel implementations this CPU can run, slowest first (``scalar``, ``portable``, then
+    ``avx2`` and ``avx512`` on x86 or ``neon`` on aarch64)."""
     return _core.available_kernels()
 
 PathLike = Union[str, "os.PathLike[str]"]
@@ -57,9 +58,9 @@ def _check_float(name: str, value: object, low: float, high: float) -> float:
 
 
 class Model:
-    """A Llama-2-style model: a llama2rs file (``*.l2rs.safetensors``, written by ``export.py``:
-    fp32, Q8_0 or 4/8-bit GPTQ weights, tokenizer inside) or a llama2.c file (legacy, version 1
-    fp32, version 2 Q8_0).
+    """A Llama-2-style model: a llama2rs file (``*.l2rs.safetensors``, written by ``export.py``,
+    format version 1 or 2: fp32, Q8_0 or 4/8-bit GPTQ weights, tokenizer inside) or a llama2.c
+    file (legacy, version 1 fp32, version 2 Q8_0).
 
     The file is memory-mapped, not read: opening costs milliseconds whatever the size. A Model
     is read-only and can be shared by threads; every :meth:`generate` call owns its own state
@@ -145,7 +146,7 @@ class Model:
 
     @property
     def kernels(self) -> str:
-        """The kernel implementation in use: ``scalar``, ``portable``, ``avx2`` or ``avx512``."""
+        """The kernel implementation in use: ``scalar``, ``portable``, ``avx2``, ``avx512`` or ``neon``."""
         return self._core.kernels
 
     @property

@@ -19,20 +19,23 @@ Precision (the choices to know when comparing against another implementation):
 
 from __future__ import annotations
 
-from typing import Mapping, Sequence
+from typing import Any, Callable, Mapping, Optional, Sequence
 
 import numpy as np
 
 from .config import Config
 from .errors import ArgumentError, ContextLengthError, InvalidTokenError
-from .llama2c import LoadedModel, Q8Tensor
-from .quant import AffineQuantized
+from .quantize.affine import AffineQuantized
+from .quantize.q80 import Q8Tensor
+from .weights import Weights
 
 __all__ = [
     "RMS_EPS",
     "BOS",
     "forward",
-    "forward_weights",
+    "embed",
+    "transformer_layer",
+    "self_attention",
     "silu",
     "softmax_rows",
     "rmsnorm",
@@ -138,7 +141,7 @@ def _q8_linear(x: np.ndarray, weight: Q8Tensor) -> np.ndarray:
 
 def linear(x: np.ndarray, weight) -> np.ndarray:
     """``x @ W.T`` for a float, Q8_0 or affine-quantized weight (the latter dequantized
-    exactly, in float64); x [T, n], weight [d, n] -> [T, d] float64."""
+    exactly, in float64); x [T, n], weight [d, n] -> [T, d] float64 (Q8_0: x 2-D)."""
     if isinstance(weight, Q8Tensor):
         return _q8_linear(x, weight)
     if isinstance(weight, AffineQuantized):
@@ -146,7 +149,7 @@ def linear(x: np.ndarray, weight) -> np.ndarray:
     return x @ np.asarray(weight, dtype=np.float64).T  # [T, d]
 
 
-def _embed(table, token_ids: np.ndarray) -> np.ndarray:
+def embed(table, token_ids: np.ndarray) -> np.ndarray:
     """Rows of the token embedding; a Q8_0 table is dequantized (float32, like runq.c)."""
     if isinstance(table, AffineQuantized):
         return table.dequantize()[token_ids].astype(np.float64)  # [T, dim]
@@ -175,14 +178,20 @@ def softmax_rows(scores: np.ndarray) -> np.ndarray:
 KV_CACHE_DTYPES = {"f32": None, "f16": np.float16}  # what the cache rounds keys and values to
 
 
-def _attention(config: Config, weights: Mapping, layer: int, x_normed: np.ndarray,
-               cos: np.ndarray, sin: np.ndarray, kv_cache: str = "f32") -> np.ndarray:
-    """Causal grouped-query self-attention of one layer; x_normed [T, dim] -> [T, dim]."""
+# What the layer multiplies by: ``pick(name, inputs)`` gets a matrix's name and its inputs
+# (``[..., T, in]``) before it is applied and returns the matrix to use (quantizers hook here).
+Pick = Callable[[str, np.ndarray], Any]
+
+
+def self_attention(config: Config, x_normed: np.ndarray, wq, wk, wv, cos: np.ndarray, sin: np.ndarray,
+                   kv_cache: str = "f32") -> np.ndarray:
+    """Causal grouped-query self-attention of one sequence, before the output projection;
+    x_normed [T, dim] -> [T, n_heads * head_size]."""
     n_positions = x_normed.shape[0]
     head_size, n_heads, n_kv_heads = config.head_size, config.n_heads, config.n_kv_heads
-    queries = linear(x_normed, weights["wq"][layer]).reshape(n_positions, n_heads, head_size)  # [T, H, hs]
-    keys = linear(x_normed, weights["wk"][layer]).reshape(n_positions, n_kv_heads, head_size)  # [T, KV, hs]
-    values = linear(x_normed, weights["wv"][layer]).reshape(n_positions, n_kv_heads, head_size)  # [T, KV, hs]
+    queries = linear(x_normed, wq).reshape(n_positions, n_heads, head_size)  # [T, H, hs]
+    keys = linear(x_normed, wk).reshape(n_positions, n_kv_heads, head_size)  # [T, KV, hs]
+    values = linear(x_normed, wv).reshape(n_positions, n_kv_heads, head_size)  # [T, KV, hs]
     queries = apply_rope(queries, cos, sin)  # [T, H, hs]
     keys = apply_rope(keys, cos, sin)  # [T, KV, hs]
     stored = KV_CACHE_DTYPES[kv_cache]
@@ -199,14 +208,33 @@ def _attention(config: Config, weights: Mapping, layer: int, x_normed: np.ndarra
     scores = np.where(future[None, :, :], -np.inf, scores)  # [H, T, T]
     attention = softmax_rows(scores)  # [H, T, T]
     mixed = np.einsum("hts,shd->thd", attention, values_per_head)  # [T, H, hs]
-    return linear(mixed.reshape(n_positions, config.dim), weights["wo"][layer])  # [T, dim]
+    return mixed.reshape(n_positions, n_heads * head_size)  # [T, dim]
 
 
-def _feed_forward(weights: Mapping, layer: int, x_normed: np.ndarray) -> np.ndarray:
-    """SwiGLU ``w2(silu(w1 x) * w3 x)``; x_normed [T, dim] -> [T, dim]."""
-    gate = linear(x_normed, weights["w1"][layer])  # [T, hidden]
-    up = linear(x_normed, weights["w3"][layer])  # [T, hidden]
-    return linear(silu(gate) * up, weights["w2"][layer])  # [T, dim]
+def transformer_layer(config: Config, layer: Mapping[str, Any], x: np.ndarray, cos: np.ndarray, sin: np.ndarray,
+                      kv_cache: str = "f32", pick: Optional[Pick] = None) -> np.ndarray:
+    """One block: ``x + attention(rmsnorm(x))``, then ``+ w2(silu(w1 h) * w3 h)`` of its rmsnorm.
+
+    x [T, dim], or [S, T, dim] for S sequences at once (attention stays within each) ->
+    the same shape. ``pick`` (default: ``layer[name]``) chooses each matrix from its inputs, in
+    the order wq, wk, wv (inputs: the normed x), wo (the attention output), w1, w3 (the normed
+    x), w2 (the gated hidden state).
+    """
+    choose: Pick = pick or (lambda name, inputs: layer[name])
+    eps = config.norm_eps
+    xn = rmsnorm(x, layer["rms_att"], eps)  # [..., T, dim]
+    wq, wk, wv = (choose(name, xn) for name in ("wq", "wk", "wv"))
+    if x.ndim == 2:
+        mixed = self_attention(config, xn, wq, wk, wv, cos, sin, kv_cache)  # [T, dim]
+    else:
+        mixed = np.stack([self_attention(config, seq, wq, wk, wv, cos, sin, kv_cache) for seq in xn])
+    wo = choose("wo", mixed)
+    x = x + linear(mixed.reshape(-1, mixed.shape[-1]), wo).reshape(x.shape)
+    flat = rmsnorm(x, layer["rms_ffn"], eps).reshape(-1, x.shape[-1])  # [S*T, dim]
+    w1, w3 = choose("w1", flat), choose("w3", flat)
+    hidden = silu(linear(flat, w1)) * linear(flat, w3)  # [S*T, hidden]
+    w2 = choose("w2", hidden)
+    return x + linear(hidden, w2).reshape(x.shape)
 
 
 def _check_tokens(config: Config, tokens: Sequence[int]) -> np.ndarray:
@@ -225,31 +253,24 @@ def _check_tokens(config: Config, tokens: Sequence[int]) -> np.ndarray:
     return token_ids
 
 
-def forward(model: LoadedModel, tokens: Sequence[int], kv_cache: str = "f32") -> np.ndarray:
+def forward(weights: Weights, tokens: Sequence[int], kv_cache: str = "f32") -> np.ndarray:
     """Teacher-forced logits, float32 [len(tokens), vocab]: row t is what run.c's
     ``forward(token=tokens[t], pos=t)`` returns after feeding ``tokens[:t]`` before it.
 
-    Float and Q8_0 weights are both handled (each matrix by its own type). ``kv_cache``:
-    ``"f32"`` (run.c's cache) or ``"f16"`` (keys and values rounded to float16).
+    Float, Q8_0 and affine-quantized weights are all handled (each matrix by its own type).
+    ``kv_cache``: ``"f32"`` (run.c's cache) or ``"f16"`` (keys and values rounded to float16).
     """
-    return forward_weights(model.config, model.weights, tokens, kv_cache)
-
-
-def forward_weights(config: Config, weights: Mapping, tokens: Sequence[int], kv_cache: str = "f32") -> np.ndarray:
-    """:func:`forward` on a weights mapping in llama2.c's naming (``weights["wq"][layer]``
-    indexes a layer; matrices float, Q8_0 or affine-quantized)."""
     if kv_cache not in KV_CACHE_DTYPES:
         raise ArgumentError(f"kv_cache must be one of {', '.join(KV_CACHE_DTYPES)}; got {kv_cache!r}")
+    config = weights.config
     token_ids = _check_tokens(config, tokens)  # [T]
-    eps = config.norm_eps
     cos, sin = rope_cos_sin(config.head_size, token_ids.size, config.rope_theta)  # [T, hs/2] each
 
-    x = _embed(weights["token_embedding"], token_ids)  # [T, dim] residual stream
-    for layer in range(config.n_layers):
-        x = x + _attention(config, weights, layer, rmsnorm(x, weights["rms_att"][layer], eps), cos, sin, kv_cache)
-        x = x + _feed_forward(weights, layer, rmsnorm(x, weights["rms_ffn"][layer], eps))
-    x_final = rmsnorm(x, weights["rms_final"], eps)  # [T, dim]
-    return linear(x_final, weights["wcls"]).astype(np.float32)  # [T, vocab]
+    x = embed(weights.token_embedding, token_ids)  # [T, dim] residual stream
+    for layer in weights.layers:
+        x = transformer_layer(config, layer, x, cos, sin, kv_cache)
+    x_final = rmsnorm(x, weights.rms_final, config.norm_eps)  # [T, dim]
+    return linear(x_final, weights.wcls).astype(np.float32)  # [T, vocab]
 
 
 # ---------------------------------------------------------------------------------------
@@ -375,7 +396,7 @@ class Sampler:
 # generation
 
 
-def generate_ids(model: LoadedModel, prompt_ids: Sequence[int], steps: int,
+def generate_ids(model: Weights, prompt_ids: Sequence[int], steps: int,
                  sampler: Sampler, stop_at_bos: bool = True) -> list[int]:
     """run.c's ``generate`` loop on token ids; returns the whole sequence (prompt included).
 

@@ -1,6 +1,6 @@
 """An independent NumPy forward pass of HuggingFace's Llama, straight from HF tensors.
 
-Nothing here goes through :mod:`llama2rs.hf`'s importer: the tensors keep their HF names and
+Nothing here goes through :mod:`llama2rs.formats.hf`'s importer: the tensors keep their HF names and
 the rotate-half q/k layout, and RoPE is applied the way transformers' ``modeling_llama`` does
 (``LlamaRotaryEmbedding`` / ``rotate_half`` / ``apply_rotary_pos_emb``). It is the
 expectation for checkpoints the importer reads or an exporter writes.

@@ -21,57 +21,39 @@ The formats (all little-endian, no alignment padding between tensors):
     float32 group scales: token_embedding, wq[0], wq[1], ..., wk[...], wv[...], wo[...],
     w1[...], w2[...], w3[...], [wcls].
 
-In memory, weights are a dict of numpy arrays stacked per layer, with llama2.c's names
-and shapes (``L = n_layers``, ``hs = head_size``)::
-
-    token_embedding [vocab, dim]          rms_att [L, dim]       rms_ffn [L, dim]
-    wq [L, n_heads*hs, dim]               wk [L, kv_dim, dim]    wv [L, kv_dim, dim]
-    wo [L, dim, n_heads*hs]               w1 [L, hidden, dim]    w2 [L, dim, hidden]
-    w3 [L, hidden, dim]                   rms_final [dim]        wcls [vocab, dim]
-
-Matrices are ``[out_features, in_features]`` (``y = W @ x``). With a shared classifier
-``weights["wcls"] is weights["token_embedding"]``. In a Q8_0 model the norms stay float32
-and every matrix is a :class:`Q8Tensor`.
+Reading returns, and writing takes, a :class:`~llama2rs.weights.Weights` (the views of a
+read file are zero-copy, memory-mapped). In a Q8_0 model the norms stay float32 and every
+matrix is a :class:`~llama2rs.quantize.q80.Q8Tensor`; a file's ``shared_classifier`` flag is
+``Weights.tied``. ``metadata`` says ``{"format": "llama2.c", "format_version": "legacy" | "v1" |
+"v2"}``; a v2 file's ``quantization`` is ``{"method": "q8_0", "group_size": ...}``.
 """
 
 from __future__ import annotations
 
 import os
 import struct
-from dataclasses import dataclass
-from typing import BinaryIO, Mapping, Union
+from typing import BinaryIO, Iterator, Union
 
 import numpy as np
 
-from .config import MAX_DIM, Config
-from .errors import ArgumentError, ModelFileError
-from .fileio import atomic_write
+from ..config import MAX_DIM, Config
+from ..errors import ArgumentError, ModelFileError
+from ..fileio import atomic_write
+from ..quantize.q80 import F32, I8, Q8Tensor, quantize_q80
+from ..weights import MATRIX_NAMES, Weights, dense
 
-__all__ = [
-    "MAGIC",
-    "HEADER_SIZE",
-    "Q8Tensor",
-    "LoadedModel",
-    "quantize_q80",
-    "read_model",
-    "write_legacy",
-    "write_v1",
-    "write_v2",
-    "random_weights",
-    "weight_shapes",
-    "NORM_NAMES",
-    "MATRIX_NAMES",
-]
+__all__ = ["MAGIC", "HEADER_SIZE", "FORMATS", "read_model", "write", "write_legacy", "write_v1", "write_v2"]
 
 MAGIC = 0x616B3432  # "ak42" read as a little-endian uint32
 HEADER_SIZE = 256  # bytes, v1 and v2
 LEGACY_HEADER_SIZE = 7 * 4  # bytes: seven int32
+FORMATS = ("legacy", "v1", "v2")
 
 # Tensors that stay float32 in every format.
 NORM_NAMES = ("rms_att", "rms_ffn", "rms_final")
 # Matrices (quantized in v2), in v2 file order; wcls follows when not shared.
-MATRIX_NAMES = ("token_embedding", "wq", "wk", "wv", "wo", "w1", "w2", "w3")
-PER_LAYER_MATRICES = ("wq", "wk", "wv", "wo", "w1", "w2", "w3")
+V2_MATRICES = ("token_embedding",) + MATRIX_NAMES
+PER_LAYER = ("rms_att", "rms_ffn") + MATRIX_NAMES
 
 # File order of the float32 tensors.
 LEGACY_ORDER = (
@@ -83,92 +65,13 @@ V1_ORDER = (
     "wq", "wk", "wv", "wo", "w1", "w2", "w3",
 )  # then [wcls]
 
-F32 = np.dtype("<f4")
-I8 = np.dtype("i1")
-
-
-# ---------------------------------------------------------------------------------------
-# Q8_0 tensors
-
-
-@dataclass(frozen=True, eq=False)
-class Q8Tensor:
-    """A Q8_0 matrix (or a stack of them): ``w ~= q * scale`` per group of ``group_size``
-    consecutive values along the last axis.
-
-    ``q``: int8 ``[..., rows, cols]``; ``scale``: float32 ``[..., rows, cols // group_size]``.
-    """
-
-    q: np.ndarray
-    scale: np.ndarray
-    group_size: int
-
-    def __post_init__(self) -> None:
-        if self.group_size < 1:
-            raise ArgumentError(f"group_size must be >= 1, got {self.group_size}")
-        if self.q.dtype != I8 or self.scale.dtype != F32:
-            raise ArgumentError(
-                f"Q8Tensor needs int8 q and float32 scale, got {self.q.dtype} and {self.scale.dtype}"
-            )
-        cols = self.q.shape[-1]
-        expected_scale_shape = self.q.shape[:-1] + (cols // self.group_size,)
-        if cols % self.group_size != 0 or self.scale.shape != expected_scale_shape:
-            raise ArgumentError(
-                f"Q8Tensor q {self.q.shape} / scale {self.scale.shape} do not fit "
-                f"group size {self.group_size}"
-            )
-
-    @property
-    def shape(self) -> tuple[int, ...]:
-        return self.q.shape
-
-    def __getitem__(self, index) -> "Q8Tensor":
-        """Index the leading (layer) axes, e.g. ``wq[layer]``; the last axis stays whole."""
-        q = self.q[index]  # [..., rows, cols]
-        scale = self.scale[index]  # [..., rows, cols // gs]
-        if q.ndim < 2 or q.shape[-1] != self.q.shape[-1]:
-            raise ArgumentError("Q8Tensor indexing must keep the last two axes whole")
-        return Q8Tensor(q, scale, self.group_size)
-
-    def dequantize(self) -> np.ndarray:
-        """float32 ``[..., rows, cols]``: ``q * scale`` computed in float32 as runq.c does."""
-        scale_per_value = np.repeat(self.scale, self.group_size, axis=-1)  # [..., rows, cols]
-        return self.q.astype(np.float32) * scale_per_value  # [..., rows, cols]
-
-
-def quantize_q80(w: np.ndarray, group_size: int) -> Q8Tensor:
-    """Quantize ``w`` ``[..., rows, cols]`` to Q8_0 with export.py's arithmetic.
-
-    Per group of ``group_size`` consecutive values of the row-major data (groups never
-    cross a row since ``cols % group_size == 0`` is required): ``scale = max|w| / 127``
-    in float32 and ``q = round(w / scale)`` with round-half-to-even (``torch.round``,
-    like ``np.rint``). A group of zeros gets scale 0 and q 0 (export.py would divide by 0).
-    """
-    if isinstance(group_size, bool) or not isinstance(group_size, (int, np.integer)) or group_size < 1:
-        raise ArgumentError(f"group_size must be a positive integer, got {group_size!r}")
-    group_size = int(group_size)
-    w32 = np.asarray(w, dtype=np.float32)  # [..., rows, cols]
-    if w32.ndim < 1 or w32.shape[-1] % group_size != 0:
-        raise ArgumentError(
-            f"last dimension of shape {w32.shape} is not a multiple of group_size {group_size}"
-        )
-    groups = w32.reshape(w32.shape[:-1] + (-1, group_size))  # [..., rows, n_groups, gs]
-    group_max = np.abs(groups).max(axis=-1)  # [..., rows, n_groups]
-    scale = (group_max / np.float32(127.0)).astype(np.float32)  # [..., rows, n_groups]
-    safe_scale = np.where(scale > 0, scale, np.float32(1.0))  # [..., rows, n_groups]
-    quotient = groups / safe_scale[..., None]  # [..., rows, n_groups, gs] float32
-    rounded = np.rint(quotient)  # [..., rows, n_groups, gs], half to even
-    rounded = np.where(scale[..., None] > 0, rounded, 0)  # [..., rows, n_groups, gs]
-    q = rounded.astype(np.int8).reshape(w32.shape)  # [..., rows, cols]
-    return Q8Tensor(q, scale, group_size)
-
 
 # ---------------------------------------------------------------------------------------
 # shapes
 
 
-def weight_shapes(config: Config) -> dict[str, tuple[int, ...]]:
-    """The float shape of every tensor name (``wcls`` included)."""
+def _file_shapes(config: Config) -> dict[str, tuple[int, ...]]:
+    """The float shape of every tensor as the files store it: per-layer ones stacked."""
     dim, hidden, layers = config.dim, config.hidden_dim, config.n_layers
     q_dim = config.n_heads * config.head_size  # == dim
     return {
@@ -200,21 +103,6 @@ def _q8_bytes(shape: tuple[int, ...], group_size: int) -> int:
 
 # ---------------------------------------------------------------------------------------
 # reading
-
-
-@dataclass(frozen=True, eq=False)
-class LoadedModel:
-    """A model read from (or ready to be written to) a llama2.c file."""
-
-    config: Config
-    weights: dict
-    format: str  # "legacy" | "v1" | "v2"
-    shared_classifier: bool
-    group_size: Union[int, None] = None  # Q8_0 group size for "v2", else None
-
-    @property
-    def quantized(self) -> bool:
-        return self.format == "v2"
 
 
 def _config_from_ints(values: tuple[int, ...]) -> Config:
@@ -263,48 +151,53 @@ def _q8_view(
     return Q8Tensor(q, scale, group_size), offset + n_blocks * block_bytes
 
 
-def _read_legacy(path: str, raw: np.ndarray, header: bytes) -> LoadedModel:
+def _weights(config: Config, stacked: dict, fmt: str, shared: bool, group_size: Union[int, None]) -> Weights:
+    """The file's stacked tensors as :class:`Weights` (per-layer views, no copies)."""
+    layers = [{name: stacked[name][i] for name in PER_LAYER} for i in range(config.n_layers)]
+    quantization = None if group_size is None else {"method": "q8_0", "group_size": group_size}
+    return Weights(config, stacked["token_embedding"], layers, stacked["rms_final"],
+                   None if shared else stacked["wcls"], quantization,
+                   {"format": "llama2.c", "format_version": fmt})
+
+
+def _read_legacy(path: str, raw: np.ndarray, header: bytes) -> Weights:
     ints = struct.unpack("<7i", header[:LEGACY_HEADER_SIZE])
     signed_vocab = ints[5]
     shared = signed_vocab > 0
     config = _config_from_ints(ints[:5] + (abs(signed_vocab),) + ints[6:])
-    shapes = weight_shapes(config)
+    shapes = _file_shapes(config)
     floats = sum(int(np.prod(shapes[name])) for name in LEGACY_ORDER)
     floats += 2 * _freq_table_floats(config)
     if not shared:
         floats += int(np.prod(shapes["wcls"]))
     _check_length(path, raw.size, LEGACY_HEADER_SIZE + 4 * floats, "legacy")
 
-    weights: dict = {}
+    tensors: dict = {}
     offset = LEGACY_HEADER_SIZE
     for name in LEGACY_ORDER:
-        weights[name], offset = _f32_view(raw, offset, shapes[name])
+        tensors[name], offset = _f32_view(raw, offset, shapes[name])
     offset += 2 * 4 * _freq_table_floats(config)  # skip freq_cis_real / freq_cis_imag
-    if shared:
-        weights["wcls"] = weights["token_embedding"]
-    else:
-        weights["wcls"], offset = _f32_view(raw, offset, shapes["wcls"])
-    return LoadedModel(config, weights, "legacy", shared, None)
+    if not shared:
+        tensors["wcls"], offset = _f32_view(raw, offset, shapes["wcls"])
+    return _weights(config, tensors, "legacy", shared, None)
 
 
-def _read_v1(path: str, raw: np.ndarray, header: bytes) -> LoadedModel:
+def _read_v1(path: str, raw: np.ndarray, header: bytes) -> Weights:
     config = _config_from_ints(struct.unpack("<7i", header[8:36]))
     shared = header[36] != 0
-    shapes = weight_shapes(config)
+    shapes = _file_shapes(config)
     names = V1_ORDER + (() if shared else ("wcls",))
     floats = sum(int(np.prod(shapes[name])) for name in names)
     _check_length(path, raw.size, HEADER_SIZE + 4 * floats, "v1")
 
-    weights: dict = {}
+    tensors: dict = {}
     offset = HEADER_SIZE
     for name in names:
-        weights[name], offset = _f32_view(raw, offset, shapes[name])
-    if shared:
-        weights["wcls"] = weights["token_embedding"]
-    return LoadedModel(config, weights, "v1", shared, None)
+        tensors[name], offset = _f32_view(raw, offset, shapes[name])
+    return _weights(config, tensors, "v1", shared, None)
 
 
-def _read_v2(path: str, raw: np.ndarray, header: bytes) -> LoadedModel:
+def _read_v2(path: str, raw: np.ndarray, header: bytes) -> Weights:
     config = _config_from_ints(struct.unpack("<7i", header[8:36]))
     shared = header[36] != 0
     (group_size,) = struct.unpack("<i", header[37:41])
@@ -316,25 +209,23 @@ def _read_v2(path: str, raw: np.ndarray, header: bytes) -> LoadedModel:
             raise ModelFileError(
                 f"{path}: {what} ({width}) is not a multiple of the group size ({group_size})"
             )
-    shapes = weight_shapes(config)
-    matrices = MATRIX_NAMES + (() if shared else ("wcls",))
+    shapes = _file_shapes(config)
+    matrices = V2_MATRICES + (() if shared else ("wcls",))
     expected = HEADER_SIZE + 4 * sum(int(np.prod(shapes[name])) for name in NORM_NAMES)
     expected += sum(_q8_bytes(shapes[name], group_size) for name in matrices)
     _check_length(path, raw.size, expected, "v2")
 
-    weights: dict = {}
+    tensors: dict = {}
     offset = HEADER_SIZE
     for name in NORM_NAMES:
-        weights[name], offset = _f32_view(raw, offset, shapes[name])
+        tensors[name], offset = _f32_view(raw, offset, shapes[name])
     for name in matrices:
-        stacked = name in PER_LAYER_MATRICES
-        weights[name], offset = _q8_view(raw, offset, shapes[name], group_size, stacked)
-    if shared:
-        weights["wcls"] = weights["token_embedding"]
-    return LoadedModel(config, weights, "v2", shared, group_size)
+        stacked = name in MATRIX_NAMES
+        tensors[name], offset = _q8_view(raw, offset, shapes[name], group_size, stacked)
+    return _weights(config, tensors, "v2", shared, group_size)
 
 
-def read_model(path: Union[str, os.PathLike]) -> LoadedModel:
+def read_model(path: Union[str, os.PathLike]) -> Weights:
     """Read a llama2.c model file of any of the three formats, memory-mapped (no copies).
 
     Raises :class:`ModelFileError` for a missing/short/long file or a bad magic/version,
@@ -380,19 +271,6 @@ def read_model(path: Union[str, os.PathLike]) -> LoadedModel:
 # writing
 
 
-def _check_weights(config: Config, weights: Mapping, shared_classifier: bool) -> None:
-    """Raise ArgumentError unless every needed tensor exists with the right shape."""
-    shapes = weight_shapes(config)
-    needed = NORM_NAMES + MATRIX_NAMES + (() if shared_classifier else ("wcls",))
-    for name in needed:
-        if name not in weights:
-            raise ArgumentError(f"weights lack {name!r}")
-        shape = tuple(np.shape(weights[name]) if not isinstance(weights[name], Q8Tensor)
-                      else weights[name].shape)
-        if shape != shapes[name]:
-            raise ArgumentError(f"weights[{name!r}] has shape {shape}, expected {shapes[name]}")
-
-
 def _write_f32(handle: BinaryIO, array) -> None:
     handle.write(np.ascontiguousarray(array, dtype=F32).tobytes())
 
@@ -421,102 +299,90 @@ def _rope_tables(config: Config) -> tuple[np.ndarray, np.ndarray]:
     return np.cos(angles).astype(F32), np.sin(angles).astype(F32)  # [seq_len, hs/2] each
 
 
-def _as_float(weight) -> np.ndarray:
-    return weight.dequantize() if isinstance(weight, Q8Tensor) else weight
+def _in_file_order(weights: Weights, name: str) -> Iterator:
+    """The tensors a file stores under llama2.c's ``name``: one per layer for per-layer ones."""
+    if name in PER_LAYER:
+        return (layer[name] for layer in weights.layers)
+    return iter([{"token_embedding": weights.token_embedding, "rms_final": weights.rms_final,
+                  "wcls": weights.wcls}[name]])
 
 
-def write_legacy(path, config: Config, weights: Mapping, shared_classifier: bool = True) -> None:
+def write_legacy(path, weights: Weights) -> None:
     """Write a legacy (version 0) llama2.c file; a negative header vocab marks a separate wcls."""
-    _check_weights(config, weights, shared_classifier)
-    signed_vocab = config.vocab_size if shared_classifier else -config.vocab_size
+    weights.check()
+    config, shared = weights.config, weights.tied
+    signed_vocab = config.vocab_size if shared else -config.vocab_size
     freq_cos, freq_sin = _rope_tables(config)
 
     def body(handle: BinaryIO) -> None:
         handle.write(_config_ints(config, signed_vocab))
         for name in LEGACY_ORDER:
-            _write_f32(handle, _as_float(weights[name]))
+            for tensor in _in_file_order(weights, name):
+                _write_f32(handle, dense(tensor))
         _write_f32(handle, freq_cos)
         _write_f32(handle, freq_sin)
-        if not shared_classifier:
-            _write_f32(handle, _as_float(weights["wcls"]))
+        if not shared:
+            _write_f32(handle, dense(weights.wcls))
 
     atomic_write(path, body)
 
 
-def write_v1(path, config: Config, weights: Mapping, shared_classifier: bool = True) -> None:
+def write_v1(path, weights: Weights) -> None:
     """Write a version-1 (float32, 256-byte header) llama2.c file."""
-    _check_weights(config, weights, shared_classifier)
-    names = V1_ORDER + (() if shared_classifier else ("wcls",))
+    weights.check()
+    names = V1_ORDER + (() if weights.tied else ("wcls",))
 
     def body(handle: BinaryIO) -> None:
-        handle.write(_versioned_header(config, 1, shared_classifier, None))
+        handle.write(_versioned_header(weights.config, 1, weights.tied, None))
         for name in names:
-            _write_f32(handle, _as_float(weights[name]))
+            for tensor in _in_file_order(weights, name):
+                _write_f32(handle, dense(tensor))
 
     atomic_write(path, body)
 
 
-def write_v2(path, config: Config, weights: Mapping, group_size: int,
-             shared_classifier: bool = True) -> None:
+def write_v2(path, weights: Weights, group_size: int) -> None:
     """Write a version-2 (Q8_0) file, quantizing float matrices with :func:`quantize_q80`.
 
     A matrix that is already a :class:`Q8Tensor` with this group size is written as is.
     ``dim`` and ``hidden_dim`` must be multiples of ``group_size`` (runq.c needs it).
     """
-    _check_weights(config, weights, shared_classifier)
+    weights.check()
+    config = weights.config
     if isinstance(group_size, bool) or not isinstance(group_size, (int, np.integer)) or group_size < 1:
         raise ArgumentError(f"group_size must be a positive integer, got {group_size!r}")
     group_size = int(group_size)
     for what, width in (("dim", config.dim), ("hidden_dim", config.hidden_dim)):
         if width % group_size != 0:
             raise ArgumentError(f"{what} ({width}) is not a multiple of group_size ({group_size})")
-    matrices = MATRIX_NAMES + (() if shared_classifier else ("wcls",))
+    matrices = V2_MATRICES + (() if weights.tied else ("wcls",))
 
-    def quantized(name: str) -> Q8Tensor:
-        weight = weights[name]
+    def quantized(weight) -> Q8Tensor:
         if isinstance(weight, Q8Tensor) and weight.group_size == group_size:
             return weight
-        return quantize_q80(_as_float(weight), group_size)
+        return quantize_q80(dense(weight), group_size)
 
     def body(handle: BinaryIO) -> None:
-        handle.write(_versioned_header(config, 2, shared_classifier, group_size))
+        handle.write(_versioned_header(config, 2, weights.tied, group_size))
         for name in NORM_NAMES:
-            _write_f32(handle, weights[name])
+            for tensor in _in_file_order(weights, name):
+                _write_f32(handle, tensor)
         for name in matrices:
-            tensor = quantized(name)
-            layers = [tensor[layer] for layer in range(config.n_layers)] \
-                if name in PER_LAYER_MATRICES else [tensor]
-            for matrix in layers:  # each layer: its int8 values, then its scales
+            for tensor in _in_file_order(weights, name):  # each layer: its int8 values, then its scales
+                matrix = quantized(tensor)
                 handle.write(np.ascontiguousarray(matrix.q, dtype=I8).tobytes())
                 _write_f32(handle, matrix.scale)
 
     atomic_write(path, body)
 
 
-# ---------------------------------------------------------------------------------------
-# random models for tests
-
-
-def random_weights(config: Config, seed: int, shared_classifier: bool = True,
-                   scale: float = 1.0) -> dict:
-    """float32 random weights with well-conditioned activations and logits.
-
-    Norm weights are ``1 + 0.1 * N(0, 1)``; every matrix (embedding and classifier
-    included) is ``N(0, scale / sqrt(in_features))``, so each matmul roughly preserves the
-    RMS of its input and the logits are O(1).
-    """
-    rng = np.random.default_rng(seed)
-    shapes = weight_shapes(config)
-    weights: dict = {}
-    for name, shape in shapes.items():
-        if name == "wcls" and shared_classifier:
-            continue
-        if name in NORM_NAMES:
-            values = 1.0 + 0.1 * rng.standard_normal(shape)  # shape
-        else:
-            in_features = shape[-1]
-            values = rng.standard_normal(shape) * (scale / np.sqrt(in_features))  # shape
-        weights[name] = values.astype(np.float32)
-    if shared_classifier:
-        weights["wcls"] = weights["token_embedding"]
-    return weights
+def write(path, weights: Weights, fmt: str, group_size: int = 32) -> None:
+    """Write ``weights`` as llama2.c format ``fmt`` (``"legacy"``, ``"v1"`` or ``"v2"``)."""
+    if fmt == "legacy":
+        write_legacy(path, weights)
+    elif fmt == "v1":
+        write_v1(path, weights)
+    elif fmt == "v2":
+        write_v2(path, weights, group_size)
+    else:
+        raise ArgumentError(f"llama2.c format must be one of {FORMATS}, got {fmt!r}")

@@ -23,7 +23,7 @@ for Generative Pre-trained Transformers") and the conventions of its reference i
   quantization with error feedback, in blocks of ``block_size`` columns with lazy updates of
   the later columns.
 
-Results are :class:`~llama2rs.quant.AffineQuantized`; with act-order the groups are formed in
+Results are :class:`~llama2rs.quantize.affine.AffineQuantized`; with act-order the groups are formed in
 processing order, so the stored columns are permuted (stored column ``j`` = input ``perm[j]``).
 
 Shapes: ``w`` is ``[rows, cols]`` = ``[out_features, in_features]`` (the layer computes
@@ -37,7 +37,7 @@ from typing import Optional
 
 import numpy as np
 
-from .quant import AffineQuantized, n_groups
+from .affine import AffineQuantized, n_groups
 
 __all__ = [
     "HessianAccumulator",
