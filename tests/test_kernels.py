@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 
 import llama2rs
-from llama2rs import export, reference
+from llama2rs import _core, export, reference
+from llama2rs.config import Config
 from llama2rs.formats import l2rs, llama2c, safetensors
 from llama2rs.bench import measure, read_bandwidth, weight_bytes_per_token
 from conftest import STORIES, STORIES_Q80, TOK512, need
@@ -38,6 +39,23 @@ def test_available_kernels_and_auto_choice():
     assert llama2rs.Model(STORIES).kernels == kernels[-1]  # auto picks the fastest
     with pytest.raises(llama2rs.ArgumentError, match="kernels must be one of auto, scalar, portable, avx2, avx512, neon"):
         llama2rs.Model(STORIES, kernels="sse9")
+    # The names come from the core's one list; asking for a set this CPU lacks is refused there.
+    assert _core.KERNEL_NAMES == ("scalar", "portable", "avx2", "avx512", "neon")
+    missing = [k for k in _core.KERNEL_NAMES if k not in kernels]
+    assert missing, "every CPU lacks the other architecture's kernels"
+    for name in missing:
+        with pytest.raises(llama2rs.ArgumentError, match=f"this CPU cannot run the {name} kernels"):
+            llama2rs.Model(STORIES, kernels=name)
+
+
+def test_config_limits_are_the_cores():
+    # Hand-written bounds (rust/config.rs): Python validates with the same numbers.
+    assert dict(_core.CONFIG_LIMITS) == {"dim": 1 << 16, "hidden_dim": 1 << 18, "n_layers": 1 << 10, "n_heads": 1 << 10,
+                                         "n_kv_heads": 1 << 10, "vocab_size": 1 << 21, "seq_len": 1 << 20}
+    fields = dict(dim=64, hidden_dim=172, n_layers=5, n_heads=8, n_kv_heads=4, vocab_size=512, seq_len=512)
+    Config(**{**fields, "seq_len": 1 << 20})
+    with pytest.raises(llama2rs.ConfigError, match=r"seq_len must be in \[1, 1048576\], got 1048577"):
+        Config(**{**fields, "seq_len": (1 << 20) + 1})
 
 
 @pytest.mark.parametrize("kernels", llama2rs.available_kernels())

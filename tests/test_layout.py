@@ -109,9 +109,6 @@ def test_no_python_file_over_800_lines():
     assert not too_long, f"over {MAX_LINES} lines: {too_long}"
 
 
-# The Rust core is split in a parallel branch; when it lands this passes, and strict xfail turns
-# that into a failure that says: remove this marker.
-@pytest.mark.xfail(strict=True, reason="rust/kernels/{mod,x86}.rs are split by the Rust reshaping branch")
 def test_no_rust_file_over_800_lines():
     too_long = _too_long("rust")
     assert not too_long, f"over {MAX_LINES} lines: {too_long}"

@@ -3,21 +3,18 @@
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from typing import Union
+from types import MappingProxyType
+from typing import Mapping, Union
 
+from ._core import CONFIG_LIMITS
 from .errors import ConfigError
 
-__all__ = ["Config", "MAX_DIM", "MAX_HIDDEN_DIM", "MAX_LAYERS", "MAX_HEADS", "MAX_VOCAB", "MAX_SEQ_LEN"]
+__all__ = ["Config", "LIMITS"]
 
-# Upper bounds well above any real Llama (70B: dim 8192, hidden 28672, 80 layers, 64 heads,
-# vocab 32000-128256); a header beyond them is corrupt, not a bigger model.
-# The Rust loader (rust/config.rs) enforces the same numbers.
-MAX_DIM = 1 << 16
-MAX_HIDDEN_DIM = 1 << 18
-MAX_LAYERS = 1 << 10
-MAX_HEADS = 1 << 10
-MAX_VOCAB = 1 << 21
-MAX_SEQ_LEN = 1 << 20
+# Upper bound of each integer field, well above any real Llama (70B: dim 8192, hidden 28672,
+# 80 layers, 64 heads, vocab 32000-128256): a header beyond them is corrupt, not a bigger
+# model. Stated once, in the Rust core (rust/config.rs), which enforces the same numbers.
+LIMITS: Mapping[str, int] = MappingProxyType(dict(CONFIG_LIMITS))
 
 
 @dataclass(frozen=True)
@@ -42,16 +39,7 @@ class Config:
 
     def validate(self) -> None:
         """Raise :class:`ConfigError` naming the first inconsistency."""
-        bounds = {
-            "dim": MAX_DIM,
-            "hidden_dim": MAX_HIDDEN_DIM,
-            "n_layers": MAX_LAYERS,
-            "n_heads": MAX_HEADS,
-            "n_kv_heads": MAX_HEADS,
-            "vocab_size": MAX_VOCAB,
-            "seq_len": MAX_SEQ_LEN,
-        }
-        for name, upper in bounds.items():
+        for name, upper in LIMITS.items():
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int):
                 raise ConfigError(f"{name} must be an integer, got {value!r}")

@@ -36,7 +36,7 @@ from typing import BinaryIO, Iterator, Union
 
 import numpy as np
 
-from ..config import MAX_DIM, Config
+from ..config import LIMITS, Config
 from ..errors import ArgumentError, ModelFileError
 from ..fileio import atomic_write
 from ..quantize.q80 import F32, I8, Q8Tensor, quantize_q80
@@ -246,7 +246,7 @@ def read_model(path: Union[str, os.PathLike]) -> Weights:
         # No magic: a legacy file starts with a positive int32 dim within Config's bounds
         # (MAGIC as a dim would be far beyond them, so the two cannot be confused).
         # Anything else is neither format.
-        if not 1 <= magic <= MAX_DIM:
+        if not 1 <= magic <= LIMITS["dim"]:
             raise ModelFileError(
                 f"{path}: bad magic number 0x{magic:08x}: neither a versioned llama2.c file "
                 f"(0x{MAGIC:08x}) nor a legacy one (positive dim)"
