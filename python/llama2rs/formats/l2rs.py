@@ -1,6 +1,6 @@
 """llama2rs's own model file, written and read with NumPy.
 
-The layout is specified once, in the Rust core's reader (``l2rs.rs``, the reader the models run
+The layout is specified once, in the Rust core's reader (``rust/formats/l2rs.rs``, the reader the models run
 from); this module writes exactly that, format version 1, or 2 when affine scales are fp16. A file is a safetensors container: standard tools can list and read it.
 """
 
