@@ -20,6 +20,8 @@ mod math;
 pub mod membw;
 pub mod model;
 pub mod sampler;
+#[cfg(test)]
+mod test_rng;
 pub mod weights;
 
 #[cfg(feature = "python")]

@@ -12,25 +12,14 @@ use safetensors::Dtype;
 use super::read;
 use crate::kernels::{Isa, Kernels};
 use crate::model::Model;
+use crate::test_rng::Rng;
 
 /// dim 8, hidden 12, 2 layers, 2 heads of 4 (1 kv head), vocab 10, seq_len 4.
 const SHAPE: [i32; 7] = [8, 12, 2, 2, 1, 10, 4];
 
-/// Small deterministic generator (xorshift64).
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n as u64) as usize
-    }
-    fn f32_bytes(&mut self, n: usize) -> Vec<u8> {
-        (0..n).flat_map(|_| ((self.next() >> 40) as f32 / (1u64 << 24) as f32 - 0.5).to_le_bytes()).collect()
-    }
+/// Little-endian fp32 values in [-0.5, 0.5).
+fn f32_bytes(rng: &mut Rng, n: usize) -> Vec<u8> {
+    (0..n).flat_map(|_| (rng.next_f32() / 2.0).to_le_bytes()).collect()
 }
 
 fn ints(values: &[i32]) -> Vec<u8> {
@@ -50,17 +39,17 @@ fn llama2c_file(version: i32, shared: bool, rng: &mut Rng) -> Vec<u8> {
             let mut header = SHAPE;
             header[5] = if shared { vocab as i32 } else { -(vocab as i32) };
             out.extend(ints(&header));
-            out.extend(rng.f32_bytes(vocab * dim + layers * dim));
+            out.extend(f32_bytes(rng, vocab * dim + layers * dim));
             for n in per_layer[..4].iter() {
-                out.extend(rng.f32_bytes(layers * n));
+                out.extend(f32_bytes(rng, layers * n));
             }
-            out.extend(rng.f32_bytes(layers * dim));
+            out.extend(f32_bytes(rng, layers * dim));
             for n in per_layer[4..].iter() {
-                out.extend(rng.f32_bytes(layers * n));
+                out.extend(f32_bytes(rng, layers * n));
             }
-            out.extend(rng.f32_bytes(dim + seq_len * hs)); // final norm, both RoPE tables
+            out.extend(f32_bytes(rng, dim + seq_len * hs)); // final norm, both RoPE tables
             if !shared {
-                out.extend(rng.f32_bytes(vocab * dim));
+                out.extend(f32_bytes(rng, vocab * dim));
             }
         }
         _ => {
@@ -73,7 +62,7 @@ fn llama2c_file(version: i32, shared: bool, rng: &mut Rng) -> Vec<u8> {
                 out.extend(ints(&[group as i32]));
             }
             out.resize(256, 0);
-            out.extend(rng.f32_bytes(2 * layers * dim + dim)); // norms
+            out.extend(f32_bytes(rng, 2 * layers * dim + dim)); // norms
             let mut matrices = vec![vocab * dim];
             for n in per_layer {
                 matrices.extend(std::iter::repeat_n(n, layers));
@@ -83,10 +72,10 @@ fn llama2c_file(version: i32, shared: bool, rng: &mut Rng) -> Vec<u8> {
             }
             for n in matrices {
                 if version == 2 {
-                    out.extend((0..n).map(|_| rng.next() as u8));
-                    out.extend(rng.f32_bytes(n / group));
+                    out.extend((0..n).map(|_| rng.next_u64() as u8));
+                    out.extend(f32_bytes(rng, n / group));
                 } else {
-                    out.extend(rng.f32_bytes(n));
+                    out.extend(f32_bytes(rng, n));
                 }
             }
         }
@@ -104,14 +93,19 @@ fn l2rs_file(rng: &mut Rng) -> Vec<u8> {
     let mut add =
         |name: String, dtype: Dtype, shape: Vec<usize>, data: Vec<u8>| tensors.push((name, dtype, shape, data));
     add("tokenizer".into(), Dtype::U8, vec![5], b"tok!\n".to_vec());
-    add("rms_final".into(), Dtype::F32, vec![dim], rng.f32_bytes(dim));
-    add("token_embedding.weight".into(), Dtype::F32, vec![vocab, dim], rng.f32_bytes(vocab * dim));
-    add("classifier.q8_0".into(), Dtype::I8, vec![vocab, dim], (0..vocab * dim).map(|_| rng.next() as u8).collect());
-    add("classifier.q8_0_scales".into(), Dtype::F32, vec![vocab, dim / group], rng.f32_bytes(vocab * dim / group));
+    add("rms_final".into(), Dtype::F32, vec![dim], f32_bytes(rng, dim));
+    add("token_embedding.weight".into(), Dtype::F32, vec![vocab, dim], f32_bytes(rng, vocab * dim));
+    add(
+        "classifier.q8_0".into(),
+        Dtype::I8,
+        vec![vocab, dim],
+        (0..vocab * dim).map(|_| rng.next_u64() as u8).collect(),
+    );
+    add("classifier.q8_0_scales".into(), Dtype::F32, vec![vocab, dim / group], f32_bytes(rng, vocab * dim / group));
     for l in 0..layers {
         let p = format!("layers.{l}");
-        add(format!("{p}.rms_att"), Dtype::F32, vec![dim], rng.f32_bytes(dim));
-        add(format!("{p}.rms_ffn"), Dtype::F32, vec![dim], rng.f32_bytes(dim));
+        add(format!("{p}.rms_att"), Dtype::F32, vec![dim], f32_bytes(rng, dim));
+        add(format!("{p}.rms_ffn"), Dtype::F32, vec![dim], f32_bytes(rng, dim));
         for (m, rows, cols) in [
             ("wq", dim, dim),
             ("wk", kv_dim, dim),
@@ -128,19 +122,19 @@ fn l2rs_file(rng: &mut Rng) -> Vec<u8> {
                 format!("{p}.{m}.q{bits}"),
                 Dtype::U8,
                 vec![rows, row_bytes],
-                (0..rows * row_bytes).map(|_| rng.next() as u8).collect(),
+                (0..rows * row_bytes).map(|_| rng.next_u64() as u8).collect(),
             );
             let scales: Vec<u8> = if four_bit {
-                (0..rows * groups).flat_map(|_| (0x2000u16 + (rng.next() % 0x1000) as u16).to_le_bytes()).collect()
+                (0..rows * groups).flat_map(|_| (0x2000u16 + (rng.next_u64() % 0x1000) as u16).to_le_bytes()).collect()
             } else {
-                rng.f32_bytes(rows * groups)
+                f32_bytes(rng, rows * groups)
             };
             add(format!("{p}.{m}.scales"), if four_bit { Dtype::F16 } else { Dtype::F32 }, vec![rows, groups], scales);
             add(
                 format!("{p}.{m}.zeros"),
                 Dtype::U8,
                 vec![rows, groups],
-                (0..rows * groups).map(|_| rng.next() as u8 & 15).collect(),
+                (0..rows * groups).map(|_| rng.next_u64() as u8 & 15).collect(),
             );
             if m == "w2" {
                 let perm: Vec<u8> = (0..cols as i32).rev().flat_map(|i| i.to_le_bytes()).collect();

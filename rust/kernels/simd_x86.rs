@@ -10,6 +10,9 @@
 use std::arch::x86_64::*;
 
 /// The sum of the eight lanes, in lane order.
+///
+/// # Safety
+/// The caller is compiled with AVX2 and FMA, which the CPU has.
 #[inline(always)]
 pub(crate) unsafe fn hsum_avx2(v: __m256) -> f32 {
     let mut lanes = [0.0f32; 8];
@@ -19,6 +22,9 @@ pub(crate) unsafe fn hsum_avx2(v: __m256) -> f32 {
 }
 
 /// `sum_i a[i] * b[i]` over the shorter of the two: four 8-lane FMA chains, then the tail.
+///
+/// # Safety
+/// The caller is compiled with AVX2 and FMA, which the CPU has.
 #[inline(always)]
 pub(crate) unsafe fn dot_f32_avx2_inline(a: &[f32], b: &[f32]) -> f32 {
     let n = a.len().min(b.len());
@@ -48,6 +54,9 @@ pub(crate) unsafe fn dot_f32_avx2_inline(a: &[f32], b: &[f32]) -> f32 {
 
 /// `y += a * x` (over the shorter of the two). Each element is rounded as run.c rounds it (a
 /// product, then a sum; no FMA), so this equals the scalar loop bit for bit.
+///
+/// # Safety
+/// The caller is compiled with AVX2 and FMA, which the CPU has.
 #[inline(always)]
 pub(crate) unsafe fn axpy_avx2_inline(y: &mut [f32], a: f32, x: &[f32]) {
     let n = y.len().min(x.len());

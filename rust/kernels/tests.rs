@@ -14,24 +14,8 @@ use super::q8_0::QuantizedVec;
 use super::*;
 #[cfg(target_arch = "x86_64")]
 use crate::disjoint::DisjointSlice;
+use crate::test_rng::Rng;
 use crate::weights::{AffineData, Matrix, MatrixData, Q8Data, Scales};
-
-/// Small deterministic generator (xorshift) so tests need no extra crates.
-struct Rng(u64);
-impl Rng {
-    fn next_f32(&mut self) -> f32 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        ((self.0 >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
-    }
-    fn unit(&mut self) -> f32 {
-        (self.next_f32() + 1.0) / 2.0
-    }
-    fn vec(&mut self, n: usize) -> Vec<f32> {
-        (0..n).map(|_| self.next_f32()).collect()
-    }
-}
 
 const SHAPES: &[(usize, usize)] = &[
     (1, 1),

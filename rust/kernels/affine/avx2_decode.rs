@@ -7,7 +7,7 @@
 use std::arch::x86_64::*;
 
 use super::activation::{Int8Activation, CHUNK, RESIDUAL};
-use super::{zero_term, AffineRow, AffineRows, RowsOut};
+use super::{debug_check_rows, zero_term, AffineRow, AffineRows, RowsOut};
 use crate::kernels::simd_x86::hsum_avx2;
 
 /// `RowsI8` on AVX2: rows `rows` of a 4-bit matrix times each int8 activation of `acts`.
@@ -22,9 +22,10 @@ pub(crate) unsafe fn rows(
     scale_buffer: &mut Vec<f32>,
     out: RowsOut,
 ) {
-    debug_assert!(row.data.bits == 4 && rows.end <= row.len() && out.covers(acts.len(), &rows));
-    debug_assert!(acts.iter().all(|a| a.cols == row.cols && a.group_sums().len() == row.n_groups()));
-    // SAFETY: the module's contract: AVX2 and FMA are enabled here and the CPU has them; weight loads past the row's end go through a zero-padded copy, activation loads stay inside the padded activation of the same columns.
+    debug_check_rows(row, &rows, acts, &out);
+    // SAFETY: the module's contract: AVX2 and FMA are enabled here and the CPU has them; weight
+    // loads past the row's end go through a zero-padded copy, activation loads stay inside the
+    // padded activation of the same columns.
     unsafe {
         let last = rows.end.saturating_sub(1);
         for r in rows {
@@ -39,7 +40,9 @@ pub(crate) unsafe fn rows(
 
 #[inline(always)]
 unsafe fn dot_i8_inline(row: AffineRow, act: &Int8Activation, group_sums: &[f32]) -> f32 {
-    // SAFETY: the module's contract: AVX2 and FMA are enabled here and the CPU has them; weight loads past the row's end go through a zero-padded copy, activation loads stay inside the padded activation of the same columns.
+    // SAFETY: the module's contract: AVX2 and FMA are enabled here and the CPU has them; weight
+    // loads past the row's end go through a zero-padded copy, activation loads stay inside the
+    // padded activation of the same columns.
     unsafe {
         let gs = row.group_size;
         let n_groups = row.scales.len();

@@ -17,7 +17,7 @@
 use std::arch::x86_64::*;
 
 use super::activation::{Int8Activation, CHUNK, RESIDUAL, RESIDUAL_BITS};
-use super::{AffineRow, AffineRows, RowsOut};
+use super::{debug_check_rows, AffineRow, AffineRows, RowsOut};
 use crate::kernels::fp16::f16c::f16_to_f32_avx512_inline;
 use crate::kernels::simd_x86::prefetch;
 use crate::weights::Scales;
@@ -75,7 +75,9 @@ unsafe fn chunk_full_avx512<const GFNI: bool>(
     s: __m512,
     acc: __m512,
 ) -> __m512 {
-    // SAFETY: the module's contract: AVX-512 VNNI is enabled here and the CPU has it, and every pointer access stays inside the row, activation or scale buffer of one matrix that it came from.
+    // SAFETY: the module's contract: AVX-512 VNNI is enabled here and the CPU has it, and every
+    // pointer access stays inside the row, activation or scale buffer of one matrix that it came
+    // from.
     unsafe {
         prefetch(row.values.as_ptr().wrapping_add(c * 64 + PREFETCH_AHEAD));
         let (lo, hi) = nibbles_avx512::<GFNI>(row, c);
@@ -93,7 +95,9 @@ unsafe fn load_chunk_avx512(
     lane_group: __m512i,
     c: usize,
 ) -> (__m512i, __m512i, __m512) {
-    // SAFETY: the module's contract: AVX-512 VNNI is enabled here and the CPU has it, and every pointer access stays inside the row, activation or scale buffer of one matrix that it came from.
+    // SAFETY: the module's contract: AVX-512 VNNI is enabled here and the CPU has it, and every
+    // pointer access stays inside the row, activation or scale buffer of one matrix that it came
+    // from.
     unsafe {
         let (lo, hi) = load_nibbles_avx512(row, c);
         let n_groups = row.scales.len();
@@ -120,7 +124,9 @@ struct ActChunk {
 
 #[inline(always)]
 unsafe fn load_act_avx512(act: &Int8Activation, c: usize) -> ActChunk {
-    // SAFETY: the module's contract: AVX-512 VNNI is enabled here and the CPU has it, and every pointer access stays inside the row, activation or scale buffer of one matrix that it came from.
+    // SAFETY: the module's contract: AVX-512 VNNI is enabled here and the CPU has it, and every
+    // pointer access stays inside the row, activation or scale buffer of one matrix that it came
+    // from.
     unsafe {
         let xp = act.interleaved.as_ptr().add(c * CHUNK);
         let rp = act.residual_interleaved.as_ptr().add(c * CHUNK);
@@ -137,7 +143,9 @@ unsafe fn load_act_avx512(act: &Int8Activation, c: usize) -> ActChunk {
 /// `acc + sum over lanes of s * d * (idot + rdot / 256)` for one chunk of one row.
 #[inline(always)]
 unsafe fn chunk_dot_avx512(lo: __m512i, hi: __m512i, s: __m512, a: &ActChunk, acc: __m512) -> __m512 {
-    // SAFETY: the module's contract: AVX-512 VNNI is enabled here and the CPU has it, and every pointer access stays inside the row, activation or scale buffer of one matrix that it came from.
+    // SAFETY: the module's contract: AVX-512 VNNI is enabled here and the CPU has it, and every
+    // pointer access stays inside the row, activation or scale buffer of one matrix that it came
+    // from.
     unsafe {
         let idot = _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(_mm512_setzero_si512(), lo, a.xe), hi, a.xo);
         let rdot = _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(_mm512_setzero_si512(), lo, a.re), hi, a.ro);
@@ -155,7 +163,9 @@ unsafe fn chunk_avx512(
     c: usize,
     acc: __m512,
 ) -> __m512 {
-    // SAFETY: the module's contract: AVX-512 VNNI is enabled here and the CPU has it, and every pointer access stays inside the row, activation or scale buffer of one matrix that it came from.
+    // SAFETY: the module's contract: AVX-512 VNNI is enabled here and the CPU has it, and every
+    // pointer access stays inside the row, activation or scale buffer of one matrix that it came
+    // from.
     unsafe {
         let (lo, hi, s) = load_chunk_avx512(row, plan, lane_group, c);
         chunk_dot_avx512(lo, hi, s, &load_act_avx512(act, c), acc)
@@ -204,9 +214,10 @@ unsafe fn rows_body<const GFNI: bool>(
     scale_buffer: &mut Vec<f32>,
     out: RowsOut,
 ) {
-    debug_assert!(row.data.bits == 4 && rows.end <= row.len() && out.covers(acts.len(), &rows));
-    debug_assert!(acts.iter().all(|a| a.cols == row.cols && a.group_sums().len() == row.n_groups()));
-    // SAFETY: the module's contract: AVX-512 VNNI is enabled here and the CPU has it, and every pointer access stays inside the row, activation or scale buffer of one matrix that it came from.
+    debug_check_rows(row, &rows, acts, &out);
+    // SAFETY: the module's contract: AVX-512 VNNI is enabled here and the CPU has it, and every
+    // pointer access stays inside the row, activation or scale buffer of one matrix that it came
+    // from.
     unsafe {
         let plan = &Q4Plan::new(row.data.group_size, row.cols);
         let lane_group = _mm512_loadu_si512(plan.lane_group.as_ptr() as *const _);
@@ -250,7 +261,9 @@ unsafe fn rows_body<const GFNI: bool>(
 /// (`[n_groups]`, or longer), 16 per instruction.
 #[inline(always)]
 unsafe fn row_with_f32_scales<'s>(row: &'s AffineRows, r: usize, buffer: &'s mut [f32]) -> AffineRow<'s> {
-    // SAFETY: the module's contract: AVX-512 VNNI is enabled here and the CPU has it, and every pointer access stays inside the row, activation or scale buffer of one matrix that it came from.
+    // SAFETY: the module's contract: AVX-512 VNNI is enabled here and the CPU has it, and every
+    // pointer access stays inside the row, activation or scale buffer of one matrix that it came
+    // from.
     unsafe {
         let groups = row.n_groups();
         match &row.data.scales {
@@ -273,7 +286,9 @@ unsafe fn dot2_q4_i8_avx512<const GFNI: bool>(
     act: &Int8Activation,
     plan: &Q4Plan,
 ) -> (f32, f32) {
-    // SAFETY: the module's contract: AVX-512 VNNI is enabled here and the CPU has it, and every pointer access stays inside the row, activation or scale buffer of one matrix that it came from.
+    // SAFETY: the module's contract: AVX-512 VNNI is enabled here and the CPU has it, and every
+    // pointer access stays inside the row, activation or scale buffer of one matrix that it came
+    // from.
     unsafe {
         let shift = plan.group_shift.unwrap_unchecked();
         let chunks = act.padded / CHUNK;
@@ -317,7 +332,9 @@ const PAIR_PREFETCH_AHEAD: usize = 8192;
 /// The low and high nibbles of whole chunk `c` of a row (no prefetch: the caller's job).
 #[inline(always)]
 unsafe fn nibbles_avx512<const GFNI: bool>(row: &AffineRow, c: usize) -> (__m512i, __m512i) {
-    // SAFETY: the module's contract: AVX-512 VNNI is enabled here and the CPU has it, and every pointer access stays inside the row, activation or scale buffer of one matrix that it came from.
+    // SAFETY: the module's contract: AVX-512 VNNI is enabled here and the CPU has it, and every
+    // pointer access stays inside the row, activation or scale buffer of one matrix that it came
+    // from.
     unsafe {
         let low4 = _mm512_set1_epi8(0x0f);
         let wv = _mm512_loadu_si512(row.values.as_ptr().add(c * 64) as *const _);
@@ -343,7 +360,9 @@ unsafe fn chunk_dot_full_avx512(
     s: __m512,
     acc: __m512,
 ) -> __m512 {
-    // SAFETY: the module's contract: AVX-512 VNNI is enabled here and the CPU has it, and every pointer access stays inside the row, activation or scale buffer of one matrix that it came from.
+    // SAFETY: the module's contract: AVX-512 VNNI is enabled here and the CPU has it, and every
+    // pointer access stays inside the row, activation or scale buffer of one matrix that it came
+    // from.
     unsafe {
         let idot = _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(_mm512_setzero_si512(), lo, a.xe), hi, a.xo);
         let both =
@@ -362,7 +381,9 @@ unsafe fn dot_q4_i8_avx512_inline<const GFNI: bool>(
     plan: &Q4Plan,
     lane_group: __m512i,
 ) -> f32 {
-    // SAFETY: the module's contract: AVX-512 VNNI is enabled here and the CPU has it, and every pointer access stays inside the row, activation or scale buffer of one matrix that it came from.
+    // SAFETY: the module's contract: AVX-512 VNNI is enabled here and the CPU has it, and every
+    // pointer access stays inside the row, activation or scale buffer of one matrix that it came
+    // from.
     unsafe {
         let chunks = act.padded / CHUNK;
         let total = if plan.broadcast && plan.group_shift.is_some() {
@@ -404,7 +425,9 @@ unsafe fn dot_q4_i8_avx512_inline<const GFNI: bool>(
 /// The weights of chunk `c` (64 bytes) as even and odd columns.
 #[inline(always)]
 unsafe fn load_nibbles_avx512(row: &AffineRow, c: usize) -> (__m512i, __m512i) {
-    // SAFETY: the module's contract: AVX-512 VNNI is enabled here and the CPU has it, and every pointer access stays inside the row, activation or scale buffer of one matrix that it came from.
+    // SAFETY: the module's contract: AVX-512 VNNI is enabled here and the CPU has it, and every
+    // pointer access stays inside the row, activation or scale buffer of one matrix that it came
+    // from.
     unsafe {
         let low4 = _mm512_set1_epi8(0x0f);
         let start = c * 64;
@@ -424,7 +447,9 @@ unsafe fn load_nibbles_avx512(row: &AffineRow, c: usize) -> (__m512i, __m512i) {
 /// `acc + sum over lanes of d * (idot + rdot / 256)` for chunk `c`, before the weight scale.
 #[inline(always)]
 unsafe fn chunk_scaled_avx512(row: &AffineRow, act: &Int8Activation, c: usize, acc: __m512) -> __m512 {
-    // SAFETY: the module's contract: AVX-512 VNNI is enabled here and the CPU has it, and every pointer access stays inside the row, activation or scale buffer of one matrix that it came from.
+    // SAFETY: the module's contract: AVX-512 VNNI is enabled here and the CPU has it, and every
+    // pointer access stays inside the row, activation or scale buffer of one matrix that it came
+    // from.
     unsafe {
         let (lo, hi) = load_nibbles_avx512(row, c);
         let a = load_act_avx512(act, c);
@@ -438,7 +463,9 @@ unsafe fn chunk_scaled_avx512(row: &AffineRow, act: &Int8Activation, c: usize, a
 /// `zero_term`, 16 groups per step.
 #[inline(always)]
 unsafe fn zero_term_avx512(row: &AffineRow, group_sums: &[f32]) -> f32 {
-    // SAFETY: the module's contract: AVX-512 VNNI is enabled here and the CPU has it, and every pointer access stays inside the row, activation or scale buffer of one matrix that it came from.
+    // SAFETY: the module's contract: AVX-512 VNNI is enabled here and the CPU has it, and every
+    // pointer access stays inside the row, activation or scale buffer of one matrix that it came
+    // from.
     unsafe {
         let n = row.scales.len();
         let mut acc = _mm512_setzero_ps();

@@ -19,7 +19,10 @@ const GEMM_TOKENS: usize = 4;
 /// Dequantize one row (stored column order) into `out` (`[cols]`, fp32): `s * (q - z)`.
 #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
 unsafe fn dequantize_q4_row_avx512(row: &AffineRow, out: &mut [f32]) {
-    // SAFETY: this function's contract: the instruction set is enabled here and the CPU has it; loads of a row stop at its `cols.div_ceil(2)` bytes (masked at the end), the dequantized buffer holds `GEMM_ROWS` rows of `stride` floats, and token loads stop at `cols` (the ragged last step is masked or copied).
+    // SAFETY: this function's contract: the instruction set is enabled here and the CPU has it;
+    // loads of a row stop at its `cols.div_ceil(2)` bytes (masked at the end), the dequantized
+    // buffer holds `GEMM_ROWS` rows of `stride` floats, and token loads stop at `cols` (the ragged
+    // last step is masked or copied).
     unsafe {
         let cols = row.cols;
         let gs = row.group_size;
@@ -32,7 +35,8 @@ unsafe fn dequantize_q4_row_avx512(row: &AffineRow, out: &mut [f32]) {
             let packed =
                 _mm_maskz_loadu_epi8(((1u32 << bytes) - 1) as u16, row.values.as_ptr().add(c / 2) as *const i8);
             let wide = _mm512_cvtepu8_epi32(packed); // 16 lanes, bytes 0..15 (only 8 used)
-                                                     // Lane j holds byte j/2's low (even j) or high (odd j) nibble.
+                                                     // Lane j holds byte j/2's low (even j) or high
+                                                     // (odd j) nibble.
             let idx = _mm512_setr_epi32(0, 0, 1, 1, 2, 2, 3, 3, 4, 4, 5, 5, 6, 6, 7, 7);
             let shifts = _mm512_setr_epi32(0, 4, 0, 4, 0, 4, 0, 4, 0, 4, 0, 4, 0, 4, 0, 4);
             let q =
@@ -65,7 +69,10 @@ unsafe fn dequantize_q4_row_avx512(row: &AffineRow, out: &mut [f32]) {
 /// The CPU has AVX-512 F, BW and VL; otherwise `GemmF32`'s contract.
 #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
 pub(crate) unsafe fn gemm_avx512(rows: &[AffineRow], x: &[f32], n_tokens: usize, buffer: &mut Vec<f32>, out: RowsOut) {
-    // SAFETY: this function's contract: the instruction set is enabled here and the CPU has it; loads of a row stop at its `cols.div_ceil(2)` bytes (masked at the end), the dequantized buffer holds `GEMM_ROWS` rows of `stride` floats, and token loads stop at `cols` (the ragged last step is masked or copied).
+    // SAFETY: this function's contract: the instruction set is enabled here and the CPU has it;
+    // loads of a row stop at its `cols.div_ceil(2)` bytes (masked at the end), the dequantized
+    // buffer holds `GEMM_ROWS` rows of `stride` floats, and token loads stop at `cols` (the ragged
+    // last step is masked or copied).
     unsafe {
         let cols = rows[0].cols;
         debug_assert!(!rows.is_empty() && rows.len() <= GEMM_ROWS && n_tokens > 0 && x.len() == n_tokens * cols);
@@ -155,7 +162,10 @@ fn dequantize_q4_row(row: &AffineRow, out: &mut [f32]) {
 /// The CPU has AVX2 and FMA; otherwise `GemmF32`'s contract.
 #[target_feature(enable = "avx2,fma")]
 pub(crate) unsafe fn gemm_avx2(rows: &[AffineRow], x: &[f32], n_tokens: usize, buffer: &mut Vec<f32>, out: RowsOut) {
-    // SAFETY: this function's contract: the instruction set is enabled here and the CPU has it; loads of a row stop at its `cols.div_ceil(2)` bytes (masked at the end), the dequantized buffer holds `GEMM_ROWS` rows of `stride` floats, and token loads stop at `cols` (the ragged last step is masked or copied).
+    // SAFETY: this function's contract: the instruction set is enabled here and the CPU has it;
+    // loads of a row stop at its `cols.div_ceil(2)` bytes (masked at the end), the dequantized
+    // buffer holds `GEMM_ROWS` rows of `stride` floats, and token loads stop at `cols` (the ragged
+    // last step is masked or copied).
     unsafe {
         const R: usize = GEMM_ROWS;
         const T: usize = 3;

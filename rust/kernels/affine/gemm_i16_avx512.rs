@@ -52,7 +52,10 @@ pub(crate) unsafe fn gemm(
     debug_assert!(w.bits == 4 && x.cols == cols && x.block.is_multiple_of(32) && x.padded.is_multiple_of(x.block));
     debug_assert!(w.values.len() == rows * AffineData::row_bytes(4, cols) && w.zeros.len() == rows * w.n_groups(cols));
     debug_assert!(x.values.len() == x.n_tokens * x.padded && out.covers(x.n_tokens, &(r0..(r0 + I16_ROWS).min(rows))));
-    // SAFETY: this function's contract: AVX-512 VNNI is enabled here and the CPU has it; weight loads are masked at each row's end, activation pairs are read inside `x.values` (block b of token t is [(b * n_tokens + t) * block, + block)), panel buffers are sized above, and stores go through `RowsOut::ptr_at` for the rows that exist.
+    // SAFETY: this function's contract: AVX-512 VNNI is enabled here and the CPU has it; weight
+    // loads are masked at each row's end, activation pairs are read inside `x.values` (block b of
+    // token t is [(b * n_tokens + t) * block, + block)), panel buffers are sized above, and stores
+    // go through `RowsOut::ptr_at` for the rows that exist.
     unsafe {
         let (block, n_tokens) = (x.block, x.n_tokens);
         let kps = block / 2; // column pairs (bytes) per block
@@ -149,7 +152,10 @@ unsafe fn unpack_panel_avx512(
     buffers: &mut I16Buffers,
     p: usize,
 ) -> __m512 {
-    // SAFETY: this function's contract: AVX-512 VNNI is enabled here and the CPU has it; weight loads are masked at each row's end, activation pairs are read inside `x.values` (block b of token t is [(b * n_tokens + t) * block, + block)), panel buffers are sized above, and stores go through `RowsOut::ptr_at` for the rows that exist.
+    // SAFETY: this function's contract: AVX-512 VNNI is enabled here and the CPU has it; weight
+    // loads are masked at each row's end, activation pairs are read inside `x.values` (block b of
+    // token t is [(b * n_tokens + t) * block, + block)), panel buffers are sized above, and stores
+    // go through `RowsOut::ptr_at` for the rows that exist.
     unsafe {
         let dst = buffers.weights.as_mut_ptr().add(p * kps);
         if valid == 0 {
@@ -206,7 +212,10 @@ unsafe fn unpack_panel_avx512(
 /// gather four rows' dwords per 128-bit lane, two 128-bit lane shuffles finish the job.
 #[inline(always)]
 unsafe fn transpose_16x16_epi32(r: [__m512i; 16]) -> [__m512i; 16] {
-    // SAFETY: this function's contract: AVX-512 VNNI is enabled here and the CPU has it; weight loads are masked at each row's end, activation pairs are read inside `x.values` (block b of token t is [(b * n_tokens + t) * block, + block)), panel buffers are sized above, and stores go through `RowsOut::ptr_at` for the rows that exist.
+    // SAFETY: this function's contract: AVX-512 VNNI is enabled here and the CPU has it; weight
+    // loads are masked at each row's end, activation pairs are read inside `x.values` (block b of
+    // token t is [(b * n_tokens + t) * block, + block)), panel buffers are sized above, and stores
+    // go through `RowsOut::ptr_at` for the rows that exist.
     unsafe {
         // t[2i] lane L: rows 2i, 2i+1 at dwords 4L, 4L+1; t[2i+1]: at dwords 4L+2, 4L+3.
         let t: [__m512i; 16] = std::array::from_fn(|k| {
@@ -255,7 +264,10 @@ unsafe fn i16_tile<const T: usize>(
     w_scales: &[__m512; I16_PANELS],
     partial: *mut __m512,
 ) {
-    // SAFETY: this function's contract: AVX-512 VNNI is enabled here and the CPU has it; weight loads are masked at each row's end, activation pairs are read inside `x.values` (block b of token t is [(b * n_tokens + t) * block, + block)), panel buffers are sized above, and stores go through `RowsOut::ptr_at` for the rows that exist.
+    // SAFETY: this function's contract: AVX-512 VNNI is enabled here and the CPU has it; weight
+    // loads are masked at each row's end, activation pairs are read inside `x.values` (block b of
+    // token t is [(b * n_tokens + t) * block, + block)), panel buffers are sized above, and stores
+    // go through `RowsOut::ptr_at` for the rows that exist.
     unsafe {
         let mut acc = [[_mm512_setzero_si512(); T]; I16_PANELS];
         for k in 0..kps {

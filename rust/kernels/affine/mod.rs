@@ -306,7 +306,42 @@ pub type GemmI16 = unsafe fn(
     RowsOut,
 );
 
-/// `RowsI8` one row at a time with a per-row kernel: the scalar reference's rows.
+/// `RowsI8`'s contract, checked in debug builds at the entry of every version.
+#[inline(always)]
+pub(crate) fn debug_check_rows(
+    rows: &AffineRows,
+    range: &std::ops::Range<usize>,
+    acts: &[Int8Activation],
+    out: &RowsOut,
+) {
+    debug_assert!(rows.data.bits == 4 && range.end <= rows.len() && out.covers(acts.len(), range));
+    debug_assert!(acts.iter().all(|a| a.cols == rows.cols && a.group_sums().len() == rows.n_groups()));
+}
+
+/// `RowsI8` one row at a time with the per-row kernel `dot`.
+///
+/// # Safety
+/// `RowsI8`'s output contract.
+#[inline(always)]
+unsafe fn rows_each(
+    rows: &AffineRows,
+    range: std::ops::Range<usize>,
+    acts: &[Int8Activation],
+    scale_buffer: &mut Vec<f32>,
+    out: RowsOut,
+    dot: impl Fn(AffineRow, &Int8Activation) -> f32,
+) {
+    debug_check_rows(rows, &range, acts, &out);
+    for r in range {
+        let row = rows.row(r, scale_buffer);
+        for (t, act) in acts.iter().enumerate() {
+            // SAFETY: the caller's output contract.
+            unsafe { out.write(t, r, dot(row, act)) };
+        }
+    }
+}
+
+/// `RowsI8` with the scalar reference, one row at a time.
 ///
 /// # Safety
 /// As `RowsI8` (only the output contract matters: `dot_i8_scalar` is safe).
@@ -317,17 +352,11 @@ pub(crate) unsafe fn rows_i8_scalar(
     scale_buffer: &mut Vec<f32>,
     out: RowsOut,
 ) {
-    debug_assert!(range.end <= rows.len() && out.covers(acts.len(), &range));
-    for r in range {
-        let row = rows.row(r, scale_buffer);
-        for (t, act) in acts.iter().enumerate() {
-            // SAFETY: the caller's output contract.
-            unsafe { out.write(t, r, dot_i8_scalar(row, act)) };
-        }
-    }
+    // SAFETY: the caller's output contract.
+    unsafe { rows_each(rows, range, acts, scale_buffer, out, dot_i8_scalar) }
 }
 
-/// `RowsI8` with the NEON row kernel.
+/// `RowsI8` with the NEON row kernel, one row at a time.
 ///
 /// # Safety
 /// As `RowsI8`: in particular the CPU has the dot-product extension.
@@ -339,13 +368,9 @@ pub(crate) unsafe fn rows_i8_neon(
     scale_buffer: &mut Vec<f32>,
     out: RowsOut,
 ) {
-    debug_assert!(range.end <= rows.len() && out.covers(acts.len(), &range));
-    for r in range {
-        let row = rows.row(r, scale_buffer);
-        for (t, act) in acts.iter().enumerate() {
-            // SAFETY: the CPU has dotprod and each activation has the row's columns (the
-            // caller's contract); the output contract is the caller's too.
-            unsafe { out.write(t, r, neon::dot_i8(row, act)) };
-        }
-    }
+    // SAFETY: the CPU has dotprod and each activation has the row's columns (the caller's
+    // contract, checked in debug builds by `rows_each`).
+    let dot = |row: AffineRow, act: &Int8Activation| unsafe { neon::dot_i8(row, act) };
+    // SAFETY: the caller's output contract.
+    unsafe { rows_each(rows, range, acts, scale_buffer, out, dot) }
 }

@@ -13,9 +13,13 @@ use super::PREFETCH_AHEAD;
 use crate::kernels::simd_x86::{axpy_avx2_inline, dot_f32_avx2_inline, hsum_avx2, prefetch};
 
 /// `out[p] = dot(q, keys[p]) / scale`, in one call rather than one per position.
+///
+/// # Safety
+/// The CPU has AVX2 and FMA. Any lengths are fine.
 #[target_feature(enable = "avx2,fma")]
 pub(crate) unsafe fn scores_f32(q: &[f32], keys: &[f32], scale: f32, out: &mut [f32]) {
-    // SAFETY: the module's contract: the features are enabled here and the CPU has them; every load is at an index below `head_size` of one query, key or value row.
+    // SAFETY: the module's contract: the features are enabled here and the CPU has them; every load
+    // is at an index below `head_size` of one query, key or value row.
     unsafe {
         for (o, key) in out.iter_mut().zip(keys.chunks_exact(q.len())) {
             prefetch_ahead(key.as_ptr(), q.len());
@@ -26,9 +30,13 @@ pub(crate) unsafe fn scores_f32(q: &[f32], keys: &[f32], scale: f32, out: &mut [
 
 /// `out += sum_p att[p] * values[p]` (`values` `[positions, head_size]`), each position's
 /// product and sum rounded separately in position order, as `axpy_avx2` (and run.c) does.
-#[target_feature(enable = "avx2")]
+///
+/// # Safety
+/// The CPU has AVX2 and FMA. Any lengths are fine.
+#[target_feature(enable = "avx2,fma")]
 pub(crate) unsafe fn sum_f32(att: &[f32], values: &[f32], out: &mut [f32]) {
-    // SAFETY: the module's contract: the features are enabled here and the CPU has them; every load is at an index below `head_size` of one query, key or value row.
+    // SAFETY: the module's contract: the features are enabled here and the CPU has them; every load
+    // is at an index below `head_size` of one query, key or value row.
     unsafe {
         let hs = out.len();
         for (&a, v) in att.iter().zip(values.chunks_exact(hs)) {
@@ -39,9 +47,13 @@ pub(crate) unsafe fn sum_f32(att: &[f32], values: &[f32], out: &mut [f32]) {
 }
 
 /// `scores_f32` over an fp16 cache: each key converted eight values at a time.
+///
+/// # Safety
+/// The CPU has AVX2, FMA and F16C. Any lengths are fine.
 #[target_feature(enable = "avx2,fma,f16c")]
 pub(crate) unsafe fn scores_f16(q: &[f32], keys: &[f16], scale: f32, out: &mut [f32]) {
-    // SAFETY: the module's contract: the features are enabled here and the CPU has them; every load is at an index below `head_size` of one query, key or value row.
+    // SAFETY: the module's contract: the features are enabled here and the CPU has them; every load
+    // is at an index below `head_size` of one query, key or value row.
     unsafe {
         let hs = q.len();
         for (o, key) in out.iter_mut().zip(keys.chunks_exact(hs)) {
@@ -74,9 +86,13 @@ pub(crate) unsafe fn scores_f16(q: &[f32], keys: &[f16], scale: f32, out: &mut [
 
 /// `sum_f32` over an fp16 cache; the conversion is exact, so this too equals the
 /// scalar loop bit for bit.
+///
+/// # Safety
+/// The CPU has AVX2 and F16C. Any lengths are fine.
 #[target_feature(enable = "avx2,f16c")]
 pub(crate) unsafe fn sum_f16(att: &[f32], values: &[f16], out: &mut [f32]) {
-    // SAFETY: the module's contract: the features are enabled here and the CPU has them; every load is at an index below `head_size` of one query, key or value row.
+    // SAFETY: the module's contract: the features are enabled here and the CPU has them; every load
+    // is at an index below `head_size` of one query, key or value row.
     unsafe {
         let hs = out.len();
         let py = out.as_mut_ptr();
