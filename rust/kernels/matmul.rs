@@ -9,6 +9,7 @@ use rayon::prelude::*;
 
 use super::affine::activation::{self, Int16Activations, Int8Activation};
 use super::affine::{with_scale_buffer, AffineRow, AffineRows, RowsOut};
+use super::blocks::activation::BlockActivation;
 use super::q8_0::QuantizedVec;
 use super::Kernels;
 use crate::disjoint::DisjointSlice;
@@ -20,6 +21,7 @@ pub struct Scratch {
     q8: Vec<QuantizedVec>,     // [n_tokens] inputs quantized for Q8_0 weights
     int8: Vec<Int8Activation>, // [n_tokens] inputs quantized for 4-bit weights
     int16: Int16Activations,   // [n_tokens] inputs quantized for the int16 GEMM
+    blocks: Vec<BlockActivation>, // [n_tokens] inputs quantized for K-quant weights
     permuted: Vec<f32>,        // [n_tokens, cols] inputs in stored column order (act-order)
     group_sums: Vec<Vec<f32>>, // [n_tokens][n_groups] input sums per group (affine weights)
 }
@@ -96,6 +98,23 @@ pub fn matmul(out: &mut [f32], w: &Matrix, x: &[f32], n_tokens: usize, scratch: 
             });
         }
         MatrixData::Blocks(b) => {
+            if let (true, Some(kernel)) = (k.int8_activations(), k.block_rows(b.kind)) {
+                // K-quant rows against int8 activations, each task a contiguous range of rows.
+                scratch.blocks.resize_with(n_tokens, Default::default);
+                for t in 0..n_tokens {
+                    scratch.blocks[t].quantize(token(t));
+                }
+                let acts = &scratch.blocks[..n_tokens];
+                let per_task = min_len;
+                (0..rows.div_ceil(per_task)).into_par_iter().for_each(|task| {
+                    let range = task * per_task..((task + 1) * per_task).min(rows);
+                    let out = RowsOut { data: dst, offset: 0, stride: rows };
+                    // SAFETY: each row is written by exactly one task; the output is
+                    // [n_tokens, rows], and every activation was quantized from `cols` columns.
+                    unsafe { kernel(b, cols, range, acts, out) };
+                });
+                return;
+            }
             // Each row dequantized once into the thread's buffer, then applied to every token.
             let row_bytes = b.kind.row_bytes(cols).expect("validated when the file was read");
             let (dequantize, dot) = (k.dequantize_blocks, k.dot_f32);

@@ -26,6 +26,9 @@ pub struct Kernels {
     pub(crate) dot_affine_f32: affine::DotF32,
     /// A row of llama.cpp blocks (GGUF) to fp32, for `dot_f32` to multiply.
     pub(crate) dequantize_blocks: blocks::Dequantize,
+    /// Q4_K and Q6_K rows x int8 activations; `None`: rows are dequantized instead.
+    pub(crate) rows_q4k: Option<blocks::BlockRowsI8>,
+    pub(crate) rows_q6k: Option<blocks::BlockRowsI8>,
     /// 4-bit rows x int8 activations; `None` where the fp32 kernels are faster (portable).
     pub(crate) rows_i8: Option<affine::RowsI8>,
     /// The fp32 GEMM for 4-bit batches (x86).
@@ -90,6 +93,15 @@ impl Kernels {
         T::store(self, from, to)
     }
 
+    /// The int8 row kernel for a block type, where the table has one.
+    pub(crate) fn block_rows(&self, kind: crate::weights::BlockType) -> Option<blocks::BlockRowsI8> {
+        match kind {
+            crate::weights::BlockType::Q4K => self.rows_q4k,
+            crate::weights::BlockType::Q6K => self.rows_q6k,
+            _ => None,
+        }
+    }
+
     /// Only for an `isa` that `supported()` (the module's invariant).
     fn for_supported(isa: Isa, int8_activations: bool) -> Kernels {
         debug_assert!(isa.supported());
@@ -101,6 +113,8 @@ impl Kernels {
             dot_q8: q8_0::dot_scalar,
             dot_affine_f32: affine::dot_f32_scalar,
             dequantize_blocks: blocks::dequantize_scalar,
+            rows_q4k: Some(blocks::rows_q4k_scalar),
+            rows_q6k: Some(blocks::rows_q6k_scalar),
             rows_i8: Some(affine::rows_i8_scalar),
             gemm_f32: None,
             #[cfg(target_arch = "x86_64")]
@@ -115,6 +129,8 @@ impl Kernels {
             dot_q8: q8_0::dot_portable,
             dot_affine_f32: affine::dot_f32_portable,
             rows_i8: None,
+            rows_q4k: None,
+            rows_q6k: None,
             attention_f32: AttentionKernels { scores: attention::scores_portable, sum: attention::sum_scalar },
             ..scalar
         };
@@ -152,6 +168,8 @@ fn x86_table(isa: Isa, portable: Kernels) -> Kernels {
         },
         rows_i8: Some(avx2_decode::rows),
         gemm_f32: Some(gemm_f32_x86::gemm_avx2),
+        rows_q4k: Some(blocks::avx2::rows_q4k),
+        rows_q6k: Some(blocks::avx2::rows_q6k),
         // SAFETY: the table invariant (F16C); any lengths are fine.
         f16_to_f32: |bytes, out| unsafe { fp16::f16c::f16_to_f32(bytes, out) },
         // SAFETY: the table invariant (F16C); any lengths are fine.
@@ -178,6 +196,8 @@ fn x86_table(isa: Isa, portable: Kernels) -> Kernels {
         rows_i8: Some(if super::isa::has_gfni() { avx512_decode::rows_gfni } else { avx512_decode::rows_plain }),
         gemm_f32: Some(gemm_f32_x86::gemm_avx512),
         gemm_i16: Some(gemm_i16_avx512::gemm),
+        rows_q4k: Some(blocks::avx512::rows_q4k),
+        rows_q6k: Some(blocks::avx512::rows_q6k),
         ..avx2
     }
 }

@@ -15,7 +15,7 @@ use super::*;
 #[cfg(target_arch = "x86_64")]
 use crate::disjoint::DisjointSlice;
 use crate::test_rng::Rng;
-use crate::weights::{AffineData, Matrix, MatrixData, Q8Data, Scales};
+use crate::weights::{AffineData, BlockData, BlockType, Matrix, MatrixData, Q8Data, Scales};
 
 const SHAPES: &[(usize, usize)] = &[
     (1, 1),
@@ -450,4 +450,107 @@ fn quantize_matches_hand_computed_values() {
     assert_eq!(q.scales, vec![1.0 / 127.0, 0.0]);
     // 0.5 * 127 = 63.5 rounds away from zero; 0.25 * 127 = 31.75 -> 32.
     assert_eq!(q.values, vec![127, -64, 32, 0, 0, 0, 0, 0]);
+}
+
+/// Random blocks of `kind` (`rows` x `cols`), valid once their fp16 scale fields are finite:
+/// those are set to values in [2^-9, 2^-6).
+fn random_blocks(rng: &mut Rng, kind: BlockType, rows: usize, cols: usize) -> Vec<u8> {
+    let n = rows * kind.row_bytes(cols).unwrap();
+    let mut bytes: Vec<u8> = (0..n).map(|_| rng.next_u64() as u8).collect();
+    let mut small = || (0x1800u16 + (rng.next_u64() % 0xc00) as u16).to_le_bytes();
+    for block in bytes.chunks_exact_mut(kind.bytes()) {
+        let fields: &[usize] = match kind {
+            BlockType::F16 | BlockType::Q8_0 | BlockType::Q4_0 => &[0],
+            BlockType::Q4_1 | BlockType::Q4K | BlockType::Q5K => &[0, 2],
+            BlockType::Q6K => &[208],
+            BlockType::Bf16 => &[],
+        };
+        for &at in fields {
+            block[at..at + 2].copy_from_slice(&small());
+        }
+        if kind == BlockType::Bf16 {
+            block[1] = 0x3c + (block[1] & 1); // exponent near 2^-7: finite
+        }
+    }
+    bytes
+}
+
+#[test]
+fn block_kernels_match_float64_dequantization() {
+    let mut rng = Rng(0xb10c);
+    for kind in BlockType::ALL {
+        for (rows, cols) in [(1usize, 256usize), (3, 512), (17, 768), (40, 256), (5, 2048), (9, 32 * 7)] {
+            if kind.row_bytes(cols).is_none() {
+                continue; // K-quants: 224 columns are not whole blocks
+            }
+            let values = random_blocks(&mut rng, kind, rows, cols);
+            let m = Matrix { rows, cols, data: MatrixData::Blocks(BlockData { kind, values: &values }) };
+            // The reference dequantization of every row, then the products in float64.
+            let row_bytes = kind.row_bytes(cols).unwrap();
+            let w: Vec<f32> = values
+                .chunks_exact(row_bytes)
+                .flat_map(|row| {
+                    let mut out = vec![0.0f32; cols];
+                    blocks::dequantize_scalar(kind, row, &mut out);
+                    out
+                })
+                .collect();
+            for n_tokens in [1usize, 3] {
+                let x = rng.vec(n_tokens * cols);
+                let exact = |x_value: &dyn Fn(usize, usize) -> f64| -> Vec<f64> {
+                    (0..n_tokens)
+                        .flat_map(|t| (0..rows).map(move |r| (t, r)))
+                        .map(|(t, r)| (0..cols).map(|c| w[r * cols + c] as f64 * x_value(t, c)).sum())
+                        .collect()
+                };
+                let magnitude: Vec<f64> = (0..n_tokens)
+                    .flat_map(|t| (0..rows).map(move |r| (t, r)))
+                    .map(|(t, r)| (0..cols).map(|c| (w[r * cols + c] as f64 * x[t * cols + c] as f64).abs()).sum())
+                    .collect();
+                let close = |got: &[f32], want: &[f64], what: &str| {
+                    for (i, (&g, &e)) in got.iter().zip(want).enumerate() {
+                        assert!((g as f64 - e).abs() <= 1e-5 * magnitude[i] + 1e-6, "{what} [{i}]: {g} vs {e}");
+                    }
+                };
+                let acts: Vec<blocks::activation::BlockActivation> = (0..n_tokens)
+                    .filter(|_| cols.is_multiple_of(256))
+                    .map(|t| {
+                        let mut a = blocks::activation::BlockActivation::default();
+                        a.quantize(&x[t * cols..(t + 1) * cols]);
+                        a
+                    })
+                    .collect();
+                let exact_f32 = exact(&|t, c| x[t * cols + c] as f64);
+                for k in choices() {
+                    let what = format!("{} {rows}x{cols} tokens {n_tokens} {:?}", kind.name(), k.isa());
+                    close(&run(&m, &x, n_tokens, &exact_kernels(k.isa())), &exact_f32, &format!("exact {what}"));
+                    let fast = run(&m, &x, n_tokens, &k);
+                    if k.block_rows(kind).is_some() {
+                        // int8 activations: the same products with the activation as quantized.
+                        let exact_i8 = exact(&|t, c| acts[t].value(c) as f64);
+                        close(&fast, &exact_i8, &format!("int8 {what}"));
+                    } else {
+                        close(&fast, &exact_f32, &format!("f32 {what}"));
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn block_activation_stays_close_to_its_input() {
+    let mut rng = Rng(0xac7);
+    let x: Vec<f32> = rng.vec(512).into_iter().map(|v| v * 3.0).collect();
+    let mut a = blocks::activation::BlockActivation::default();
+    a.quantize(&x);
+    for (c, &v) in x.iter().enumerate() {
+        let d = a.d[c / 32];
+        assert!((a.value(c) - v).abs() <= d / 2.0 + 1e-6, "column {c}");
+    }
+    // The Q4_K order: each 128 values as [0..32, 64..96, 32..64, 96..128].
+    assert_eq!(a.q_k4[32], a.q[64]);
+    assert_eq!(a.q_k4[64], a.q[32]);
+    assert_eq!(a.q_k4[128 + 96], a.q[128 + 96]);
+    assert_eq!(a.sums16[3], a.q[48..64].iter().map(|&v| v as i32).sum::<i32>());
 }

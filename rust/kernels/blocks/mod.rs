@@ -4,9 +4,19 @@
 //! floats as gguf-py's `gguf.quants.dequantize`, which the Python tests compare against). Every
 //! type's row is a run of whole blocks (`BlockType::row_bytes`).
 
+pub mod activation;
+#[cfg(target_arch = "x86_64")]
+pub(crate) mod avx2;
+#[cfg(target_arch = "x86_64")]
+pub(crate) mod avx512;
+pub mod dot_i8;
+
 use half::f16;
 
-use crate::weights::BlockType;
+use activation::BlockActivation;
+
+use crate::kernels::affine::RowsOut;
+use crate::weights::{BlockData, BlockType};
 
 /// Dequantize one row: `bytes` is `kind.row_bytes(out.len())` bytes. Every version has this
 /// signature.
@@ -14,7 +24,7 @@ pub type Dequantize = fn(BlockType, &[u8], &mut [f32]);
 
 /// The fp16 value at `bytes[at..at + 2]`.
 #[inline]
-fn half_at(bytes: &[u8], at: usize) -> f32 {
+pub(crate) fn half_at(bytes: &[u8], at: usize) -> f32 {
     f16::from_bits(u16::from_le_bytes([bytes[at], bytes[at + 1]])).to_f32()
 }
 
@@ -101,6 +111,82 @@ pub fn dequantize_scalar(kind: BlockType, bytes: &[u8], out: &mut [f32]) {
             }
         }
     }
+}
+
+/// Rows `range` of a K-quant matrix of `cols` columns times each int8 activation of `acts`,
+/// into `out` (token t, row r). Every version (one per type and instruction set) has this
+/// signature.
+///
+/// # Safety (of every version)
+/// The table that hands it out was made for this CPU and for `w.kind`; `range` is inside the
+/// matrix, every activation has `cols` columns, `out` covers `acts.len()` tokens of `range`, and
+/// no other task writes those outputs meanwhile.
+pub type BlockRowsI8 = unsafe fn(&BlockData, usize, std::ops::Range<usize>, &[BlockActivation], RowsOut);
+
+/// `BlockRowsI8`'s contract, checked in debug builds at the entry of every version.
+#[inline(always)]
+pub(crate) fn debug_check_rows(
+    w: &BlockData,
+    cols: usize,
+    range: &std::ops::Range<usize>,
+    acts: &[BlockActivation],
+    out: &RowsOut,
+) {
+    debug_assert!(w.kind.row_bytes(cols).is_some_and(|b| range.end * b <= w.values.len()));
+    debug_assert!(acts.iter().all(|a| a.cols == cols) && out.covers(acts.len(), range));
+}
+
+/// The scalar references' rows: `dot` per row and token.
+///
+/// # Safety
+/// `BlockRowsI8`'s output contract.
+unsafe fn rows_with(
+    w: &BlockData,
+    cols: usize,
+    range: std::ops::Range<usize>,
+    acts: &[BlockActivation],
+    out: RowsOut,
+    dot: fn(&[u8], &BlockActivation) -> f32,
+) {
+    debug_check_rows(w, cols, &range, acts, &out);
+    let row_bytes = w.kind.row_bytes(cols).expect("validated when the file was read");
+    for r in range {
+        let row = &w.values[r * row_bytes..(r + 1) * row_bytes];
+        for (t, act) in acts.iter().enumerate() {
+            // SAFETY: the caller's output contract.
+            unsafe { out.write(t, r, dot(row, act)) };
+        }
+    }
+}
+
+/// `BlockRowsI8` for Q4_K with the scalar reference.
+///
+/// # Safety
+/// `BlockRowsI8`'s contract.
+pub(crate) unsafe fn rows_q4k_scalar(
+    w: &BlockData,
+    cols: usize,
+    range: std::ops::Range<usize>,
+    acts: &[BlockActivation],
+    out: RowsOut,
+) {
+    // SAFETY: the caller's output contract.
+    unsafe { rows_with(w, cols, range, acts, out, dot_i8::dot_q4k_scalar) }
+}
+
+/// `BlockRowsI8` for Q6_K with the scalar reference.
+///
+/// # Safety
+/// `BlockRowsI8`'s contract.
+pub(crate) unsafe fn rows_q6k_scalar(
+    w: &BlockData,
+    cols: usize,
+    range: std::ops::Range<usize>,
+    acts: &[BlockActivation],
+    out: RowsOut,
+) {
+    // SAFETY: the caller's output contract.
+    unsafe { rows_with(w, cols, range, acts, out, dot_i8::dot_q6k_scalar) }
 }
 
 #[cfg(test)]

@@ -1,0 +1,166 @@
+"""llama2rs and llama.cpp (through llama-cpp-python) on the SAME GGUF files, in the same run.
+
+For TinyLlama-1.1B's shape (random weights) this writes, once, into benchmarks/out/:
+  1. an F16 GGUF, with the `gguf` package (every matrix F16, the Llama-2 tokenizer);
+  2. from it, with llama.cpp's own quantizer (`llama_model_quantize`): Q4_K_M (Q4_K for most
+     matrices, Q6_K for output.weight and some attn_v/ffn_down) and Q4_0.
+Then, interleaved at 1 and 2 threads, it times a 128-token prompt in one batch and 64 decode
+steps with both engines on each file, and prints tok/s and the ratios. It also lists which
+tensor types each file really holds (llama.cpp's quantizer falls back to other types for rows
+that its blocks do not fit).
+
+    pip install llama-cpp-python gguf sentencepiece     # llama-cpp-python built natively
+    python benchmarks/bench_gguf.py [--files q4_k_m q4_0] [--repeats 5]
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import ctypes
+import json
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")  # see bench_vs_llamacpp.py
+
+import numpy as np  # noqa: E402
+
+import llama2rs  # noqa: E402
+from llama2rs.bench import measure  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_vs_llamacpp import PROMPT, DECODE, SHAPES, TOKENIZER_MODEL, time_llamacpp, write_random_hf  # noqa: E402
+
+REPO = Path(__file__).resolve().parent.parent
+# llama.cpp's llama_ftype values (llama.h).
+FTYPES = {"q4_0": 2, "q4_k_m": 15, "q6_k": 18, "q8_0": 7}
+
+
+def write_f16_gguf(out: Path, shape: str, work: Path) -> None:
+    """Every matrix F16, norms F32, llama.cpp's names and the Llama-2 tokenizer."""
+    import gguf
+    import sentencepiece
+
+    from llama2rs.formats import safetensors
+
+    c = SHAPES[shape]
+    hf_dir = work / f"{shape}-hf"
+    if not (hf_dir / "model.safetensors").exists():
+        write_random_hf(hf_dir, c)
+    tensors = safetensors.read(hf_dir / "model.safetensors", bf16_to_float32=False)
+    w = gguf.GGUFWriter(str(out) + ".tmp", "llama")
+    w.add_name("random")
+    w.add_context_length(c.seq_len)
+    w.add_embedding_length(c.dim)
+    w.add_block_count(c.n_layers)
+    w.add_feed_forward_length(c.hidden_dim)
+    w.add_rope_dimension_count(c.head_size)
+    w.add_head_count(c.n_heads)
+    w.add_head_count_kv(c.n_kv_heads)
+    w.add_layer_norm_rms_eps(1e-5)
+    w.add_file_type(gguf.LlamaFileType.MOSTLY_F16)
+    sp = sentencepiece.SentencePieceProcessor(model_file=str(TOKENIZER_MODEL))
+    tokens, scores, types = [], [], []
+    for i in range(sp.vocab_size()):
+        tokens.append(sp.id_to_piece(i).encode("utf-8"))
+        scores.append(sp.get_score(i))
+        types.append(2 if sp.is_unknown(i) else 3 if sp.is_control(i) else 6 if sp.is_byte(i) else 1)
+    w.add_tokenizer_model("llama")
+    w.add_token_list(tokens)
+    w.add_token_scores(scores)
+    w.add_token_types(types)
+    w.add_bos_token_id(1)
+    w.add_eos_token_id(2)
+    names = {"model.embed_tokens.weight": "token_embd.weight", "model.norm.weight": "output_norm.weight",
+             "lm_head.weight": "output.weight"}
+    per_layer = {"input_layernorm": "attn_norm", "post_attention_layernorm": "ffn_norm", "self_attn.q_proj": "attn_q",
+                 "self_attn.k_proj": "attn_k", "self_attn.v_proj": "attn_v", "self_attn.o_proj": "attn_output",
+                 "mlp.gate_proj": "ffn_gate", "mlp.up_proj": "ffn_up", "mlp.down_proj": "ffn_down"}
+    for i in range(c.n_layers):
+        for hf_name, g_name in per_layer.items():
+            names[f"model.layers.{i}.{hf_name}.weight"] = f"blk.{i}.{g_name}.weight"
+    for hf_name, g_name in names.items():
+        data = np.asarray(tensors[hf_name])
+        w.add_tensor(g_name, data.astype(np.float32) if data.ndim == 1 else data.astype(np.float16))
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    os.replace(str(out) + ".tmp", out)
+
+
+def quantize_with_llamacpp(src: Path, out: Path, ftype: int) -> None:
+    import llama_cpp
+
+    params = llama_cpp.llama_model_quantize_default_params()
+    params.ftype = ftype
+    params.nthread = os.cpu_count() or 1
+    if llama_cpp.llama_model_quantize(str(src).encode(), (str(out) + ".tmp").encode(), ctypes.byref(params)) != 0:
+        raise SystemExit(f"llama.cpp could not quantize {src}")
+    os.replace(str(out) + ".tmp", out)
+
+
+def tensor_types(path: Path) -> dict[str, int]:
+    import gguf
+
+    counts = collections.Counter(t.tensor_type.name for t in gguf.GGUFReader(str(path)).tensors)
+    return dict(sorted(counts.items()))
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--shape", choices=SHAPES, default="tinyllama")
+    parser.add_argument("--files", nargs="+", choices=FTYPES, default=["q4_k_m", "q4_0"])
+    parser.add_argument("--threads", nargs="+", type=int, default=[1, 2])
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "out")
+    args = parser.parse_args()
+    from llama_cpp import Llama
+
+    args.out.mkdir(parents=True, exist_ok=True)
+    f16 = args.out / f"{args.shape}-f16.gguf"
+    if not f16.exists():
+        t = time.perf_counter()
+        write_f16_gguf(f16, args.shape, args.out)
+        print(f"wrote {f16.name} in {time.perf_counter() - t:.0f} s", flush=True)
+    rows = []
+    for name in args.files:
+        path = args.out / f"{args.shape}-{name}.gguf"
+        if not path.exists():
+            t = time.perf_counter()
+            quantize_with_llamacpp(f16, path, FTYPES[name])
+            print(f"llama.cpp quantized {path.name} in {time.perf_counter() - t:.0f} s", flush=True)
+        print(f"{path.name}: {tensor_types(path)}", flush=True)
+        for threads in args.threads:
+            ours_model = llama2rs.Model(path, n_threads=threads)
+            theirs_model = Llama(str(path), n_ctx=PROMPT + DECODE + 8, n_batch=PROMPT, n_ubatch=PROMPT,
+                                 n_threads=threads, n_threads_batch=threads, verbose=False)
+            ours, theirs = [], []
+            for rep in range(args.repeats):  # interleaved, so drift hits both alike
+                s = measure(ours_model, PROMPT, DECODE, repeats=1, seed=rep)
+                ours.append((s.prefill_tok_s, s.decode_tok_s))
+                theirs.append(time_llamacpp(theirs_model, ours_model.config.vocab_size, rep))
+            med = lambda pairs, i: statistics.median(p[i] for p in pairs)  # noqa: E731
+            row = dict(file=name, threads=threads, kernels=ours_model.kernels, ours_prefill=med(ours, 0),
+                       ours_decode=med(ours, 1), cpp_prefill=med(theirs, 0), cpp_decode=med(theirs, 1))
+            rows.append(row)
+            print(json.dumps(row), flush=True)
+            del theirs_model
+    print()
+    print(f"{'file':<8} {'thr':>3} | {'decode tok/s':>12} {'llama.cpp':>9} {'ratio':>6} | "
+          f"{'prefill tok/s':>13} {'llama.cpp':>9} {'ratio':>6}")
+    for r in rows:
+        print(f"{r['file']:<8} {r['threads']:>3} | {r['ours_decode']:12.1f} {r['cpp_decode']:9.1f} "
+              f"{r['ours_decode'] / r['cpp_decode']:5.2f}x | {r['ours_prefill']:13.1f} {r['cpp_prefill']:9.1f} "
+              f"{r['ours_prefill'] / r['cpp_prefill']:5.2f}x")
+    print(f"({args.shape}, the same GGUF file for both; {PROMPT}-token prompt in one batch, {DECODE} decode steps, "
+          f"median of {args.repeats}; llama2rs with {rows[0]['kernels']} kernels)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

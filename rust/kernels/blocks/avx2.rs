@@ -1,0 +1,148 @@
+//! Q4_K and Q6_K rows times int8 activations on AVX2 (`vpmaddubsw`: unsigned weights times
+//! signed activations into int16 pairs, which fit: 63 * 127 * 2 < 2^15).
+//!
+//! # Safety (every helper here)
+//! The `#[inline(always)]` helpers run inside `rows_q4k` / `rows_q6k`, compiled with AVX2 and
+//! FMA, which the CPU has; a row is whole blocks and the activation has the row's columns.
+
+use std::arch::x86_64::*;
+
+use super::activation::BlockActivation;
+use super::dot_i8::{scales_mins_k4, Q4K_BYTES, Q6K_BYTES};
+use super::half_at;
+use crate::kernels::affine::RowsOut;
+use crate::kernels::simd_x86::{hsum_avx2, prefetch};
+use crate::weights::BlockData;
+
+const PREFETCH_AHEAD: usize = 6144;
+
+/// `BlockRowsI8` for Q4_K.
+///
+/// # Safety
+/// The CPU has AVX2 and FMA; otherwise `BlockRowsI8`'s contract.
+#[target_feature(enable = "avx2,fma")]
+pub(crate) unsafe fn rows_q4k(
+    w: &BlockData,
+    cols: usize,
+    range: std::ops::Range<usize>,
+    acts: &[BlockActivation],
+    out: RowsOut,
+) {
+    super::debug_check_rows(w, cols, &range, acts, &out);
+    let row_bytes = cols / 256 * Q4K_BYTES;
+    for r in range {
+        let row = &w.values[r * row_bytes..(r + 1) * row_bytes];
+        for (t, act) in acts.iter().enumerate() {
+            // SAFETY: compiled with the helper's features; the output is the caller's.
+            unsafe { out.write(t, r, dot_q4k(row, act)) };
+        }
+    }
+}
+
+/// `BlockRowsI8` for Q6_K.
+///
+/// # Safety
+/// The CPU has AVX2 and FMA; otherwise `BlockRowsI8`'s contract.
+#[target_feature(enable = "avx2,fma")]
+pub(crate) unsafe fn rows_q6k(
+    w: &BlockData,
+    cols: usize,
+    range: std::ops::Range<usize>,
+    acts: &[BlockActivation],
+    out: RowsOut,
+) {
+    super::debug_check_rows(w, cols, &range, acts, &out);
+    let row_bytes = cols / 256 * Q6K_BYTES;
+    for r in range {
+        let row = &w.values[r * row_bytes..(r + 1) * row_bytes];
+        for (t, act) in acts.iter().enumerate() {
+            // SAFETY: as in `rows_q4k`.
+            unsafe { out.write(t, r, dot_q6k(row, act)) };
+        }
+    }
+}
+
+/// Eight int32 sums of four products each of unsigned `w` and signed `x` bytes.
+#[inline(always)]
+unsafe fn dot_u8_i8(w: __m256i, x: __m256i) -> __m256i {
+    // SAFETY: AVX2 per the module's contract.
+    unsafe { _mm256_madd_epi16(_mm256_maddubs_epi16(w, x), _mm256_set1_epi16(1)) }
+}
+
+#[inline(always)]
+unsafe fn dot_q4k(row: &[u8], act: &BlockActivation) -> f32 {
+    // SAFETY: the module's contract: block b's bytes are inside the row and its 256 values
+    // inside the activation.
+    unsafe {
+        let mask4 = _mm256_set1_epi8(0x0f);
+        let mut acc = _mm256_setzero_ps();
+        let mut mins = 0.0f32;
+        for (b, block) in row.chunks_exact(Q4K_BYTES).enumerate() {
+            prefetch(block.as_ptr().wrapping_add(PREFETCH_AHEAD));
+            prefetch(block.as_ptr().wrapping_add(PREFETCH_AHEAD + 64));
+            prefetch(block.as_ptr().wrapping_add(PREFETCH_AHEAD + 128));
+            let (d, dmin) = (half_at(block, 0), half_at(block, 2));
+            let (sc, m) = scales_mins_k4(&block[4..16]);
+            let x = act.q.as_ptr().add(256 * b);
+            for c in 0..4 {
+                let wv = _mm256_loadu_si256(block.as_ptr().add(16 + 32 * c) as *const _);
+                for (half, w) in [_mm256_and_si256(wv, mask4), _mm256_and_si256(_mm256_srli_epi16::<4>(wv), mask4)]
+                    .into_iter()
+                    .enumerate()
+                {
+                    let j = 2 * c + half;
+                    let xv = _mm256_loadu_si256(x.add(32 * j) as *const _);
+                    let xd = act.d[8 * b + j];
+                    let scale = _mm256_set1_ps(d * sc[j] as f32 * xd);
+                    acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot_u8_i8(w, xv)), scale, acc);
+                    mins += dmin * m[j] as f32 * xd * act.sums32[8 * b + j] as f32;
+                }
+            }
+        }
+        hsum_avx2(acc) - mins
+    }
+}
+
+#[inline(always)]
+unsafe fn dot_q6k(row: &[u8], act: &BlockActivation) -> f32 {
+    // SAFETY: as in `dot_q4k`.
+    unsafe {
+        let (mask4, mask2) = (_mm256_set1_epi8(0x0f), _mm256_set1_epi8(3));
+        let mut acc = _mm256_setzero_ps();
+        let mut offsets = 0.0f32;
+        for (b, block) in row.chunks_exact(Q6K_BYTES).enumerate() {
+            prefetch(block.as_ptr().wrapping_add(PREFETCH_AHEAD));
+            prefetch(block.as_ptr().wrapping_add(PREFETCH_AHEAD + 64));
+            prefetch(block.as_ptr().wrapping_add(PREFETCH_AHEAD + 128));
+            prefetch(block.as_ptr().wrapping_add(PREFETCH_AHEAD + 192));
+            let d = half_at(block, 208);
+            let f: [f32; 16] = std::array::from_fn(|s| d * (block[192 + s] as i8) as f32 * act.d[8 * b + s / 2]);
+            for (s, &fs) in f.iter().enumerate() {
+                offsets += fs * act.sums16[16 * b + s] as f32;
+            }
+            let x = act.q.as_ptr().add(256 * b);
+            for half in 0..2 {
+                let qh = _mm256_loadu_si256(block.as_ptr().add(128 + 32 * half) as *const _);
+                for k in 0..4 {
+                    let ql = _mm256_loadu_si256(block.as_ptr().add(64 * half + 32 * (k % 2)) as *const _);
+                    let low = if k < 2 { _mm256_and_si256(ql, mask4) } else { _mm256_and_si256(_mm256_srli_epi16::<4>(ql), mask4) };
+                    let bits = _mm256_and_si256(shift_right_16(qh, 2 * k as i32), mask2);
+                    let w = _mm256_or_si256(low, _mm256_slli_epi16::<4>(bits));
+                    let xv = _mm256_loadu_si256(x.add(128 * half + 32 * k) as *const _);
+                    // Lanes 0-3 are sub-block s = 8 half + 2k, lanes 4-7 sub-block s + 1.
+                    let s = 8 * half + 2 * k;
+                    let scale = _mm256_set_m128(_mm_set1_ps(f[s + 1]), _mm_set1_ps(f[s]));
+                    acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot_u8_i8(w, xv)), scale, acc);
+                }
+            }
+        }
+        hsum_avx2(acc) - 32.0 * offsets
+    }
+}
+
+/// Every 16-bit lane of `v` shifted right by `n` (0..8).
+#[inline(always)]
+unsafe fn shift_right_16(v: __m256i, n: i32) -> __m256i {
+    // SAFETY: AVX2 per the module's contract.
+    unsafe { _mm256_srl_epi16(v, _mm_cvtsi32_si128(n)) }
+}

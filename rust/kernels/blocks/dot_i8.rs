@@ -1,0 +1,67 @@
+//! K-quant rows times int8 activations (`BlockActivation`): the scalar references of the SIMD
+//! row kernels. Per sub-block the integer dot product is exact; the float part applies the
+//! weight scale and the activation's block scale, and subtracts the mins (Q4_K) or the -32
+//! offset (Q6_K) through the activation's integer sums.
+
+use super::activation::BlockActivation;
+use super::{half_at, scale_min_k4};
+
+/// Bytes per Q4_K and Q6_K block.
+pub const Q4K_BYTES: usize = 144;
+pub const Q6K_BYTES: usize = 210;
+
+/// The 6-bit scales and mins of a Q4_K/Q5_K block's 8 sub-blocks.
+#[inline]
+pub fn scales_mins_k4(packed: &[u8]) -> ([u8; 8], [u8; 8]) {
+    let (mut sc, mut m) = ([0u8; 8], [0u8; 8]);
+    for j in 0..8 {
+        (sc[j], m[j]) = scale_min_k4(j, packed);
+    }
+    (sc, m)
+}
+
+/// A Q4_K row (`[blocks * 144]`) times `act`.
+pub fn dot_q4k_scalar(row: &[u8], act: &BlockActivation) -> f32 {
+    let mut sum = 0.0f32;
+    for (b, block) in row.chunks_exact(Q4K_BYTES).enumerate() {
+        let (d, dmin) = (half_at(block, 0), half_at(block, 2));
+        let (sc, m) = scales_mins_k4(&block[4..16]);
+        let qs = &block[16..144];
+        for j in 0..8 {
+            // Sub-block j: the low (even j) or high (odd j) nibbles of 32-byte chunk j / 2.
+            let chunk = &qs[32 * (j / 2)..32 * (j / 2) + 32];
+            let x = &act.q[256 * b + 32 * j..256 * b + 32 * j + 32];
+            let idot: i32 =
+                chunk.iter().zip(x).map(|(&byte, &x)| (if j % 2 == 0 { byte & 0x0f } else { byte >> 4 }) as i32 * x as i32).sum();
+            let xd = act.d[8 * b + j];
+            sum += d * sc[j] as f32 * xd * idot as f32 - dmin * m[j] as f32 * xd * act.sum32(8 * b + j) as f32;
+        }
+    }
+    sum
+}
+
+/// The unsigned 6-bit value at position `p` (0..256) of a Q6_K block (`q - 32` is the weight).
+#[inline]
+pub fn q6k_value(block: &[u8], p: usize) -> u8 {
+    let (h, k, l) = (p / 128, (p % 128) / 32, p % 32);
+    let low = block[64 * h + 32 * (k % 2) + l];
+    let low = if k < 2 { low & 0x0f } else { low >> 4 };
+    let high = (block[128 + 32 * h + l] >> (2 * k)) & 3;
+    low | high << 4
+}
+
+/// A Q6_K row (`[blocks * 210]`) times `act`: sub-block s (16 values) has scale `d * sc[s]`.
+pub fn dot_q6k_scalar(row: &[u8], act: &BlockActivation) -> f32 {
+    let mut sum = 0.0f32;
+    for (b, block) in row.chunks_exact(Q6K_BYTES).enumerate() {
+        let d = half_at(block, 208);
+        for s in 0..16 {
+            let idot: i32 =
+                (16 * s..16 * s + 16).map(|p| q6k_value(block, p) as i32 * act.q[256 * b + p] as i32).sum();
+            let offset = 32 * act.sums16[16 * b + s];
+            let scale = d * (block[192 + s] as i8) as f32 * act.d[8 * b + s / 2];
+            sum += scale * (idot - offset) as f32;
+        }
+    }
+    sum
+}
