@@ -25,6 +25,91 @@ pub enum MatrixData<'a> {
     Q8(Q8Data<'a>),
     /// Affine (zero-point) 4- or 8-bit groups, as GPTQ produces them.
     Affine(AffineData<'a>),
+    /// llama.cpp's blocks (and fp16/bf16), as GGUF files store them.
+    Blocks(BlockData<'a>),
+}
+
+/// The block encodings of llama.cpp's `ggml-common.h` that we run, and fp16/bf16 (blocks of
+/// one value). Each row of `cols` values is `cols / elements()` blocks of `bytes()` bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BlockType {
+    F16,
+    Bf16,
+    /// 32 values: fp16 `d`, 32 x int8; `w = d * q`.
+    Q8_0,
+    /// 32 values: fp16 `d`, 16 bytes of nibbles (values j and j + 16 share byte j); `w = d * (q - 8)`.
+    Q4_0,
+    /// 32 values: fp16 `d`, fp16 `m`, 16 bytes of nibbles as Q4_0; `w = d * q + m`.
+    Q4_1,
+    /// 256 values in 8 sub-blocks of 32, each with a 6-bit scale and min: fp16 `d`, `dmin`,
+    /// 12 bytes of packed scales/mins, 128 bytes of nibbles; `w = d * sc * q - dmin * m`.
+    Q4K,
+    /// Q4_K plus a fifth bit per value (32 bytes of high bits before the nibbles).
+    Q5K,
+    /// 256 values in 16 sub-blocks of 16: 128 bytes of low nibbles, 64 bytes of 2-bit highs,
+    /// 16 int8 scales, fp16 `d`; `w = d * sc * (q - 32)`.
+    Q6K,
+}
+
+impl BlockType {
+    pub const ALL: [BlockType; 8] = [
+        BlockType::F16,
+        BlockType::Bf16,
+        BlockType::Q8_0,
+        BlockType::Q4_0,
+        BlockType::Q4_1,
+        BlockType::Q4K,
+        BlockType::Q5K,
+        BlockType::Q6K,
+    ];
+
+    /// llama.cpp's name of the type.
+    pub fn name(self) -> &'static str {
+        match self {
+            BlockType::F16 => "F16",
+            BlockType::Bf16 => "BF16",
+            BlockType::Q8_0 => "Q8_0",
+            BlockType::Q4_0 => "Q4_0",
+            BlockType::Q4_1 => "Q4_1",
+            BlockType::Q4K => "Q4_K",
+            BlockType::Q5K => "Q5_K",
+            BlockType::Q6K => "Q6_K",
+        }
+    }
+
+    /// Values per block.
+    pub fn elements(self) -> usize {
+        match self {
+            BlockType::F16 | BlockType::Bf16 => 1,
+            BlockType::Q8_0 | BlockType::Q4_0 | BlockType::Q4_1 => 32,
+            BlockType::Q4K | BlockType::Q5K | BlockType::Q6K => 256,
+        }
+    }
+
+    /// Bytes per block.
+    pub fn bytes(self) -> usize {
+        match self {
+            BlockType::F16 | BlockType::Bf16 => 2,
+            BlockType::Q8_0 => 34,
+            BlockType::Q4_0 => 18,
+            BlockType::Q4_1 => 20,
+            BlockType::Q4K => 144,
+            BlockType::Q5K => 176,
+            BlockType::Q6K => 210,
+        }
+    }
+
+    /// Bytes of a row of `cols` values, or None when `cols` is not a whole number of blocks.
+    pub fn row_bytes(self, cols: usize) -> Option<usize> {
+        cols.is_multiple_of(self.elements()).then(|| cols / self.elements() * self.bytes())
+    }
+}
+
+/// A matrix of llama.cpp blocks: `values` is `[rows, row_bytes]`.
+#[derive(Debug)]
+pub struct BlockData<'a> {
+    pub kind: BlockType,
+    pub values: &'a [u8],
 }
 
 /// `w[r, c] = scales[r, g] * (q[r, c] - zeros[r, g])` with `g = c / group_size`, where `c` counts
@@ -132,33 +217,6 @@ pub struct Q8Data<'a> {
     /// `[rows * cols / group_size]` one fp32 scale per group.
     pub scales: Cow<'a, [f32]>,
     pub group_size: usize,
-}
-
-impl Matrix<'_> {
-    /// Row `row` as fp32, written into `out` (`[cols]`). For Q8_0 this dequantizes like
-    /// runq.c's `dequantize` (int8 * scale), which is how runq reads token embeddings.
-    pub fn row_into(&self, row: usize, out: &mut [f32]) {
-        let span = row * self.cols..(row + 1) * self.cols;
-        match &self.data {
-            MatrixData::F32(w) => out.copy_from_slice(&w[span]),
-            MatrixData::Q8(q) => {
-                for (i, o) in span.zip(out.iter_mut()) {
-                    *o = q.values[i] as f32 * q.scales[i / q.group_size];
-                }
-            }
-            MatrixData::Affine(a) => {
-                let groups = a.n_groups(self.cols);
-                let row_bytes = AffineData::row_bytes(a.bits, self.cols);
-                let packed = &a.values[row * row_bytes..(row + 1) * row_bytes];
-                for c in 0..self.cols {
-                    let g = row * groups + c / a.group_size;
-                    let w = a.scales.get(g) * (a.value(packed, c) as f32 - a.zeros[g] as f32);
-                    let feature = a.perm.as_ref().map_or(c, |p| p[c] as usize);
-                    out[feature] = w;
-                }
-            }
-        }
-    }
 }
 
 #[derive(Debug)]

@@ -2,7 +2,7 @@
 
 from os import PathLike
 from pathlib import Path
-from typing import Optional, Sequence, Union, final
+from typing import Any, Optional, Sequence, Union, final
 
 import numpy as np
 import numpy.typing as npt
@@ -49,6 +49,8 @@ class Model:
     def path(self) -> Path: ...
     @property
     def tokenizer_bytes(self) -> Optional[bytes]: ...
+    @property
+    def vocabulary(self) -> Optional[dict[str, Any]]: ...
     @property
     def metadata(self) -> dict[str, str]: ...
     def logits(self, tokens: Sequence[int]) -> npt.NDArray[np.float32]: ...

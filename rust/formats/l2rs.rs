@@ -244,5 +244,5 @@ pub fn read_model<'a>(path: &Path, bytes: &'a [u8]) -> Result<Contents<'a>> {
     }
     let weights = Weights { token_embedding, layers, rms_final, classifier };
     let format = FileFormat::Llama2rs { version };
-    Ok(Contents { config, format, weights, tokenizer: Some(tokenizer), metadata })
+    Ok(Contents { config, format, weights, tokenizer: Some(tokenizer), vocabulary: None, metadata })
 }

@@ -3,8 +3,10 @@
 //! weight. A file's format is recognised by its content, never by its name.
 //!
 //! - `llama2c.rs`: llama2.c's legacy, version 1 (fp32) and version 2 (Q8_0) files;
-//! - `l2rs.rs`: llama2rs's own safetensors file (config, tokenizer, any of our encodings).
+//! - `l2rs.rs`: llama2rs's own safetensors file (config, tokenizer, any of our encodings);
+//! - `gguf.rs`: llama.cpp's GGUF (version 3), with llama.cpp's block types.
 
+pub mod gguf;
 pub mod l2rs;
 pub mod llama2c;
 
@@ -24,6 +26,10 @@ pub enum FileFormat {
     Llama2rs {
         version: u64,
     },
+    /// llama.cpp's GGUF, of this version.
+    Gguf {
+        version: u32,
+    },
 }
 
 impl FileFormat {
@@ -31,6 +37,7 @@ impl FileFormat {
         match self {
             FileFormat::Llama2c(f) => f.name().to_string(),
             FileFormat::Llama2rs { version } => format!("llama2rs-v{version}"),
+            FileFormat::Gguf { version } => format!("gguf-v{version}"),
         }
     }
 }
@@ -42,6 +49,8 @@ pub struct Contents<'a> {
     pub weights: Weights<'a>,
     /// The tokenizer the file carries (llama2.c's tokenizer.bin encoding), if any.
     pub tokenizer: Option<&'a [u8]>,
+    /// A GGUF file's tokenizer arrays, if any.
+    pub vocabulary: Option<gguf::Vocabulary<'a>>,
     /// Free-form metadata (our format's `__metadata__`; empty for llama2.c files).
     pub metadata: HashMap<String, String>,
 }
@@ -49,7 +58,9 @@ pub struct Contents<'a> {
 /// Read a model file of any format we know, recognised by its first bytes. `path` is only for
 /// error messages.
 pub fn read<'a>(path: &Path, bytes: &'a [u8]) -> Result<Contents<'a>> {
-    if l2rs::is_safetensors(bytes) {
+    if gguf::is_gguf(bytes) {
+        gguf::read_model(path, bytes)
+    } else if l2rs::is_safetensors(bytes) {
         l2rs::read_model(path, bytes)
     } else {
         let (header, weights) = llama2c::read_model(path, bytes)?;
@@ -58,6 +69,7 @@ pub fn read<'a>(path: &Path, bytes: &'a [u8]) -> Result<Contents<'a>> {
             format: FileFormat::Llama2c(header.format),
             weights,
             tokenizer: None,
+            vocabulary: None,
             metadata: HashMap::new(),
         })
     }

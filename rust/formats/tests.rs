@@ -161,6 +161,113 @@ fn l2rs_file(rng: &mut Rng) -> Vec<u8> {
     safetensors::tensor::serialize(views, Some(metadata)).unwrap()
 }
 
+/// A GGUF file with one matrix of every block type we run (dim 256, so the K-quants' 256-value
+/// blocks fit), a tokenizer, and random block bytes whose fp16 scales are finite.
+fn gguf_file(rng: &mut Rng) -> Vec<u8> {
+    use crate::weights::BlockType;
+    let (dim, hidden, heads, kv_heads, vocab, seq_len) = (256usize, 256usize, 4usize, 2usize, 16usize, 8usize);
+    let kv_dim = kv_heads * dim / heads;
+    let string = |s: &[u8]| -> Vec<u8> { [&(s.len() as u64).to_le_bytes()[..], s].concat() };
+    let mut kv: Vec<u8> = Vec::new();
+    let mut n_kv = 0u64;
+    let mut key = |kv: &mut Vec<u8>, name: &str, kind: u32, value: Vec<u8>| {
+        kv.extend(string(name.as_bytes()));
+        kv.extend(kind.to_le_bytes());
+        kv.extend(value);
+        n_kv += 1;
+    };
+    key(&mut kv, "general.architecture", 8, string(b"llama"));
+    for (name, value) in [
+        ("llama.context_length", seq_len),
+        ("llama.embedding_length", dim),
+        ("llama.block_count", 1),
+        ("llama.feed_forward_length", hidden),
+        ("llama.attention.head_count", heads),
+        ("llama.attention.head_count_kv", kv_heads),
+        ("llama.rope.dimension_count", dim / heads),
+    ] {
+        key(&mut kv, name, 4, (value as u32).to_le_bytes().to_vec());
+    }
+    key(&mut kv, "llama.attention.layer_norm_rms_epsilon", 6, 1e-5f32.to_le_bytes().to_vec());
+    key(&mut kv, "llama.rope.freq_base", 6, 10000f32.to_le_bytes().to_vec());
+    key(&mut kv, "tokenizer.ggml.model", 8, string(b"llama"));
+    let array = |item: u32, count: usize, items: Vec<u8>| -> Vec<u8> {
+        [&item.to_le_bytes()[..], &(count as u64).to_le_bytes(), &items].concat()
+    };
+    let tokens: Vec<u8> = (0..vocab).flat_map(|i| string(format!("tok{i}").as_bytes())).collect();
+    key(&mut kv, "tokenizer.ggml.tokens", 9, array(8, vocab, tokens));
+    key(&mut kv, "tokenizer.ggml.scores", 9, array(6, vocab, f32_bytes(rng, vocab)));
+    key(
+        &mut kv,
+        "tokenizer.ggml.token_type",
+        9,
+        array(5, vocab, (0..vocab as i32).flat_map(|_| 1i32.to_le_bytes()).collect()),
+    );
+    key(&mut kv, "tokenizer.ggml.bos_token_id", 4, 1u32.to_le_bytes().to_vec());
+    key(&mut kv, "tokenizer.ggml.eos_token_id", 4, 2u32.to_le_bytes().to_vec());
+    // (name, rows, cols, ggml type id, block type or None for F32)
+    let tensors: Vec<(&str, usize, usize, u32, Option<BlockType>)> = vec![
+        ("token_embd.weight", vocab, dim, 12, Some(BlockType::Q4K)),
+        ("output_norm.weight", 1, dim, 0, None),
+        ("output.weight", vocab, dim, 14, Some(BlockType::Q6K)),
+        ("blk.0.attn_norm.weight", 1, dim, 0, None),
+        ("blk.0.attn_q.weight", dim, dim, 2, Some(BlockType::Q4_0)),
+        ("blk.0.attn_k.weight", kv_dim, dim, 3, Some(BlockType::Q4_1)),
+        ("blk.0.attn_v.weight", kv_dim, dim, 8, Some(BlockType::Q8_0)),
+        ("blk.0.attn_output.weight", dim, dim, 13, Some(BlockType::Q5K)),
+        ("blk.0.ffn_norm.weight", 1, dim, 0, None),
+        ("blk.0.ffn_gate.weight", hidden, dim, 1, Some(BlockType::F16)),
+        ("blk.0.ffn_up.weight", hidden, dim, 30, Some(BlockType::Bf16)),
+        ("blk.0.ffn_down.weight", dim, hidden, 0, None),
+    ];
+    let mut infos = Vec::new();
+    let mut data: Vec<u8> = Vec::new();
+    for (name, rows, cols, type_id, kind) in &tensors {
+        infos.extend(string(name.as_bytes()));
+        let ne: Vec<u64> = if *rows == 1 { vec![*cols as u64] } else { vec![*cols as u64, *rows as u64] };
+        infos.extend((ne.len() as u32).to_le_bytes());
+        for d in ne {
+            infos.extend(d.to_le_bytes());
+        }
+        infos.extend(type_id.to_le_bytes());
+        infos.extend((data.len() as u64).to_le_bytes());
+        let bytes = match kind {
+            None => f32_bytes(rng, rows * cols),
+            Some(kind) => {
+                let n = rows * kind.row_bytes(*cols).unwrap();
+                let mut b: Vec<u8> = (0..n).map(|_| rng.next_u64() as u8).collect();
+                // Finite fp16 fields: every 16-bit word of F16/BF16, and each block's d/dmin.
+                let small = |rng: &mut Rng| (0x1c00u16 + (rng.next_u64() % 0x800) as u16).to_le_bytes();
+                for block in b.chunks_exact_mut(kind.bytes()) {
+                    let at: &[usize] = match kind {
+                        BlockType::F16 | BlockType::Bf16 | BlockType::Q8_0 | BlockType::Q4_0 => &[0],
+                        BlockType::Q4_1 | BlockType::Q4K | BlockType::Q5K => &[0, 2],
+                        BlockType::Q6K => &[208],
+                    };
+                    for &i in at {
+                        block[i..i + 2].copy_from_slice(&small(rng));
+                    }
+                    if *kind == BlockType::Bf16 {
+                        block[1] = 0x3c; // about 2^-7: finite
+                    }
+                }
+                b
+            }
+        };
+        data.extend(bytes);
+        data.resize(data.len().div_ceil(32) * 32, 0);
+    }
+    let mut out = b"GGUF".to_vec();
+    out.extend(3u32.to_le_bytes());
+    out.extend((tensors.len() as u64).to_le_bytes());
+    out.extend(n_kv.to_le_bytes());
+    out.extend(kv);
+    out.extend(infos);
+    out.resize(out.len().div_ceil(32) * 32, 0);
+    out.extend(data);
+    out
+}
+
 /// Every file the tests corrupt, by name.
 fn files() -> Vec<(&'static str, Vec<u8>)> {
     let mut rng = Rng(0x5eed_f11e);
@@ -170,6 +277,7 @@ fn files() -> Vec<(&'static str, Vec<u8>)> {
         ("llama2c v1", llama2c_file(1, false, &mut rng)),
         ("llama2c v2 (Q8_0)", llama2c_file(2, true, &mut rng)),
         ("llama2rs", l2rs_file(&mut rng)),
+        ("gguf", gguf_file(&mut rng)),
     ]
 }
 
@@ -177,7 +285,8 @@ fn files() -> Vec<(&'static str, Vec<u8>)> {
 fn the_test_files_are_valid() {
     for (what, bytes) in files() {
         let contents = read(Path::new(what), &bytes).unwrap_or_else(|e| panic!("{what}: {e}"));
-        assert_eq!(contents.config.dim, SHAPE[0] as usize, "{what}");
+        let dim = if what == "gguf" { 256 } else { SHAPE[0] as usize };
+        assert_eq!(contents.config.dim, dim, "{what}");
     }
 }
 
@@ -192,6 +301,7 @@ fn every_truncation_is_an_error_and_so_is_a_trailing_byte() {
                 Err(_) => panic!("{what}: a file cut to {len} of {} bytes panicked the reader", bytes.len()),
             }
         }
+        // (GGUF, like safetensors, may carry bytes after its last tensor.)
         if what.starts_with("llama2c") {
             let mut longer = bytes.clone();
             longer.push(0);

@@ -95,6 +95,19 @@ pub fn matmul(out: &mut [f32], w: &Matrix, x: &[f32], n_tokens: usize, scratch: 
                 dot(w, ws, &xq[t].values, &xq[t].scales, gs)
             });
         }
+        MatrixData::Blocks(b) => {
+            // Each row dequantized once into the thread's buffer, then applied to every token.
+            let row_bytes = b.kind.row_bytes(cols).expect("validated when the file was read");
+            let (dequantize, dot) = (k.dequantize_blocks, k.dot_f32);
+            (0..rows).into_par_iter().with_min_len(min_len).for_each_init(Vec::new, |row, r| {
+                row.resize(cols, 0.0);
+                dequantize(b.kind, &b.values[r * row_bytes..(r + 1) * row_bytes], row);
+                for t in 0..n_tokens {
+                    // SAFETY: (t, r) is inside `out` ([n_tokens, rows]) and row r is this task's.
+                    unsafe { dst.write(t * rows + r, dot(row, token(t))) };
+                }
+            });
+        }
         MatrixData::Affine(a) => {
             let x = match &a.perm {
                 None => x,

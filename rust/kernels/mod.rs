@@ -2,7 +2,7 @@
 //! cache, and fp16 conversion, for each instruction set.
 //!
 //! One folder per operation family, each with its scalar reference beside the fast versions
-//! (`dot_f32/`, `q8_0/`, `affine/`, `attention/`, `fp16/`); shared SIMD helpers are written
+//! (`dot_f32/`, `q8_0/`, `affine/`, `blocks/` (GGUF's types), `attention/`, `fp16/`); shared SIMD helpers are written
 //! once (`simd_x86.rs`, `simd_neon.rs`). `isa.rs` says which instruction sets the CPU has;
 //! `table.rs` holds one table of function pointers per instruction set (`Kernels`), made once
 //! per model, and everything runs through it; `matmul.rs` drives rows over the thread pool.
@@ -11,7 +11,9 @@
 
 pub mod affine;
 pub mod attention;
+pub mod blocks;
 pub mod dot_f32;
+pub mod embedding;
 pub mod fp16;
 pub mod isa;
 pub mod matmul;

@@ -11,7 +11,7 @@ use half::f16;
 
 use super::attention::{self, AttentionKernels, CacheValue};
 use super::isa::Isa;
-use super::{affine, dot_f32, fp16, q8_0};
+use super::{affine, blocks, dot_f32, fp16, q8_0};
 use crate::error::{Error, Result};
 
 /// How a model's matrices are multiplied: the instruction set's kernels, and whether 4-bit
@@ -24,6 +24,8 @@ pub struct Kernels {
     pub(crate) dot_f32: fn(&[f32], &[f32]) -> f32,
     pub(crate) dot_q8: q8_0::DotQ8,
     pub(crate) dot_affine_f32: affine::DotF32,
+    /// A row of llama.cpp blocks (GGUF) to fp32, for `dot_f32` to multiply.
+    pub(crate) dequantize_blocks: blocks::Dequantize,
     /// 4-bit rows x int8 activations; `None` where the fp32 kernels are faster (portable).
     pub(crate) rows_i8: Option<affine::RowsI8>,
     /// The fp32 GEMM for 4-bit batches (x86).
@@ -98,6 +100,7 @@ impl Kernels {
             dot_f32: dot_f32::dot_scalar,
             dot_q8: q8_0::dot_scalar,
             dot_affine_f32: affine::dot_f32_scalar,
+            dequantize_blocks: blocks::dequantize_scalar,
             rows_i8: Some(affine::rows_i8_scalar),
             gemm_f32: None,
             #[cfg(target_arch = "x86_64")]

@@ -7,7 +7,7 @@ use super::attention::{attend, Batch};
 use super::kv_cache::KvCache;
 use super::state::State;
 use super::Model;
-use crate::kernels::{matmul, matmul_shared_input};
+use crate::kernels::{embedding, matmul, matmul_shared_input};
 use crate::math::{rmsnorm, rmsnorm_in_place, swiglu};
 
 /// Element-wise passes over activations run in parallel pieces of this many values.
@@ -30,7 +30,7 @@ impl Model {
         let hb2 = &mut s.hb2[..n * hidden];
 
         for (t, &token) in tokens.iter().enumerate() {
-            w.token_embedding.row_into(token as usize, &mut x[t * dim..(t + 1) * dim]);
+            embedding::row_into(&w.token_embedding, token as usize, &mut x[t * dim..(t + 1) * dim], k);
         }
 
         for (l, layer) in w.layers.iter().enumerate() {

@@ -37,6 +37,8 @@ pub struct Model {
     format: FileFormat,
     /// The tokenizer stored in the file (llama2.c tokenizer.bin encoding), if any.
     tokenizer: Option<&'static [u8]>,
+    /// A GGUF file's tokenizer arrays, if any.
+    vocabulary: Option<formats::gguf::Vocabulary<'static>>,
     metadata: std::collections::HashMap<String, String>,
     path: PathBuf,
     file_size: usize,
@@ -81,7 +83,8 @@ impl Model {
         // never mutated or remapped, and its address does not change when the struct moves;
         // the views are only handed out with the lifetime of `&self`.
         let bytes: &'static [u8] = unsafe { std::slice::from_raw_parts(map.as_ptr(), map.len()) };
-        let formats::Contents { config, format, weights, tokenizer, metadata } = formats::read(path, bytes)?;
+        let formats::Contents { config, format, weights, tokenizer, vocabulary, metadata } =
+            formats::read(path, bytes)?;
         let pool = threads::build_pool(n_threads)?;
         let kv_cache = kv_cache.unwrap_or_else(|| KvCacheType::auto(&weights, &kernels));
         Ok(Model {
@@ -89,6 +92,7 @@ impl Model {
             config,
             format,
             tokenizer,
+            vocabulary,
             metadata,
             path: path.to_path_buf(),
             file_size: bytes.len(),
@@ -110,6 +114,11 @@ impl Model {
     /// The tokenizer stored in the file (tokenizer.bin encoding), for our own format.
     pub fn tokenizer_bytes(&self) -> Option<&[u8]> {
         self.tokenizer
+    }
+
+    /// A GGUF file's tokenizer arrays (`tokenizer.ggml.*`), as stored.
+    pub fn vocabulary(&self) -> Option<&formats::gguf::Vocabulary<'_>> {
+        self.vocabulary.as_ref()
     }
 
     /// The file's free-form metadata (our format's `__metadata__`; empty for llama2.c files).

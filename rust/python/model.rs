@@ -136,6 +136,22 @@ impl PyModel {
         self.inner.tokenizer_bytes().map(|b| PyBytes::new(py, b))
     }
 
+    /// A GGUF file's tokenizer arrays as a dict (`model`, `tokens` as bytes, `scores`,
+    /// `token_type`, `bos_id`, `eos_id`), or None.
+    #[getter]
+    fn vocabulary<'py>(&self, py: Python<'py>) -> PyResult<Option<Bound<'py, PyDict>>> {
+        let Some(v) = self.inner.vocabulary() else { return Ok(None) };
+        let d = PyDict::new(py);
+        d.set_item("model", &v.model)?;
+        let tokens: Vec<Bound<'py, PyBytes>> = v.tokens.iter().map(|t| PyBytes::new(py, t)).collect();
+        d.set_item("tokens", tokens)?;
+        d.set_item("scores", v.scores.clone())?;
+        d.set_item("token_type", v.token_type.clone())?;
+        d.set_item("bos_id", v.bos_id)?;
+        d.set_item("eos_id", v.eos_id)?;
+        Ok(Some(d))
+    }
+
     /// The file's metadata strings (empty for llama2.c files).
     #[getter]
     fn metadata(&self) -> std::collections::HashMap<String, String> {
