@@ -151,6 +151,8 @@ def write_gguf(
     replace: Optional[dict[str, np.ndarray]] = None,
     alignment: Optional[int] = None,
     bos_eos: tuple[int, int] = (1, 2),
+    kv: Optional[dict[str, tuple[object, "gguf.GGUFValueType"]]] = None,
+    extra: Optional[dict[str, np.ndarray]] = None,
 ) -> Path:
     """Write ``weights`` as a GGUF v3 file; return its path.
 
@@ -162,7 +164,8 @@ def write_gguf(
     ``token_types`` only if given). ``drop`` leaves tensors out and ``replace`` writes other
     float data under a name (both by GGUF name), to make broken files. ``alignment`` writes
     ``general.alignment`` and aligns the tensor data to it (gguf-py's default is 32 unwritten);
-    ``bos_eos`` are the token ids written with ``tokens``.
+    ``bos_eos`` are the token ids written with ``tokens``. ``kv`` adds or replaces metadata
+    (``key: (value, type)``; a value None removes the key); ``extra`` adds F32 tensors.
     """
     path = Path(path)
     c = weights.config
@@ -190,6 +193,11 @@ def write_gguf(
             w.add_token_types(list(token_types))
         w.add_bos_token_id(bos_eos[0])
         w.add_eos_token_id(bos_eos[1])
+    for key, (value, vtype) in (kv or {}).items():
+        w.kv_data[0].pop(key, None)
+        if value is not None:
+            w.add_key_value(key, value, vtype, sub_type=gguf.GGUFValueType.get_type(value[0])
+                            if vtype == gguf.GGUFValueType.ARRAY else None)
     replace = replace or {}
     for ours, tensor in weights.named_tensors():
         name = gguf_name(ours)
@@ -202,6 +210,8 @@ def write_gguf(
         qtype = types(name)
         encoded = _encode(data, qtype, rng)
         w.add_tensor(name, encoded, raw_dtype=None if qtype in (T.F32, T.F16) else qtype)
+    for name, data in (extra or {}).items():
+        w.add_tensor(name, np.asarray(data, dtype=np.float32))
     w.write_header_to_file()
     w.write_kv_data_to_file()
     w.write_tensors_to_file()
