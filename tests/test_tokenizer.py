@@ -297,6 +297,35 @@ def test_bin_with_max_length_10_is_not_taken_for_protobuf(tmp_path: Path) -> Non
     assert t.pieces == tuple(pieces) and t.max_token_length == 10
 
 
+@pytest.mark.parametrize("model_path, bin_path", [(TOK512_MODEL, TOK512_BIN), (LLAMA2_MODEL, LLAMA2_BIN)])
+def test_from_pieces_equals_llama2c_export(model_path: Path, bin_path: Path) -> None:
+    """Pieces and scores as sentencepiece itself reports them (what a GGUF file stores) map
+    to llama2.c's exported tokenizer.bin byte for byte."""
+    spm = pytest.importorskip("sentencepiece")
+    _need(model_path, bin_path)
+    sp = spm.SentencePieceProcessor(model_file=str(model_path))
+    n = sp.get_piece_size()
+    t = Tokenizer.from_pieces([sp.id_to_piece(i) for i in range(n)], [sp.get_score(i) for i in range(n)],
+                              sp.bos_id(), sp.eos_id(), vocab_size=n, name="spm", format="test")
+    assert (t.path, t.format, t.vocab_size) == ("spm", "test", n)
+    assert t.to_bin_bytes() == bin_path.read_bytes()
+
+
+def test_from_pieces_errors() -> None:
+    with pytest.raises(TokenizerError, match="3 pieces but 2 scores"):
+        Tokenizer.from_pieces(["a", "b", "c"], [0.0, 0.0])
+    with pytest.raises(TokenizerError, match="holds no tokens"):
+        Tokenizer.from_pieces([], [])
+    with pytest.raises(TokenizerError, match="piece 1 is a bytes"):
+        Tokenizer.from_pieces(["a", b"b"], [0.0, 0.0])  # type: ignore[list-item]
+    with pytest.raises(TokenizerError, match="expected 4 tokens, found 3"):
+        Tokenizer.from_pieces(["a", "b", "c"], [0.0] * 3, vocab_size=4)
+    with pytest.raises(TokenizerError, match="not a float32"):
+        Tokenizer.from_pieces(["a"], [1e300])
+    t = Tokenizer.from_pieces(["<unk>", "<s>", "</s>", "\u2581a\u2581b"], [0.0, 0.0, 0.0, 0.1], None, None)
+    assert t.pieces == (b"<unk>", b"<s>", b"</s>", b" a b") and t.scores[3] == struct.unpack("<f", struct.pack("<f", 0.1))[0]
+
+
 def test_vocab_size_argument() -> None:
     _need(TOK512_BIN, TOK512_MODEL)
     for path in (TOK512_BIN, TOK512_MODEL):

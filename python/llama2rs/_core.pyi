@@ -2,7 +2,7 @@
 
 from os import PathLike
 from pathlib import Path
-from typing import Any, Optional, Sequence, Union, final
+from typing import Optional, Sequence, TypedDict, Union, final
 
 import numpy as np
 import numpy.typing as npt
@@ -17,6 +17,15 @@ KERNEL_NAMES: tuple[str, ...]
 
 def available_kernels() -> list[str]: ...
 def read_bandwidth(n_bytes: int = ..., n_threads: int = 1, repeats: int = 3) -> float: ...
+# A GGUF file's tokenizer.ggml.* arrays (stub-only name: at run time a plain dict).
+class _Vocabulary(TypedDict):
+    model: str  # tokenizer.ggml.model, e.g. "llama" (sentencepiece) or "gpt2"
+    tokens: list[bytes]  # the raw token strings (sentencepiece pieces, "\u2581" as UTF-8)
+    scores: Optional[list[float]]
+    token_type: Optional[list[int]]
+    bos_id: Optional[int]
+    eos_id: Optional[int]
+
 @final
 class Model:
     def __new__(
@@ -50,7 +59,7 @@ class Model:
     @property
     def tokenizer_bytes(self) -> Optional[bytes]: ...
     @property
-    def vocabulary(self) -> Optional[dict[str, Any]]: ...
+    def vocabulary(self) -> Optional[_Vocabulary]: ...
     @property
     def metadata(self) -> dict[str, str]: ...
     def logits(self, tokens: Sequence[int]) -> npt.NDArray[np.float32]: ...

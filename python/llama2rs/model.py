@@ -5,14 +5,14 @@ from __future__ import annotations
 import os
 import secrets
 from pathlib import Path
-from typing import Iterable, Iterator, Optional, Sequence, Union
+from typing import Any, Iterable, Iterator, Mapping, Optional, Sequence, Union
 
 import numpy as np
 
 from . import _core
 from .config import Config
 from .errors import ArgumentError, ContextLengthError, TokenizerError
-from .tokenizer import Tokenizer
+from .tokenizer import BOS_ID, EOS_ID, Tokenizer
 
 __all__ = ["Model", "find_tokenizer", "available_kernels"]
 
@@ -57,17 +57,51 @@ def _check_float(name: str, value: object, low: float, high: float) -> float:
     return number
 
 
+def _vocabulary_problem(vocabulary: Mapping[str, Any]) -> Optional[str]:
+    """Why a GGUF file's vocabulary cannot make our tokenizer (llama2.c's sentencepiece BPE), or
+    None when it can."""
+    kind = vocabulary.get("model")
+    if kind != "llama":
+        return (f"its GGUF tokenizer model is {kind!r}; llama2rs reads only 'llama' (sentencepiece) "
+                "vocabularies so far")
+    bos, eos = vocabulary.get("bos_id"), vocabulary.get("eos_id")
+    if (bos if bos is not None else BOS_ID, eos if eos is not None else EOS_ID) != (BOS_ID, EOS_ID):
+        return (f"its GGUF vocabulary has BOS/EOS ids {bos}/{eos}; llama2rs's tokenizer (llama2.c's) "
+                f"needs {BOS_ID}/{EOS_ID}")
+    return None
+
+
+def _tokenizer_from_vocabulary(vocabulary: Mapping[str, Any], vocab_size: int, name: str) -> Tokenizer:
+    """The tokenizer of a GGUF file's ``tokenizer.ggml.*`` arrays (sentencepiece pieces, UTF-8).
+    Without scores every piece scores 0, as llama.cpp's llama-vocab.cpp does then
+    (``scores ? scores[i] : 0.0f``). Token types are not used (llama2.c's export ignores them)."""
+    tokens = vocabulary["tokens"]
+    pieces: list[str] = []
+    for i, token in enumerate(tokens):
+        try:
+            pieces.append(bytes(token).decode("utf-8"))
+        except UnicodeDecodeError as exc:
+            raise TokenizerError(f"{name!r}: GGUF token {i} is not valid UTF-8 ({exc.reason})") from None
+    scores = vocabulary.get("scores")
+    if scores is None:
+        scores = [0.0] * len(pieces)
+    return Tokenizer.from_pieces(pieces, scores, BOS_ID, EOS_ID, vocab_size=vocab_size, name=name, format="gguf")
+
+
 class Model:
     """A Llama-2-style model: a llama2rs file (``*.l2rs.safetensors``, written by ``export.py``,
-    format version 1 or 2: fp32, Q8_0 or 4/8-bit GPTQ weights, tokenizer inside) or a llama2.c
-    file (legacy, version 1 fp32, version 2 Q8_0).
+    format version 1 or 2: fp32, Q8_0 or 4/8-bit GPTQ weights, tokenizer inside), a llama2.c
+    file (legacy, version 1 fp32, version 2 Q8_0) or a GGUF file (version 3, architecture
+    ``llama``; F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q4_K, Q5_K and Q6_K tensors).
 
     The file is memory-mapped, not read: opening costs milliseconds whatever the size. A Model
     is read-only and can be shared by threads; every :meth:`generate` call owns its own state
     (KV cache, sampler) and computes with the GIL released.
 
-    ``tokenizer_path`` defaults to the tokenizer stored in a llama2rs file, else the one found
-    beside the model (see :func:`find_tokenizer`); without one, only the token-id methods work.
+    ``tokenizer_path`` defaults to the tokenizer stored in a llama2rs file or a GGUF file (its
+    ``tokenizer.ggml.*`` sentencepiece vocabulary), else the one found beside the model (see
+    :func:`find_tokenizer`); without one (or with a GGUF tokenizer other than sentencepiece's),
+    only the token-id methods work.
     ``n_threads`` defaults to the number of physical cores.
     ``kernels`` picks the implementation (``"auto"``: the fastest this CPU runs, chosen at run
     time; or ``"avx512"``, ``"avx2"``, ``"neon"``, ``"portable"``, ``"scalar"`` from
@@ -97,8 +131,17 @@ class Model:
         # A tokenizer stored in the file is parsed on first use (~25 ms for 32000 tokens), so
         # opening stays in milliseconds; a tokenizer file is checked against the model now.
         self._embedded_tokenizer: Optional[bytes] = None
+        self._vocabulary: Optional[dict] = None  # a GGUF file's, until parsed
+        self._no_tokenizer = f"no tokenizer for {self.path}: none was found beside it; pass tokenizer_path="
+        vocabulary = None if tokenizer_path is not None else self._core.vocabulary
         if tokenizer_path is not None:
             self._tokenizer = Tokenizer(tokenizer_path, vocab_size=self.config.vocab_size)
+        elif vocabulary is not None:
+            problem = _vocabulary_problem(vocabulary)
+            if problem is None:
+                self._vocabulary = dict(vocabulary)
+            else:
+                self._no_tokenizer = f"no tokenizer for {self.path}: {problem}; pass tokenizer_path="
         elif self._core.tokenizer_bytes:
             self._embedded_tokenizer = self._core.tokenizer_bytes
         else:
@@ -115,6 +158,9 @@ class Model:
             name = f"{self.path} (embedded)"
             self._tokenizer = Tokenizer.from_bytes(self._embedded_tokenizer, self.config.vocab_size, name=name)
             self._embedded_tokenizer = None
+        if self._tokenizer is None and self._vocabulary is not None:
+            self._tokenizer = _tokenizer_from_vocabulary(self._vocabulary, self.config.vocab_size, f"{self.path} (gguf)")
+            self._vocabulary = None
         return self._tokenizer
 
     @property
@@ -123,7 +169,7 @@ class Model:
 
     @property
     def format(self) -> str:
-        """``llama2rs-v1``, ``llama2c-legacy``, ``llama2c-v1`` or ``llama2c-v2-q8_0``."""
+        """``llama2rs-v1``, ``llama2c-legacy``, ``llama2c-v1``, ``llama2c-v2-q8_0`` or ``gguf-v3``."""
         return self._core.format
 
     @property
@@ -169,9 +215,7 @@ class Model:
 
     def _require_tokenizer(self) -> Tokenizer:
         if self.tokenizer is None:
-            raise TokenizerError(
-                f"no tokenizer for {self.path}: none was found beside it; pass tokenizer_path="
-            )
+            raise TokenizerError(self._no_tokenizer)
         return self.tokenizer
 
     def tokenize(self, text: str, bos: bool = True, eos: bool = False) -> list[int]:

@@ -12,6 +12,9 @@ sentencepiece vocabulary:
   ``"\\n<s>\\n"`` and the EOS piece ``"\\n</s>\\n"``), so the ``.bin`` and the
   ``.model`` of one tokenizer load to the same vocabulary and encode alike.
 
+:meth:`Tokenizer.from_pieces` takes a sentencepiece vocabulary as lists of pieces and scores
+(e.g. the ``tokenizer.ggml.tokens`` and ``scores`` of a GGUF file) and maps it the same way.
+
 The format is recognised by content, not by file extension.
 
 :meth:`Tokenizer.encode` reproduces ``encode()`` of llama2.c's ``run.c``
@@ -40,7 +43,7 @@ import heapq
 import operator
 import os
 import struct
-from typing import Iterable
+from typing import Iterable, Sequence
 
 from .errors import InvalidTokenError, TokenizerError
 
@@ -251,18 +254,26 @@ def _load_model(data: bytes, where: str) -> tuple[int, list[bytes], list[float]]
                     spec.skip(f, w)
         else:
             top.skip(field, wire)
+    pieces = _spm_pieces(raw_pieces, bos, eos)
+    max_len = max((len(p) for p in pieces), default=0)
+    return max_len, pieces, scores
+
+
+def _spm_pieces(raw_pieces: Iterable[str], bos_id: int | None, eos_id: int | None) -> list[bytes]:
+    """Sentencepiece pieces as llama2.c's tokenizer.py ``export()`` writes them: the BOS piece
+    becomes ``"\\n<s>\\n"``, the EOS piece ``"\\n</s>\\n"``, and ``'\u2581'`` becomes ``' '`` in
+    every other piece (UTF-8 encoded). The one place this mapping is made, for a
+    tokenizer.model and for a vocabulary stored in a GGUF file alike."""
     pieces: list[bytes] = []
     for i, text in enumerate(raw_pieces):
-        # the same post-processing as llama2.c's tokenizer.py export()
-        if i == bos:
+        if i == bos_id:
             piece = _BOS_PIECE
-        elif i == eos:
+        elif i == eos_id:
             piece = _EOS_PIECE
         else:
             piece = text.replace(_SPM_SPACE, " ").encode("utf-8")
         pieces.append(piece)
-    max_len = max((len(p) for p in pieces), default=0)
-    return max_len, pieces, scores
+    return pieces
 
 
 def _looks_like_model(data: bytes) -> bool:
@@ -335,6 +346,52 @@ class Tokenizer:
             parts.append(piece)
         return b"".join(parts)
 
+    @classmethod
+    def from_pieces(
+        cls,
+        pieces: Sequence[str],
+        scores: Sequence[float],
+        bos_id: int | None = BOS_ID,
+        eos_id: int | None = EOS_ID,
+        vocab_size: int | None = None,
+        name: str = "<pieces>",
+        format: str = "pieces",
+    ) -> "Tokenizer":
+        """A tokenizer from a sentencepiece vocabulary given as its pieces (``'▁'`` for
+        spaces, as in a tokenizer.model or a GGUF file's ``tokenizer.ggml.tokens``) and their
+        scores. The pieces are mapped as llama2.c's export does (the same mapping a
+        tokenizer.model gets: the ``bos_id`` piece becomes ``"\\n<s>\\n"``, the ``eos_id``
+        piece ``"\\n</s>\\n"``, ``'▁'`` becomes ``' '``); ``None`` maps no piece.
+        Encoding still uses run.c's fixed BOS 1 and EOS 2. ``name`` is used in error
+        messages and as :attr:`path`; ``format`` becomes :attr:`format`.
+
+        Raises:
+            TokenizerError: no pieces, a piece that is not a str, a scores list of another
+                length, or not ``vocab_size`` pieces.
+        """
+        where = repr(name)
+        texts = list(pieces)
+        values = list(scores)
+        if len(values) != len(texts):
+            raise TokenizerError(f"{where}: {len(texts)} pieces but {len(values)} scores")
+        for i, text in enumerate(texts):
+            if not isinstance(text, str):
+                raise TokenizerError(f"{where}: piece {i} is a {type(text).__name__}, not a str")
+        try:
+            mapped = _spm_pieces(texts, bos_id, eos_id)
+        except UnicodeEncodeError as exc:
+            raise TokenizerError(f"{where}: a piece cannot be encoded as UTF-8 ({exc.reason})") from None
+        # scores are stored as float32 (as in every tokenizer file), so round them alike
+        try:
+            rounded = list(struct.unpack(f"<{len(values)}f", struct.pack(f"<{len(values)}f", *values)))
+        except (struct.error, OverflowError, TypeError) as exc:
+            raise TokenizerError(f"{where}: a score is not a float32 number ({exc})") from None
+        self = cls.__new__(cls)
+        self._path = name
+        self._format = format
+        self._set_vocab(max((len(p) for p in mapped), default=0), mapped, rounded, where, vocab_size)
+        return self
+
     def _load(self, data: bytes, where: str, vocab_size: int | None) -> None:
         if not data:
             raise TokenizerError(f"{where}: tokenizer file is empty (0 bytes)")
@@ -344,6 +401,11 @@ class Tokenizer:
         else:
             self._format = "bin"
             max_len, pieces, scores = _load_bin(data, where)
+        self._set_vocab(max_len, pieces, scores, where, vocab_size)
+
+    def _set_vocab(
+        self, max_len: int, pieces: list[bytes], scores: list[float], where: str, vocab_size: int | None
+    ) -> None:
         if not pieces:
             raise TokenizerError(f"{where}: tokenizer file holds no tokens")
         if vocab_size is not None and len(pieces) != vocab_size:
@@ -384,7 +446,8 @@ class Tokenizer:
 
     @property
     def format(self) -> str:
-        """``"bin"`` (llama2.c tokenizer.bin) or ``"model"`` (sentencepiece)."""
+        """``"bin"`` (llama2.c tokenizer.bin), ``"model"`` (sentencepiece), or what
+        :meth:`from_pieces` was given (``"gguf"`` for a GGUF file's vocabulary)."""
         return self._format
 
     @property

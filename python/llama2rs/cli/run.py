@@ -15,7 +15,7 @@ __all__ = ["add_model_commands", "add_measure_commands", "COMMANDS"]
 
 def add_model_commands(commands: Commands) -> None:
     gen = commands.add_parser("generate", help="stream text after a prompt")
-    gen.add_argument("model", help="model file (llama2rs v1/v2, or llama2.c legacy, v1 or v2 Q8_0)")
+    gen.add_argument("model", help="model file (llama2rs v1/v2, llama2.c legacy, v1 or v2 Q8_0, or GGUF v3)")
     gen.add_argument("-p", "--prompt", default="", help="prompt text (default: empty)")
     gen.add_argument("-n", "--max-tokens", type=non_negative_int, default=256,
                      help="new tokens to generate at most (the prompt does not count; default 256)")
@@ -116,7 +116,7 @@ def _info(args: argparse.Namespace) -> int:
         ("seq_len", c.seq_len),
         ("shared classifier", model.shared_classifier),
         ("group size", model.group_size if model.group_size is not None else "-"),
-        ("tokenizer", model.tokenizer.path if model.tokenizer is not None else "none found"),
+        ("tokenizer", model.tokenizer.path if model.tokenizer is not None else model._no_tokenizer),
     ]
     rows += [(key, model.metadata[key]) for key in ("source", "quantization") if key in model.metadata]
     width = max(len(name) for name, _ in rows)
