@@ -19,6 +19,7 @@ Precision (the choices to know when comparing against another implementation):
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any, Callable, Mapping, Optional, Sequence
 
 import numpy as np
@@ -139,11 +140,36 @@ def _q8_linear(x: np.ndarray, weight: Q8Tensor) -> np.ndarray:
     return (integer_dots * w_scale * a_scale).sum(axis=0)  # [T, d]
 
 
+@dataclass(frozen=True)
+class Q8KInput:
+    """A float weight whose input is rounded the way llama.cpp's K-quant dot products round
+    it: ggml's ``quantize_row_q8_K_ref``, per 256 values ``iscale = -127 / max`` (``max`` the
+    value of largest magnitude), ``q = min(127, nearest(iscale * x))``, ``d = 1 / iscale``, in
+    float32. Tests use it to model llama.cpp's activation rounding on the same weights."""
+
+    weight: np.ndarray  # [d, n], n a multiple of 256
+
+
+def q8k_round(x: np.ndarray) -> np.ndarray:
+    """Every row of x [T, n] as ``quantize_row_q8_K_ref`` then ``dequantize`` leave it."""
+    rows, width = x.shape
+    blocks = x.astype(np.float32).reshape(rows, width // 256, 256)  # [T, B, 256]
+    signed_max = np.take_along_axis(blocks, np.abs(blocks).argmax(axis=-1)[..., None], axis=-1)  # [T, B, 1]
+    nonzero = signed_max != 0
+    iscale = np.where(nonzero, np.float32(-127.0) / np.where(nonzero, signed_max, 1), 0).astype(np.float32)
+    q = np.minimum(np.rint((blocks * iscale).astype(np.float32)), 127)  # nearest, ties to even
+    d = np.where(nonzero, np.float32(1.0) / np.where(nonzero, iscale, 1), 0).astype(np.float32)
+    return (q * d).astype(np.float32).reshape(rows, width)
+
+
 def linear(x: np.ndarray, weight) -> np.ndarray:
     """``x @ W.T`` for a float, Q8_0 or affine-quantized weight (the latter dequantized
-    exactly, in float64); x [T, n], weight [d, n] -> [T, d] float64 (Q8_0: x 2-D)."""
+    exactly, in float64), or a ``Q8KInput``; x [T, n], weight [d, n] -> [T, d] float64
+    (Q8_0: x 2-D)."""
     if isinstance(weight, Q8Tensor):
         return _q8_linear(x, weight)
+    if isinstance(weight, Q8KInput):
+        return q8k_round(x).astype(np.float64) @ np.asarray(weight.weight, dtype=np.float64).T
     if isinstance(weight, AffineQuantized):
         weight = weight.dequantize()
     return x @ np.asarray(weight, dtype=np.float64).T  # [T, d]

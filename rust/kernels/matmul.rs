@@ -18,12 +18,12 @@ use crate::weights::{AffineData, Matrix, MatrixData};
 /// Per-call working memory of `matmul`, reused across calls so decoding allocates nothing.
 #[derive(Debug, Default, Clone)]
 pub struct Scratch {
-    q8: Vec<QuantizedVec>,     // [n_tokens] inputs quantized for Q8_0 weights
-    int8: Vec<Int8Activation>, // [n_tokens] inputs quantized for 4-bit weights
-    int16: Int16Activations,   // [n_tokens] inputs quantized for the int16 GEMM
+    q8: Vec<QuantizedVec>,        // [n_tokens] inputs quantized for Q8_0 weights
+    int8: Vec<Int8Activation>,    // [n_tokens] inputs quantized for 4-bit weights
+    int16: Int16Activations,      // [n_tokens] inputs quantized for the int16 GEMM
     blocks: Vec<BlockActivation>, // [n_tokens] inputs quantized for K-quant weights
-    permuted: Vec<f32>,        // [n_tokens, cols] inputs in stored column order (act-order)
-    group_sums: Vec<Vec<f32>>, // [n_tokens][n_groups] input sums per group (affine weights)
+    permuted: Vec<f32>,           // [n_tokens, cols] inputs in stored column order (act-order)
+    group_sums: Vec<Vec<f32>>,    // [n_tokens][n_groups] input sums per group (affine weights)
 }
 
 /// Output rows per rayon task: enough work per task (~16K multiply-adds) that scheduling

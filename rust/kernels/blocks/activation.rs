@@ -19,10 +19,10 @@ pub struct BlockActivation {
     /// The fp32 input this was quantized from, so one input (q, k and v) is quantized once.
     source: Vec<f32>,
     pub cols: usize,
-    pub q: Vec<i8>,        // [cols] natural order
-    pub d: Vec<f32>,       // [cols / BLOCK]
-    pub sums16: Vec<i32>,  // [cols / 16] sum of q over each 16 values
-    pub sums32: Vec<i32>,  // [cols / BLOCK] sum of q over each block
+    pub q: Vec<i8>,       // [cols] natural order
+    pub d: Vec<f32>,      // [cols / BLOCK]
+    pub sums16: Vec<i32>, // [cols / 16] sum of q over each 16 values
+    pub sums32: Vec<i32>, // [cols / BLOCK] sum of q over each block
     /// `q` with each 128 values as [0..32, 64..96, 32..64, 96..128]: the order of a 64-byte load
     /// of Q4_K nibbles (low nibbles of two 32-byte chunks, then their high nibbles).
     pub q_k4: Vec<i8>, // [cols]

@@ -125,7 +125,11 @@ unsafe fn dot_q6k(row: &[u8], act: &BlockActivation) -> f32 {
                 let qh = _mm256_loadu_si256(block.as_ptr().add(128 + 32 * half) as *const _);
                 for k in 0..4 {
                     let ql = _mm256_loadu_si256(block.as_ptr().add(64 * half + 32 * (k % 2)) as *const _);
-                    let low = if k < 2 { _mm256_and_si256(ql, mask4) } else { _mm256_and_si256(_mm256_srli_epi16::<4>(ql), mask4) };
+                    let low = if k < 2 {
+                        _mm256_and_si256(ql, mask4)
+                    } else {
+                        _mm256_and_si256(_mm256_srli_epi16::<4>(ql), mask4)
+                    };
                     let bits = _mm256_and_si256(shift_right_16(qh, 2 * k as i32), mask2);
                     let w = _mm256_or_si256(low, _mm256_slli_epi16::<4>(bits));
                     let xv = _mm256_loadu_si256(x.add(128 * half + 32 * k) as *const _);

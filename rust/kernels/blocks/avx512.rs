@@ -85,7 +85,8 @@ unsafe fn dot_q4k(row: &[u8], act: &BlockActivation) -> f32 {
             let (d, dmin) = (half_at(block, 0), half_at(block, 2));
             let (sc, m) = scales_mins_k4(&block[4..16]);
             let xd = _mm256_loadu_ps(act.d.as_ptr().add(8 * b));
-            let to_f32 = |v: &[u8; 8]| _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_loadl_epi64(v.as_ptr() as *const _)));
+            let to_f32 =
+                |v: &[u8; 8]| _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_loadl_epi64(v.as_ptr() as *const _)));
             let f = _mm256_mul_ps(_mm256_mul_ps(to_f32(&sc), _mm256_set1_ps(d)), xd);
             let sums = _mm256_cvtepi32_ps(_mm256_loadu_si256(act.sums32.as_ptr().add(8 * b) as *const _));
             mins = _mm256_fmadd_ps(_mm256_mul_ps(to_f32(&m), _mm256_set1_ps(dmin)), _mm256_mul_ps(xd, sums), mins);
@@ -125,7 +126,24 @@ unsafe fn dot_q6k(row: &[u8], act: &BlockActivation) -> f32 {
         // Lane i of the v-th 64-value vector is in sub-block 4v + i / 4; scale i/2 per sub-block.
         let pick: [__m512i; 4] = std::array::from_fn(|v| {
             let v = 4 * v as i32;
-            _mm512_setr_epi32(v, v, v, v, v + 1, v + 1, v + 1, v + 1, v + 2, v + 2, v + 2, v + 2, v + 3, v + 3, v + 3, v + 3)
+            _mm512_setr_epi32(
+                v,
+                v,
+                v,
+                v,
+                v + 1,
+                v + 1,
+                v + 1,
+                v + 1,
+                v + 2,
+                v + 2,
+                v + 2,
+                v + 2,
+                v + 3,
+                v + 3,
+                v + 3,
+                v + 3,
+            )
         });
         let halves = _mm512_setr_epi32(0, 0, 1, 1, 2, 2, 3, 3, 4, 4, 5, 5, 6, 6, 7, 7);
         let (mut acc, mut offsets) = (_mm512_setzero_ps(), _mm512_setzero_ps());

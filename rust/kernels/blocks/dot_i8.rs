@@ -31,8 +31,11 @@ pub fn dot_q4k_scalar(row: &[u8], act: &BlockActivation) -> f32 {
             // Sub-block j: the low (even j) or high (odd j) nibbles of 32-byte chunk j / 2.
             let chunk = &qs[32 * (j / 2)..32 * (j / 2) + 32];
             let x = &act.q[256 * b + 32 * j..256 * b + 32 * j + 32];
-            let idot: i32 =
-                chunk.iter().zip(x).map(|(&byte, &x)| (if j % 2 == 0 { byte & 0x0f } else { byte >> 4 }) as i32 * x as i32).sum();
+            let idot: i32 = chunk
+                .iter()
+                .zip(x)
+                .map(|(&byte, &x)| (if j % 2 == 0 { byte & 0x0f } else { byte >> 4 }) as i32 * x as i32)
+                .sum();
             let xd = act.d[8 * b + j];
             sum += d * sc[j] as f32 * xd * idot as f32 - dmin * m[j] as f32 * xd * act.sum32(8 * b + j) as f32;
         }
@@ -56,8 +59,7 @@ pub fn dot_q6k_scalar(row: &[u8], act: &BlockActivation) -> f32 {
     for (b, block) in row.chunks_exact(Q6K_BYTES).enumerate() {
         let d = half_at(block, 208);
         for s in 0..16 {
-            let idot: i32 =
-                (16 * s..16 * s + 16).map(|p| q6k_value(block, p) as i32 * act.q[256 * b + p] as i32).sum();
+            let idot: i32 = (16 * s..16 * s + 16).map(|p| q6k_value(block, p) as i32 * act.q[256 * b + p] as i32).sum();
             let offset = 32 * act.sums16[16 * b + s];
             let scale = d * (block[192 + s] as i8) as f32 * act.d[8 * b + s / 2];
             sum += scale * (idot - offset) as f32;
