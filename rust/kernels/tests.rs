@@ -495,7 +495,7 @@ fn block_kernels_match_float64_dequantization() {
                     out
                 })
                 .collect();
-            for n_tokens in [1usize, 3] {
+            for n_tokens in [1usize, 3, 6] {
                 let x = rng.vec(n_tokens * cols);
                 let exact = |x_value: &dyn Fn(usize, usize) -> f64| -> Vec<f64> {
                     (0..n_tokens)

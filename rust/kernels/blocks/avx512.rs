@@ -20,6 +20,10 @@ use crate::weights::BlockData;
 /// the weights this far ahead (as the 4-bit decode kernel does).
 const PREFETCH_AHEAD: usize = 6144;
 
+/// Tokens per pass over a row: a block's weights and scales are unpacked once for all of them
+/// (a prompt's batch), which halves the work per token of a prefill.
+const TOKENS: usize = 4;
+
 /// `BlockRowsI8` for Q4_K.
 ///
 /// # Safety
@@ -36,10 +40,18 @@ pub(crate) unsafe fn rows_q4k(
     let row_bytes = cols / 256 * Q4K_BYTES;
     for r in range {
         let row = &w.values[r * row_bytes..(r + 1) * row_bytes];
-        for (t, act) in acts.iter().enumerate() {
-            // SAFETY: compiled with the helper's features; the row and activation have the
+        for (tile, acts) in acts.chunks(TOKENS).enumerate() {
+            let t0 = tile * TOKENS;
+            // SAFETY: compiled with the helper's features; the row and activations have the
             // same columns, and the output is the caller's (`BlockRowsI8`'s contract).
-            unsafe { out.write(t, r, dot_q4k(row, act)) };
+            unsafe {
+                match acts.len() {
+                    1 => write(&out, t0, r, dot_q4k::<1>(row, acts)),
+                    2 => write(&out, t0, r, dot_q4k::<2>(row, acts)),
+                    3 => write(&out, t0, r, dot_q4k::<3>(row, acts)),
+                    _ => write(&out, t0, r, dot_q4k::<4>(row, acts)),
+                }
+            }
         }
     }
 }
@@ -60,61 +72,97 @@ pub(crate) unsafe fn rows_q6k(
     let row_bytes = cols / 256 * Q6K_BYTES;
     for r in range {
         let row = &w.values[r * row_bytes..(r + 1) * row_bytes];
-        for (t, act) in acts.iter().enumerate() {
+        for (tile, acts) in acts.chunks(TOKENS).enumerate() {
+            let t0 = tile * TOKENS;
             // SAFETY: as in `rows_q4k`.
-            unsafe { out.write(t, r, dot_q6k(row, act)) };
+            unsafe {
+                match acts.len() {
+                    1 => write(&out, t0, r, dot_q6k::<1>(row, acts)),
+                    2 => write(&out, t0, r, dot_q6k::<2>(row, acts)),
+                    3 => write(&out, t0, r, dot_q6k::<3>(row, acts)),
+                    _ => write(&out, t0, r, dot_q6k::<4>(row, acts)),
+                }
+            }
         }
     }
 }
 
-/// `dot_q4k_scalar`: per block two 64-byte loads of nibbles; a load's low nibbles are
-/// sub-blocks 4L and 4L + 2, its high nibbles 4L + 1 and 4L + 3, which `q_k4` lines up.
+/// Tokens `t0..t0 + N` of row `r`.
+///
+/// # Safety
+/// `BlockRowsI8`'s output contract for those tokens.
 #[inline(always)]
-unsafe fn dot_q4k(row: &[u8], act: &BlockActivation) -> f32 {
-    // SAFETY: the module's contract: block b's 144 bytes are inside the row, and the
+unsafe fn write<const N: usize>(out: &RowsOut, t0: usize, r: usize, values: [f32; N]) {
+    for (j, v) in values.into_iter().enumerate() {
+        // SAFETY: the caller's output contract.
+        unsafe { out.write(t0 + j, r, v) };
+    }
+}
+
+/// `dot_q4k_scalar` for `N` activations at once: per block two 64-byte loads of nibbles; a
+/// load's low nibbles are sub-blocks 4L and 4L + 2, its high nibbles 4L + 1 and 4L + 3, which
+/// `q_k4` lines up. Weights and scales are unpacked once per block for all `N`.
+#[inline(always)]
+unsafe fn dot_q4k<const N: usize>(row: &[u8], acts: &[BlockActivation]) -> [f32; N] {
+    debug_assert_eq!(acts.len(), N);
+    // SAFETY: the module's contract: block b's 144 bytes are inside the row, and each
     // activation's 256 values, 8 scales and 8 sums of block b inside its arrays.
     unsafe {
         let mask4 = _mm512_set1_epi8(0x0f);
         let lanes = |a: i32, b: i32| _mm512_setr_epi32(a, a, a, a, a, a, a, a, b, b, b, b, b, b, b, b);
         let pick = [lanes(0, 2), lanes(1, 3), lanes(4, 6), lanes(5, 7)];
-        let (mut acc, mut mins) = (_mm512_setzero_ps(), _mm256_setzero_ps());
+        let mut acc = [_mm512_setzero_ps(); N];
+        let mut mins = [_mm256_setzero_ps(); N];
+        let to_f32 = |v: &[u8; 8]| _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_loadl_epi64(v.as_ptr() as *const _)));
         for (b, block) in row.chunks_exact(Q4K_BYTES).enumerate() {
             prefetch(block.as_ptr().wrapping_add(PREFETCH_AHEAD));
             prefetch(block.as_ptr().wrapping_add(PREFETCH_AHEAD + 64));
             prefetch(block.as_ptr().wrapping_add(PREFETCH_AHEAD + 128));
             let (d, dmin) = (half_at(block, 0), half_at(block, 2));
             let (sc, m) = scales_mins_k4(&block[4..16]);
-            let xd = _mm256_loadu_ps(act.d.as_ptr().add(8 * b));
-            let to_f32 =
-                |v: &[u8; 8]| _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_loadl_epi64(v.as_ptr() as *const _)));
-            let f = _mm256_mul_ps(_mm256_mul_ps(to_f32(&sc), _mm256_set1_ps(d)), xd);
-            let sums = _mm256_cvtepi32_ps(_mm256_loadu_si256(act.sums32.as_ptr().add(8 * b) as *const _));
-            mins = _mm256_fmadd_ps(_mm256_mul_ps(to_f32(&m), _mm256_set1_ps(dmin)), _mm256_mul_ps(xd, sums), mins);
-            let f = _mm512_castps256_ps512(f);
-            let x = act.q_k4.as_ptr().add(256 * b);
-            for half in 0..2 {
-                let wv = _mm512_loadu_si512(block.as_ptr().add(16 + 64 * half) as *const _);
-                let lo = _mm512_and_si512(wv, mask4);
-                let hi = _mm512_and_si512(_mm512_srli_epi16::<4>(wv), mask4);
-                let xa = _mm512_loadu_si512(x.add(128 * half) as *const _);
-                let xb = _mm512_loadu_si512(x.add(128 * half + 64) as *const _);
-                let ia = _mm512_dpbusd_epi32(_mm512_setzero_si512(), lo, xa);
-                let ib = _mm512_dpbusd_epi32(_mm512_setzero_si512(), hi, xb);
-                acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(ia), _mm512_permutexvar_ps(pick[2 * half], f), acc);
-                acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(ib), _mm512_permutexvar_ps(pick[2 * half + 1], f), acc);
+            let scale = _mm512_castps256_ps512(_mm256_mul_ps(to_f32(&sc), _mm256_set1_ps(d)));
+            let min = _mm256_mul_ps(to_f32(&m), _mm256_set1_ps(dmin));
+            let w: [__m512i; 4] = std::array::from_fn(|v| {
+                let wv = _mm512_loadu_si512(block.as_ptr().add(16 + 64 * (v / 2)) as *const _);
+                if v % 2 == 0 {
+                    _mm512_and_si512(wv, mask4)
+                } else {
+                    _mm512_and_si512(_mm512_srli_epi16::<4>(wv), mask4)
+                }
+            });
+            let scales: [__m512; 4] = std::array::from_fn(|v| _mm512_permutexvar_ps(pick[v], scale));
+            for (j, act) in acts.iter().enumerate().take(N) {
+                let xd = _mm256_loadu_ps(act.d.as_ptr().add(8 * b));
+                let sums = _mm256_cvtepi32_ps(_mm256_loadu_si256(act.sums32.as_ptr().add(8 * b) as *const _));
+                mins[j] = _mm256_fmadd_ps(min, _mm256_mul_ps(xd, sums), mins[j]);
+                let xd = _mm512_castps256_ps512(xd);
+                let x = act.q_k4.as_ptr().add(256 * b);
+                for v in 0..4 {
+                    let i = _mm512_dpbusd_epi32(
+                        _mm512_setzero_si512(),
+                        w[v],
+                        _mm512_loadu_si512(x.add(64 * v) as *const _),
+                    );
+                    let f = _mm512_mul_ps(scales[v], _mm512_permutexvar_ps(pick[v], xd));
+                    acc[j] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(i), f, acc[j]);
+                }
             }
         }
-        let mut lanes8 = [0.0f32; 8];
-        _mm256_storeu_ps(lanes8.as_mut_ptr(), mins);
-        _mm512_reduce_add_ps(acc) - lanes8.iter().sum::<f32>()
+        std::array::from_fn(|j| {
+            let mut lanes8 = [0.0f32; 8];
+            _mm256_storeu_ps(lanes8.as_mut_ptr(), mins[j]);
+            _mm512_reduce_add_ps(acc[j]) - lanes8.iter().sum::<f32>()
+        })
     }
 }
 
-/// `dot_q6k_scalar`: per 128-value half one 64-byte load of low nibbles (values 0..64 of the
-/// half) and its high nibbles (64..128), each with two bits from the 32 bytes of `qh`.
+/// `dot_q6k_scalar` for `N` activations at once: per 128-value half one 64-byte load of low
+/// nibbles (values 0..64 of the half) and its high nibbles (64..128), each with two bits from
+/// the 32 bytes of `qh`; unpacked once per block for all `N`.
 #[inline(always)]
-unsafe fn dot_q6k(row: &[u8], act: &BlockActivation) -> f32 {
-    // SAFETY: the module's contract: block b's 210 bytes are inside the row, and the
+unsafe fn dot_q6k<const N: usize>(row: &[u8], acts: &[BlockActivation]) -> [f32; N] {
+    debug_assert_eq!(acts.len(), N);
+    // SAFETY: the module's contract: block b's 210 bytes are inside the row, and each
     // activation's 256 values, 8 scales and 16 sums of block b inside its arrays.
     unsafe {
         let (mask4, mask2) = (_mm512_set1_epi8(0x0f), _mm512_set1_epi8(3));
@@ -146,7 +194,8 @@ unsafe fn dot_q6k(row: &[u8], act: &BlockActivation) -> f32 {
             )
         });
         let halves = _mm512_setr_epi32(0, 0, 1, 1, 2, 2, 3, 3, 4, 4, 5, 5, 6, 6, 7, 7);
-        let (mut acc, mut offsets) = (_mm512_setzero_ps(), _mm512_setzero_ps());
+        let mut acc = [_mm512_setzero_ps(); N];
+        let mut offsets = [_mm512_setzero_ps(); N];
         for (b, block) in row.chunks_exact(Q6K_BYTES).enumerate() {
             prefetch(block.as_ptr().wrapping_add(PREFETCH_AHEAD));
             prefetch(block.as_ptr().wrapping_add(PREFETCH_AHEAD + 64));
@@ -154,26 +203,34 @@ unsafe fn dot_q6k(row: &[u8], act: &BlockActivation) -> f32 {
             prefetch(block.as_ptr().wrapping_add(PREFETCH_AHEAD + 192));
             let d = half_at(block, 208);
             let sc = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(block.as_ptr().add(192) as *const _)));
-            let xd = _mm512_permutexvar_ps(halves, _mm512_castps256_ps512(_mm256_loadu_ps(act.d.as_ptr().add(8 * b))));
-            let f = _mm512_mul_ps(_mm512_mul_ps(sc, _mm512_set1_ps(d)), xd);
-            let sums = _mm512_cvtepi32_ps(_mm512_loadu_si512(act.sums16.as_ptr().add(16 * b) as *const _));
-            offsets = _mm512_fmadd_ps(f, sums, offsets);
-            let x = act.q.as_ptr().add(256 * b);
+            let scale = _mm512_mul_ps(sc, _mm512_set1_ps(d)); // [16] one per 16-value sub-block
+            let mut w = [_mm512_setzero_si512(); 4];
             for half in 0..2 {
                 let ql = _mm512_loadu_si512(block.as_ptr().add(64 * half) as *const _);
                 let qh = _mm512_broadcast_i64x4(_mm256_loadu_si256(block.as_ptr().add(128 + 32 * half) as *const _));
                 let high_lo = _mm512_slli_epi16::<4>(_mm512_and_si512(_mm512_srlv_epi16(qh, shift_lo), mask2));
                 let high_hi = _mm512_slli_epi16::<4>(_mm512_and_si512(_mm512_srlv_epi16(qh, shift_hi), mask2));
-                let wlo = _mm512_or_si512(_mm512_and_si512(ql, mask4), high_lo);
-                let whi = _mm512_or_si512(_mm512_and_si512(_mm512_srli_epi16::<4>(ql), mask4), high_hi);
-                let xlo = _mm512_loadu_si512(x.add(128 * half) as *const _);
-                let xhi = _mm512_loadu_si512(x.add(128 * half + 64) as *const _);
-                let ilo = _mm512_dpbusd_epi32(_mm512_setzero_si512(), wlo, xlo);
-                let ihi = _mm512_dpbusd_epi32(_mm512_setzero_si512(), whi, xhi);
-                acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(ilo), _mm512_permutexvar_ps(pick[2 * half], f), acc);
-                acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(ihi), _mm512_permutexvar_ps(pick[2 * half + 1], f), acc);
+                w[2 * half] = _mm512_or_si512(_mm512_and_si512(ql, mask4), high_lo);
+                w[2 * half + 1] = _mm512_or_si512(_mm512_and_si512(_mm512_srli_epi16::<4>(ql), mask4), high_hi);
+            }
+            let scales: [__m512; 4] = std::array::from_fn(|v| _mm512_permutexvar_ps(pick[v], scale));
+            for (j, act) in acts.iter().enumerate().take(N) {
+                let xd =
+                    _mm512_permutexvar_ps(halves, _mm512_castps256_ps512(_mm256_loadu_ps(act.d.as_ptr().add(8 * b))));
+                let sums = _mm512_cvtepi32_ps(_mm512_loadu_si512(act.sums16.as_ptr().add(16 * b) as *const _));
+                offsets[j] = _mm512_fmadd_ps(_mm512_mul_ps(scale, xd), sums, offsets[j]);
+                let x = act.q.as_ptr().add(256 * b);
+                for v in 0..4 {
+                    let i = _mm512_dpbusd_epi32(
+                        _mm512_setzero_si512(),
+                        w[v],
+                        _mm512_loadu_si512(x.add(64 * v) as *const _),
+                    );
+                    let f = _mm512_mul_ps(scales[v], _mm512_permutexvar_ps(pick[v], xd));
+                    acc[j] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(i), f, acc[j]);
+                }
             }
         }
-        _mm512_reduce_add_ps(acc) - 32.0 * _mm512_reduce_add_ps(offsets)
+        std::array::from_fn(|j| _mm512_reduce_add_ps(acc[j]) - 32.0 * _mm512_reduce_add_ps(offsets[j]))
     }
 }
