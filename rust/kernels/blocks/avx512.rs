@@ -3,15 +3,14 @@
 //!
 //! # Safety (every helper here)
 //! The `#[inline(always)]` helpers run inside `rows_q4k` / `rows_q6k`, compiled with AVX-512
-//! F, BW, VL and VNNI, which the CPU has (`Kernels::new` checks before it hands them out). A
+//! F, BW, VL, VNNI and F16C, which the CPU has (`Kernels::new` checks before it hands them out). A
 //! row is whole blocks, and the activation has the row's columns (so its arrays hold 256 values
 //! and 8 scales per block, and the loads of block b stay inside them).
 
 use std::arch::x86_64::*;
 
 use super::activation::BlockActivation;
-use super::dot_i8::{scales_mins_k4, Q4K_BYTES, Q6K_BYTES};
-use super::half_at;
+use super::dot_i8::{scales_mins_k4_words, Q4K_BYTES, Q6K_BYTES};
 use crate::kernels::affine::RowsOut;
 use crate::kernels::simd_x86::prefetch;
 use crate::weights::BlockData;
@@ -27,8 +26,8 @@ const TOKENS: usize = 4;
 /// `BlockRowsI8` for Q4_K.
 ///
 /// # Safety
-/// The CPU has AVX-512 F, BW, VL and VNNI; otherwise `BlockRowsI8`'s contract.
-#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
+/// The CPU has AVX-512 F, BW, VL and VNNI, and F16C; otherwise `BlockRowsI8`'s contract.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,f16c")]
 pub(crate) unsafe fn rows_q4k(
     w: &BlockData,
     cols: usize,
@@ -59,8 +58,8 @@ pub(crate) unsafe fn rows_q4k(
 /// `BlockRowsI8` for Q6_K.
 ///
 /// # Safety
-/// The CPU has AVX-512 F, BW, VL and VNNI; otherwise `BlockRowsI8`'s contract.
-#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
+/// The CPU has AVX-512 F, BW, VL and VNNI, and F16C; otherwise `BlockRowsI8`'s contract.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,f16c")]
 pub(crate) unsafe fn rows_q6k(
     w: &BlockData,
     cols: usize,
@@ -113,15 +112,18 @@ unsafe fn dot_q4k<const N: usize>(row: &[u8], acts: &[BlockActivation]) -> [f32;
         let pick = [lanes(0, 2), lanes(1, 3), lanes(4, 6), lanes(5, 7)];
         let mut acc = [_mm512_setzero_ps(); N];
         let mut mins = [_mm256_setzero_ps(); N];
-        let to_f32 = |v: &[u8; 8]| _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_loadl_epi64(v.as_ptr() as *const _)));
+        let to_f32 = |v: u64| _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_cvtsi64_si128(v as i64)));
         for (b, block) in row.chunks_exact(Q4K_BYTES).enumerate() {
             prefetch(block.as_ptr().wrapping_add(PREFETCH_AHEAD));
             prefetch(block.as_ptr().wrapping_add(PREFETCH_AHEAD + 64));
             prefetch(block.as_ptr().wrapping_add(PREFETCH_AHEAD + 128));
-            let (d, dmin) = (half_at(block, 0), half_at(block, 2));
-            let (sc, m) = scales_mins_k4(&block[4..16]);
-            let scale = _mm512_castps256_ps512(_mm256_mul_ps(to_f32(&sc), _mm256_set1_ps(d)));
-            let min = _mm256_mul_ps(to_f32(&m), _mm256_set1_ps(dmin));
+            // d and dmin with F16C; the eight 6-bit scales and mins as two words of bytes.
+            let dd = _mm_cvtph_ps(_mm_cvtsi32_si128(i32::from_le_bytes([block[0], block[1], block[2], block[3]])));
+            let (sc, m) = scales_mins_k4_words(&block[4..16]);
+            let d = _mm256_broadcastss_ps(dd);
+            let dmin = _mm256_broadcastss_ps(_mm_movehdup_ps(dd));
+            let scale = _mm256_mul_ps(to_f32(sc), d);
+            let min = _mm256_mul_ps(to_f32(m), dmin);
             let w: [__m512i; 4] = std::array::from_fn(|v| {
                 let wv = _mm512_loadu_si512(block.as_ptr().add(16 + 64 * (v / 2)) as *const _);
                 if v % 2 == 0 {
@@ -130,12 +132,12 @@ unsafe fn dot_q4k<const N: usize>(row: &[u8], acts: &[BlockActivation]) -> [f32;
                     _mm512_and_si512(_mm512_srli_epi16::<4>(wv), mask4)
                 }
             });
-            let scales: [__m512; 4] = std::array::from_fn(|v| _mm512_permutexvar_ps(pick[v], scale));
             for (j, act) in acts.iter().enumerate().take(N) {
                 let xd = _mm256_loadu_ps(act.d.as_ptr().add(8 * b));
                 let sums = _mm256_cvtepi32_ps(_mm256_loadu_si256(act.sums32.as_ptr().add(8 * b) as *const _));
                 mins[j] = _mm256_fmadd_ps(min, _mm256_mul_ps(xd, sums), mins[j]);
-                let xd = _mm512_castps256_ps512(xd);
+                // Weight scale times activation scale per sub-block, spread over its lanes below.
+                let scaled = _mm512_castps256_ps512(_mm256_mul_ps(scale, xd));
                 let x = act.q_k4.as_ptr().add(256 * b);
                 for v in 0..4 {
                     let i = _mm512_dpbusd_epi32(
@@ -143,8 +145,7 @@ unsafe fn dot_q4k<const N: usize>(row: &[u8], acts: &[BlockActivation]) -> [f32;
                         w[v],
                         _mm512_loadu_si512(x.add(64 * v) as *const _),
                     );
-                    let f = _mm512_mul_ps(scales[v], _mm512_permutexvar_ps(pick[v], xd));
-                    acc[j] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(i), f, acc[j]);
+                    acc[j] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(i), _mm512_permutexvar_ps(pick[v], scaled), acc[j]);
                 }
             }
         }
@@ -201,9 +202,9 @@ unsafe fn dot_q6k<const N: usize>(row: &[u8], acts: &[BlockActivation]) -> [f32;
             prefetch(block.as_ptr().wrapping_add(PREFETCH_AHEAD + 64));
             prefetch(block.as_ptr().wrapping_add(PREFETCH_AHEAD + 128));
             prefetch(block.as_ptr().wrapping_add(PREFETCH_AHEAD + 192));
-            let d = half_at(block, 208);
+            let d = _mm_cvtph_ps(_mm_cvtsi32_si128(u16::from_le_bytes([block[208], block[209]]) as i32));
             let sc = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(block.as_ptr().add(192) as *const _)));
-            let scale = _mm512_mul_ps(sc, _mm512_set1_ps(d)); // [16] one per 16-value sub-block
+            let scale = _mm512_mul_ps(sc, _mm512_broadcastss_ps(d)); // [16] one per 16-value sub-block
             let mut w = [_mm512_setzero_si512(); 4];
             for half in 0..2 {
                 let ql = _mm512_loadu_si512(block.as_ptr().add(64 * half) as *const _);
@@ -213,12 +214,13 @@ unsafe fn dot_q6k<const N: usize>(row: &[u8], acts: &[BlockActivation]) -> [f32;
                 w[2 * half] = _mm512_or_si512(_mm512_and_si512(ql, mask4), high_lo);
                 w[2 * half + 1] = _mm512_or_si512(_mm512_and_si512(_mm512_srli_epi16::<4>(ql), mask4), high_hi);
             }
-            let scales: [__m512; 4] = std::array::from_fn(|v| _mm512_permutexvar_ps(pick[v], scale));
             for (j, act) in acts.iter().enumerate().take(N) {
                 let xd =
                     _mm512_permutexvar_ps(halves, _mm512_castps256_ps512(_mm256_loadu_ps(act.d.as_ptr().add(8 * b))));
                 let sums = _mm512_cvtepi32_ps(_mm512_loadu_si512(act.sums16.as_ptr().add(16 * b) as *const _));
-                offsets[j] = _mm512_fmadd_ps(_mm512_mul_ps(scale, xd), sums, offsets[j]);
+                // Weight scale times activation scale per 16-value sub-block.
+                let scaled = _mm512_mul_ps(scale, xd);
+                offsets[j] = _mm512_fmadd_ps(scaled, sums, offsets[j]);
                 let x = act.q.as_ptr().add(256 * b);
                 for v in 0..4 {
                     let i = _mm512_dpbusd_epi32(
@@ -226,8 +228,7 @@ unsafe fn dot_q6k<const N: usize>(row: &[u8], acts: &[BlockActivation]) -> [f32;
                         w[v],
                         _mm512_loadu_si512(x.add(64 * v) as *const _),
                     );
-                    let f = _mm512_mul_ps(scales[v], _mm512_permutexvar_ps(pick[v], xd));
-                    acc[j] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(i), f, acc[j]);
+                    acc[j] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(i), _mm512_permutexvar_ps(pick[v], scaled), acc[j]);
                 }
             }
         }

@@ -20,6 +20,18 @@ pub fn scales_mins_k4(packed: &[u8]) -> ([u8; 8], [u8; 8]) {
     (sc, m)
 }
 
+/// `scales_mins_k4` as two words of eight bytes (sub-block j in byte j), computed with a few
+/// 32-bit operations instead of a loop with a branch: the SIMD kernels' version.
+#[inline(always)]
+pub fn scales_mins_k4_words(packed: &[u8]) -> (u64, u64) {
+    let word = |i: usize| u32::from_le_bytes([packed[4 * i], packed[4 * i + 1], packed[4 * i + 2], packed[4 * i + 3]]);
+    let (w0, w1, w2) = (word(0), word(1), word(2));
+    let (low6, low4, top2) = (0x3f3f_3f3fu32, 0x0f0f_0f0fu32, 0x0303_0303u32);
+    let scales_hi = (w2 & low4) | (((w0 >> 6) & top2) << 4);
+    let mins_hi = ((w2 >> 4) & low4) | (((w1 >> 6) & top2) << 4);
+    ((w0 & low6) as u64 | (scales_hi as u64) << 32, (w1 & low6) as u64 | (mins_hi as u64) << 32)
+}
+
 /// A Q4_K row (`[blocks * 144]`) times `act`.
 pub fn dot_q4k_scalar(row: &[u8], act: &BlockActivation) -> f32 {
     let mut sum = 0.0f32;

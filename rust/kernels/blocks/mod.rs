@@ -200,6 +200,24 @@ mod tests {
     }
 
     #[test]
+    fn packed_scale_unpacking_equals_the_per_subblock_one() {
+        let mut state = 0x1234_5678_9abc_def0u64;
+        for _ in 0..1000 {
+            let packed: Vec<u8> = (0..12)
+                .map(|_| {
+                    state ^= state << 13;
+                    state ^= state >> 7;
+                    state ^= state << 17;
+                    state as u8
+                })
+                .collect();
+            let (sc, m) = dot_i8::scales_mins_k4(&packed);
+            let (sw, mw) = dot_i8::scales_mins_k4_words(&packed);
+            assert_eq!((sw.to_le_bytes(), mw.to_le_bytes()), (sc, m), "{packed:?}");
+        }
+    }
+
+    #[test]
     fn block_sizes_are_ggml_commons() {
         // sizeof(block_q4_0) = 2 + 32/2 ... sizeof(block_q6_K) = 128 + 64 + 16 + 2.
         let sizes: Vec<usize> = BlockType::ALL.iter().map(|k| k.bytes()).collect();
