@@ -23,6 +23,10 @@ pub struct BlockActivation {
     pub d: Vec<f32>,      // [cols / BLOCK]
     pub sums16: Vec<i32>, // [cols / 16] sum of q over each 16 values
     pub sums32: Vec<i32>, // [cols / BLOCK] sum of q over each block
+    /// `sums16` as fp32, and `d * sums32` per block: the SIMD kernels' offset and min terms,
+    /// computed once per input instead of once per matrix row.
+    pub sums16_f32: Vec<f32>, // [cols / 16]
+    pub scaled_sums32: Vec<f32>, // [cols / BLOCK]
     /// `q` with each 128 values as [0..32, 64..96, 32..64, 96..128]: the order of a 64-byte load
     /// of Q4_K nibbles (low nibbles of two 32-byte chunks, then their high nibbles).
     pub q_k4: Vec<i8>, // [cols]
@@ -51,6 +55,10 @@ impl BlockActivation {
         self.sums16.extend(self.q.chunks_exact(16).map(|c| c.iter().map(|&v| v as i32).sum::<i32>()));
         self.sums32.clear();
         self.sums32.extend(self.sums16.chunks_exact(2).map(|p| p[0] + p[1]));
+        self.sums16_f32.clear();
+        self.sums16_f32.extend(self.sums16.iter().map(|&s| s as f32));
+        self.scaled_sums32.clear();
+        self.scaled_sums32.extend(self.d.iter().zip(&self.sums32).map(|(&d, &s)| d * s as f32));
         self.q_k4.clear();
         for chunk in self.q.chunks_exact(128) {
             for range in [0..32, 64..96, 32..64, 96..128] {

@@ -134,8 +134,7 @@ unsafe fn dot_q4k<const N: usize>(row: &[u8], acts: &[BlockActivation]) -> [f32;
             });
             for (j, act) in acts.iter().enumerate().take(N) {
                 let xd = _mm256_loadu_ps(act.d.as_ptr().add(8 * b));
-                let sums = _mm256_cvtepi32_ps(_mm256_loadu_si256(act.sums32.as_ptr().add(8 * b) as *const _));
-                mins[j] = _mm256_fmadd_ps(min, _mm256_mul_ps(xd, sums), mins[j]);
+                mins[j] = _mm256_fmadd_ps(min, _mm256_loadu_ps(act.scaled_sums32.as_ptr().add(8 * b)), mins[j]);
                 // Weight scale times activation scale per sub-block, spread over its lanes below.
                 let scaled = _mm512_castps256_ps512(_mm256_mul_ps(scale, xd));
                 let x = act.q_k4.as_ptr().add(256 * b);
@@ -217,7 +216,7 @@ unsafe fn dot_q6k<const N: usize>(row: &[u8], acts: &[BlockActivation]) -> [f32;
             for (j, act) in acts.iter().enumerate().take(N) {
                 let xd =
                     _mm512_permutexvar_ps(halves, _mm512_castps256_ps512(_mm256_loadu_ps(act.d.as_ptr().add(8 * b))));
-                let sums = _mm512_cvtepi32_ps(_mm512_loadu_si512(act.sums16.as_ptr().add(16 * b) as *const _));
+                let sums = _mm512_loadu_ps(act.sums16_f32.as_ptr().add(16 * b));
                 // Weight scale times activation scale per 16-value sub-block.
                 let scaled = _mm512_mul_ps(scale, xd);
                 offsets[j] = _mm512_fmadd_ps(scaled, sums, offsets[j]);
