@@ -33,7 +33,7 @@ import llama2rs  # noqa: E402
 from llama2rs.bench import measure  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_vs_llamacpp import PROMPT, DECODE, SHAPES, TOKENIZER_MODEL, time_llamacpp, write_random_hf  # noqa: E402
+from bench_vs_llamacpp import DECODE, PROMPT, SHAPES, time_llamacpp, write_gguf, write_random_hf  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 # llama.cpp's llama_ftype values (llama.h).
@@ -42,55 +42,11 @@ FTYPES = {"q4_0": 2, "q4_k_m": 15, "q6_k": 18, "q8_0": 7}
 
 def write_f16_gguf(out: Path, shape: str, work: Path) -> None:
     """Every matrix F16, norms F32, llama.cpp's names and the Llama-2 tokenizer."""
-    import gguf
-    import sentencepiece
-
-    from llama2rs.formats import safetensors
-
     c = SHAPES[shape]
     hf_dir = work / f"{shape}-hf"
     if not (hf_dir / "model.safetensors").exists():
         write_random_hf(hf_dir, c)
-    tensors = safetensors.read(hf_dir / "model.safetensors", bf16_to_float32=False)
-    w = gguf.GGUFWriter(str(out) + ".tmp", "llama")
-    w.add_name("random")
-    w.add_context_length(c.seq_len)
-    w.add_embedding_length(c.dim)
-    w.add_block_count(c.n_layers)
-    w.add_feed_forward_length(c.hidden_dim)
-    w.add_rope_dimension_count(c.head_size)
-    w.add_head_count(c.n_heads)
-    w.add_head_count_kv(c.n_kv_heads)
-    w.add_layer_norm_rms_eps(1e-5)
-    w.add_file_type(gguf.LlamaFileType.MOSTLY_F16)
-    sp = sentencepiece.SentencePieceProcessor(model_file=str(TOKENIZER_MODEL))
-    tokens, scores, types = [], [], []
-    for i in range(sp.vocab_size()):
-        tokens.append(sp.id_to_piece(i).encode("utf-8"))
-        scores.append(sp.get_score(i))
-        types.append(2 if sp.is_unknown(i) else 3 if sp.is_control(i) else 6 if sp.is_byte(i) else 1)
-    w.add_tokenizer_model("llama")
-    w.add_token_list(tokens)
-    w.add_token_scores(scores)
-    w.add_token_types(types)
-    w.add_bos_token_id(1)
-    w.add_eos_token_id(2)
-    names = {"model.embed_tokens.weight": "token_embd.weight", "model.norm.weight": "output_norm.weight",
-             "lm_head.weight": "output.weight"}
-    per_layer = {"input_layernorm": "attn_norm", "post_attention_layernorm": "ffn_norm", "self_attn.q_proj": "attn_q",
-                 "self_attn.k_proj": "attn_k", "self_attn.v_proj": "attn_v", "self_attn.o_proj": "attn_output",
-                 "mlp.gate_proj": "ffn_gate", "mlp.up_proj": "ffn_up", "mlp.down_proj": "ffn_down"}
-    for i in range(c.n_layers):
-        for hf_name, g_name in per_layer.items():
-            names[f"model.layers.{i}.{hf_name}.weight"] = f"blk.{i}.{g_name}.weight"
-    for hf_name, g_name in names.items():
-        data = np.asarray(tensors[hf_name])
-        w.add_tensor(g_name, data.astype(np.float32) if data.ndim == 1 else data.astype(np.float16))
-    w.write_header_to_file()
-    w.write_kv_data_to_file()
-    w.write_tensors_to_file()
-    w.close()
-    os.replace(str(out) + ".tmp", out)
+    write_gguf(hf_dir, out, c, matrix_type="F16")
 
 
 def quantize_with_llamacpp(src: Path, out: Path, ftype: int) -> None:

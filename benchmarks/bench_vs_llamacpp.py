@@ -98,7 +98,9 @@ def write_random_hf(directory: Path, c: Config) -> None:
     shutil.copyfile(TOKENIZER_MODEL, directory / "tokenizer.model")
 
 
-def write_gguf(hf_dir: Path, out: Path, c: Config) -> None:
+def write_gguf(hf_dir: Path, out: Path, c: Config, matrix_type: str = "Q4_0") -> None:
+    """The HF checkpoint as a GGUF with llama.cpp's names and the Llama-2 tokenizer: every
+    matrix in ``matrix_type`` (``"Q4_0"``, quantized by the gguf package, or ``"F16"``), norms F32."""
     import gguf
     import sentencepiece
 
@@ -115,7 +117,7 @@ def write_gguf(hf_dir: Path, out: Path, c: Config) -> None:
     w.add_head_count(c.n_heads)
     w.add_head_count_kv(c.n_kv_heads)
     w.add_layer_norm_rms_eps(1e-5)
-    w.add_file_type(gguf.LlamaFileType.MOSTLY_Q4_0)
+    w.add_file_type(gguf.LlamaFileType.MOSTLY_Q4_0 if matrix_type == "Q4_0" else gguf.LlamaFileType.MOSTLY_F16)
     sp = sentencepiece.SentencePieceProcessor(model_file=str(hf_dir / "tokenizer.model"))
     tokens, scores, types = [], [], []
     for i in range(sp.vocab_size()):
@@ -137,11 +139,13 @@ def write_gguf(hf_dir: Path, out: Path, c: Config) -> None:
         for hf_name, g_name in per_layer.items():
             names[f"model.layers.{i}.{hf_name}.weight"] = f"blk.{i}.{g_name}.weight"
     for hf_name, g_name in names.items():
-        data = np.asarray(tensors[hf_name], dtype=np.float32)
+        data = np.asarray(tensors[hf_name])
         if data.ndim == 1:
-            w.add_tensor(g_name, data)
+            w.add_tensor(g_name, data.astype(np.float32))
+        elif matrix_type == "F16":
+            w.add_tensor(g_name, data.astype(np.float16))
         else:
-            w.add_tensor(g_name, gguf.quants.quantize(data, gguf.GGMLQuantizationType.Q4_0),
+            w.add_tensor(g_name, gguf.quants.quantize(data.astype(np.float32), gguf.GGMLQuantizationType.Q4_0),
                          raw_dtype=gguf.GGMLQuantizationType.Q4_0)
     w.write_header_to_file()
     w.write_kv_data_to_file()
