@@ -27,8 +27,6 @@ from pathlib import Path
 
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")  # see bench_vs_llamacpp.py
 
-import numpy as np  # noqa: E402
-
 import llama2rs  # noqa: E402
 from llama2rs.bench import measure  # noqa: E402
 
