@@ -13,6 +13,7 @@
 //! names. The tokenizer's arrays are handed on as they are (`Vocabulary`).
 
 use std::collections::HashMap;
+use std::fmt::Display;
 use std::path::Path;
 
 use super::{f32_cow, Contents, FileFormat};
@@ -86,6 +87,16 @@ fn ggml_type(id: u32) -> (Option<BlockType>, &'static str) {
     }
 }
 
+/// "the value of 'key'", formatted only when an error message needs it.
+#[derive(Clone, Copy)]
+struct ValueOf<'k>(&'k str);
+
+impl Display for ValueOf<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "the value of '{}'", self.0)
+    }
+}
+
 /// Reads the header from the front of the file, checking every length against what is left.
 struct Cursor<'a, 'p> {
     bytes: &'a [u8],
@@ -102,7 +113,7 @@ impl<'a> Cursor<'a, '_> {
         self.bytes.len() - self.pos
     }
 
-    fn take(&mut self, n: usize, what: &str) -> Result<&'a [u8]> {
+    fn take(&mut self, n: usize, what: impl Display + Copy) -> Result<&'a [u8]> {
         if n > self.left() {
             return Err(self.fail(format!(
                 "truncated GGUF header: {what} needs {n} bytes at offset {}, the file has {} left",
@@ -115,16 +126,16 @@ impl<'a> Cursor<'a, '_> {
         Ok(out)
     }
 
-    fn u32(&mut self, what: &str) -> Result<u32> {
+    fn u32(&mut self, what: impl Display + Copy) -> Result<u32> {
         Ok(u32::from_le_bytes(self.take(4, what)?.try_into().unwrap()))
     }
 
-    fn u64(&mut self, what: &str) -> Result<u64> {
+    fn u64(&mut self, what: impl Display + Copy) -> Result<u64> {
         Ok(u64::from_le_bytes(self.take(8, what)?.try_into().unwrap()))
     }
 
     /// A count of items of at least `min_item` bytes each, which must fit in what is left.
-    fn count(&mut self, min_item: usize, what: &str) -> Result<usize> {
+    fn count(&mut self, min_item: usize, what: impl Display + Copy) -> Result<usize> {
         let n = self.u64(what)?;
         if n > (self.left() / min_item.max(1)) as u64 {
             return Err(self.fail(format!(
@@ -135,7 +146,7 @@ impl<'a> Cursor<'a, '_> {
         Ok(n as usize)
     }
 
-    fn string(&mut self, what: &str) -> Result<&'a [u8]> {
+    fn string(&mut self, what: impl Display + Copy) -> Result<&'a [u8]> {
         let n = self.count(1, what)?;
         self.take(n, what)
     }
@@ -152,36 +163,37 @@ impl<'a> Cursor<'a, '_> {
     }
 
     fn value(&mut self, kind: u32, depth: usize, key: &str) -> Result<Value<'a>> {
-        let what = format!("the value of '{key}'");
+        // Described only if it is wrong: a tokenizer's array holds 10^5 values.
+        let what = ValueOf(key);
         let raw = |bytes: &[u8]| -> u64 {
             let mut padded = [0u8; 8];
             padded[..bytes.len()].copy_from_slice(bytes);
             u64::from_le_bytes(padded)
         };
         Ok(match kind {
-            0 => Value::Int(self.take(1, &what)?[0] as i128),
-            1 => Value::Int(self.take(1, &what)?[0] as i8 as i128),
-            2 => Value::Int(raw(self.take(2, &what)?) as u16 as i128),
-            3 => Value::Int(raw(self.take(2, &what)?) as u16 as i16 as i128),
-            4 => Value::Int(raw(self.take(4, &what)?) as u32 as i128),
-            5 => Value::Int(raw(self.take(4, &what)?) as u32 as i32 as i128),
-            6 => Value::Float(f32::from_bits(raw(self.take(4, &what)?) as u32) as f64),
+            0 => Value::Int(self.take(1, what)?[0] as i128),
+            1 => Value::Int(self.take(1, what)?[0] as i8 as i128),
+            2 => Value::Int(raw(self.take(2, what)?) as u16 as i128),
+            3 => Value::Int(raw(self.take(2, what)?) as u16 as i16 as i128),
+            4 => Value::Int(raw(self.take(4, what)?) as u32 as i128),
+            5 => Value::Int(raw(self.take(4, what)?) as u32 as i32 as i128),
+            6 => Value::Float(f32::from_bits(raw(self.take(4, what)?) as u32) as f64),
             7 => {
-                self.take(1, &what)?;
+                self.take(1, what)?;
                 Value::Bool
             }
-            8 => Value::Str(self.string(&what)?),
+            8 => Value::Str(self.string(what)?),
             9 => {
                 if depth >= MAX_ARRAY_DEPTH {
                     return Err(self.fail(format!("corrupt GGUF header: '{key}' nests arrays too deep")));
                 }
-                let item = self.u32(&what)?;
+                let item = self.u32(what)?;
                 let min_item = Self::fixed_size(item).unwrap_or(8);
                 let count = self.count(min_item, &format!("the length of '{key}'"))?;
                 let start = self.pos;
                 match Self::fixed_size(item) {
                     Some(size) => {
-                        self.take(count * size, &what)?;
+                        self.take(count * size, what)?;
                     }
                     None => {
                         for _ in 0..count {
@@ -191,9 +203,9 @@ impl<'a> Cursor<'a, '_> {
                 }
                 Value::Array { item, count, bytes: &self.bytes[start..self.pos] }
             }
-            10 => Value::Int(raw(self.take(8, &what)?) as i128),
-            11 => Value::Int(raw(self.take(8, &what)?) as i64 as i128),
-            12 => Value::Float(f64::from_bits(raw(self.take(8, &what)?))),
+            10 => Value::Int(raw(self.take(8, what)?) as i128),
+            11 => Value::Int(raw(self.take(8, what)?) as i64 as i128),
+            12 => Value::Float(f64::from_bits(raw(self.take(8, what)?))),
             other => return Err(self.fail(format!("corrupt GGUF header: '{key}' has unknown value type {other}"))),
         })
     }
