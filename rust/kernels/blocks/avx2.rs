@@ -28,15 +28,8 @@ pub(crate) unsafe fn rows_q4k(
     acts: &[BlockActivation],
     out: RowsOut,
 ) {
-    super::debug_check_rows(w, cols, &range, acts, &out);
-    let row_bytes = cols / 256 * Q4K_BYTES;
-    for r in range {
-        let row = &w.values[r * row_bytes..(r + 1) * row_bytes];
-        for (t, act) in acts.iter().enumerate() {
-            // SAFETY: compiled with the helper's features; the output is the caller's.
-            unsafe { out.write(t, r, dot_q4k(row, act)) };
-        }
-    }
+    // SAFETY: compiled with the helpers' features; the rest is the caller's contract.
+    unsafe { rows::<Q4K>(w, cols, range, acts, out) }
 }
 
 /// `BlockRowsI8` for Q6_K.
@@ -51,13 +44,59 @@ pub(crate) unsafe fn rows_q6k(
     acts: &[BlockActivation],
     out: RowsOut,
 ) {
+    // SAFETY: compiled with the helpers' features; the rest is the caller's contract.
+    unsafe { rows::<Q6K>(w, cols, range, acts, out) }
+}
+
+/// What the row driver needs of a block type: its block size and a row's dot product.
+/// Zero-sized types, so `rows::<K>` is compiled into each `#[target_feature]` caller.
+trait RowDot {
+    const BYTES: usize;
+    /// # Safety
+    /// The module's contract.
+    unsafe fn dot(row: &[u8], act: &BlockActivation) -> f32;
+}
+
+struct Q4K;
+struct Q6K;
+
+impl RowDot for Q4K {
+    const BYTES: usize = Q4K_BYTES;
+    #[inline(always)]
+    unsafe fn dot(row: &[u8], act: &BlockActivation) -> f32 {
+        // SAFETY: the caller's (the module's) contract.
+        unsafe { dot_q4k(row, act) }
+    }
+}
+
+impl RowDot for Q6K {
+    const BYTES: usize = Q6K_BYTES;
+    #[inline(always)]
+    unsafe fn dot(row: &[u8], act: &BlockActivation) -> f32 {
+        // SAFETY: the caller's (the module's) contract.
+        unsafe { dot_q6k(row, act) }
+    }
+}
+
+/// Rows `range` of a `K` matrix times each activation of `acts`.
+///
+/// # Safety
+/// The module's contract and `BlockRowsI8`'s.
+#[inline(always)]
+unsafe fn rows<K: RowDot>(
+    w: &BlockData,
+    cols: usize,
+    range: std::ops::Range<usize>,
+    acts: &[BlockActivation],
+    out: RowsOut,
+) {
     super::debug_check_rows(w, cols, &range, acts, &out);
-    let row_bytes = cols / 256 * Q6K_BYTES;
+    let row_bytes = cols / 256 * K::BYTES;
     for r in range {
         let row = &w.values[r * row_bytes..(r + 1) * row_bytes];
         for (t, act) in acts.iter().enumerate() {
-            // SAFETY: as in `rows_q4k`.
-            unsafe { out.write(t, r, dot_q6k(row, act)) };
+            // SAFETY: the module's contract; the output is the caller's.
+            unsafe { out.write(t, r, K::dot(row, act)) };
         }
     }
 }

@@ -35,24 +35,8 @@ pub(crate) unsafe fn rows_q4k(
     acts: &[BlockActivation],
     out: RowsOut,
 ) {
-    super::debug_check_rows(w, cols, &range, acts, &out);
-    let row_bytes = cols / 256 * Q4K_BYTES;
-    for r in range {
-        let row = &w.values[r * row_bytes..(r + 1) * row_bytes];
-        for (tile, acts) in acts.chunks(TOKENS).enumerate() {
-            let t0 = tile * TOKENS;
-            // SAFETY: compiled with the helper's features; the row and activations have the
-            // same columns, and the output is the caller's (`BlockRowsI8`'s contract).
-            unsafe {
-                match acts.len() {
-                    1 => write(&out, t0, r, dot_q4k::<1>(row, acts)),
-                    2 => write(&out, t0, r, dot_q4k::<2>(row, acts)),
-                    3 => write(&out, t0, r, dot_q4k::<3>(row, acts)),
-                    _ => write(&out, t0, r, dot_q4k::<4>(row, acts)),
-                }
-            }
-        }
-    }
+    // SAFETY: compiled with the helpers' features; the rest is the caller's contract.
+    unsafe { rows::<Q4K>(w, cols, range, acts, out) }
 }
 
 /// `BlockRowsI8` for Q6_K.
@@ -67,19 +51,66 @@ pub(crate) unsafe fn rows_q6k(
     acts: &[BlockActivation],
     out: RowsOut,
 ) {
+    // SAFETY: compiled with the helpers' features; the rest is the caller's contract.
+    unsafe { rows::<Q6K>(w, cols, range, acts, out) }
+}
+
+/// What the row driver needs of a block type: its block size and `N` tokens' dot products of
+/// a row. Zero-sized types, so `rows::<K>` is compiled into each `#[target_feature]` caller.
+trait TileDot {
+    const BYTES: usize;
+    /// # Safety
+    /// The module's contract.
+    unsafe fn dot<const N: usize>(row: &[u8], acts: &[BlockActivation]) -> [f32; N];
+}
+
+struct Q4K;
+struct Q6K;
+
+impl TileDot for Q4K {
+    const BYTES: usize = Q4K_BYTES;
+    #[inline(always)]
+    unsafe fn dot<const N: usize>(row: &[u8], acts: &[BlockActivation]) -> [f32; N] {
+        // SAFETY: the caller's (the module's) contract.
+        unsafe { dot_q4k::<N>(row, acts) }
+    }
+}
+
+impl TileDot for Q6K {
+    const BYTES: usize = Q6K_BYTES;
+    #[inline(always)]
+    unsafe fn dot<const N: usize>(row: &[u8], acts: &[BlockActivation]) -> [f32; N] {
+        // SAFETY: the caller's (the module's) contract.
+        unsafe { dot_q6k::<N>(row, acts) }
+    }
+}
+
+/// Rows `range` of a `K` matrix times `acts`, `TOKENS` tokens per pass over each row.
+///
+/// # Safety
+/// The module's contract and `BlockRowsI8`'s.
+#[inline(always)]
+unsafe fn rows<K: TileDot>(
+    w: &BlockData,
+    cols: usize,
+    range: std::ops::Range<usize>,
+    acts: &[BlockActivation],
+    out: RowsOut,
+) {
     super::debug_check_rows(w, cols, &range, acts, &out);
-    let row_bytes = cols / 256 * Q6K_BYTES;
+    let row_bytes = cols / 256 * K::BYTES;
     for r in range {
         let row = &w.values[r * row_bytes..(r + 1) * row_bytes];
         for (tile, acts) in acts.chunks(TOKENS).enumerate() {
             let t0 = tile * TOKENS;
-            // SAFETY: as in `rows_q4k`.
+            // SAFETY: the row and activations have the same columns (the module's contract),
+            // and the output is the caller's (`BlockRowsI8`'s contract).
             unsafe {
                 match acts.len() {
-                    1 => write(&out, t0, r, dot_q6k::<1>(row, acts)),
-                    2 => write(&out, t0, r, dot_q6k::<2>(row, acts)),
-                    3 => write(&out, t0, r, dot_q6k::<3>(row, acts)),
-                    _ => write(&out, t0, r, dot_q6k::<4>(row, acts)),
+                    1 => write(&out, t0, r, K::dot::<1>(row, acts)),
+                    2 => write(&out, t0, r, K::dot::<2>(row, acts)),
+                    3 => write(&out, t0, r, K::dot::<3>(row, acts)),
+                    _ => write(&out, t0, r, K::dot::<4>(row, acts)),
                 }
             }
         }
