@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import collections
-import ctypes
 import json
 import os
 import statistics
@@ -31,31 +30,11 @@ import llama2rs  # noqa: E402
 from llama2rs.bench import measure  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_vs_llamacpp import DECODE, PROMPT, SHAPES, time_llamacpp, write_gguf, write_random_hf  # noqa: E402
+from bench_vs_llamacpp import (  # noqa: E402
+    DECODE, FTYPES, PROMPT, SHAPES, quantize_with_llamacpp, time_llamacpp, write_f16_gguf,
+)
 
 REPO = Path(__file__).resolve().parent.parent
-# llama.cpp's llama_ftype values (llama.h).
-FTYPES = {"q4_0": 2, "q4_k_m": 15, "q6_k": 18, "q8_0": 7}
-
-
-def write_f16_gguf(out: Path, shape: str, work: Path) -> None:
-    """Every matrix F16, norms F32, llama.cpp's names and the Llama-2 tokenizer."""
-    c = SHAPES[shape]
-    hf_dir = work / f"{shape}-hf"
-    if not (hf_dir / "model.safetensors").exists():
-        write_random_hf(hf_dir, c)
-    write_gguf(hf_dir, out, c, matrix_type="F16")
-
-
-def quantize_with_llamacpp(src: Path, out: Path, ftype: int) -> None:
-    import llama_cpp
-
-    params = llama_cpp.llama_model_quantize_default_params()
-    params.ftype = ftype
-    params.nthread = os.cpu_count() or 1
-    if llama_cpp.llama_model_quantize(str(src).encode(), (str(out) + ".tmp").encode(), ctypes.byref(params)) != 0:
-        raise SystemExit(f"llama.cpp could not quantize {src}")
-    os.replace(str(out) + ".tmp", out)
 
 
 def tensor_types(path: Path) -> dict[str, int]:
@@ -79,7 +58,7 @@ def main() -> int:
     f16 = args.out / f"{args.shape}-f16.gguf"
     if not f16.exists():
         t = time.perf_counter()
-        write_f16_gguf(f16, args.shape, args.out)
+        write_f16_gguf(f16, SHAPES[args.shape], args.out / f"{args.shape}-hf")
         print(f"wrote {f16.name} in {time.perf_counter() - t:.0f} s", flush=True)
     rows = []
     for name in args.files:

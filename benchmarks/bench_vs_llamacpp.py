@@ -3,9 +3,10 @@
 For each shape (TinyLlama-1.1B and Llama-2-7B, random weights) this writes, once, into
 benchmarks/out/:
   1. a HuggingFace checkpoint (fp16 safetensors + config.json + the Llama-2 tokenizer.model);
-  2. our file from it with export.py's code: 4-bit, group 128, round-to-nearest, embedding and
-     classifier quantized too (`--quantize q4 --method rtn --group-size 128 --quantize-embeddings`);
-  3. a GGUF Q4_0 file of the same weights (every matrix Q4_0) with the `gguf` package.
+  2. our file from it with export.py's default: 4-bit, group 128, round-to-nearest, embedding and
+     classifier in Q8_0 (`--quantize q4 --group-size 128`);
+  3. llama.cpp's stock Q4_0 of the same weights: an F16 GGUF written with the `gguf` package,
+     quantized by llama.cpp's own `llama_model_quantize` (Q4_0 matrices, Q6_K for output.weight).
 Then, interleaved at 1 and 2 threads, it times a 128-token prompt in one batch and 64 greedy
 decode steps for both, measures the machine's read bandwidth in the same run, and prints
 tok/s, the ratio to llama.cpp and the fraction of the bandwidth limit.
@@ -17,6 +18,7 @@ tok/s, the ratio to llama.cpp and the fraction of the bandwidth limit.
 from __future__ import annotations
 
 import argparse
+import ctypes
 import json
 import os
 import shutil
@@ -44,6 +46,8 @@ SHAPES = {
     "llama2-7b": Config(dim=4096, hidden_dim=11008, n_layers=32, n_heads=32, n_kv_heads=32, vocab_size=32000, seq_len=4096),
 }
 PROMPT, DECODE = 128, 64
+# llama.cpp's llama_ftype values (llama.h).
+FTYPES = {"q4_0": 2, "q4_k_m": 15, "q6_k": 18, "q8_0": 7}
 
 
 def hf_tensor_shapes(c: Config) -> dict[str, tuple[int, ...]]:
@@ -154,9 +158,30 @@ def write_gguf(hf_dir: Path, out: Path, c: Config, matrix_type: str = "Q4_0") ->
     os.replace(str(out) + ".tmp", out)
 
 
+def write_f16_gguf(out: Path, c: Config, hf_dir: Path) -> None:
+    """Every matrix F16, norms F32, llama.cpp's names and the Llama-2 tokenizer (from the random
+    HF checkpoint in ``hf_dir``, written first if missing)."""
+    if not (hf_dir / "model.safetensors").exists():
+        write_random_hf(hf_dir, c)
+    write_gguf(hf_dir, out, c, matrix_type="F16")
+
+
+def quantize_with_llamacpp(src: Path, out: Path, ftype: int) -> None:
+    """``src`` quantized by llama.cpp's own quantizer to ``ftype`` (a llama_ftype of FTYPES)."""
+    import llama_cpp
+
+    params = llama_cpp.llama_model_quantize_default_params()
+    params.ftype = ftype
+    params.nthread = os.cpu_count() or 1
+    if llama_cpp.llama_model_quantize(str(src).encode(), (str(out) + ".tmp").encode(), ctypes.byref(params)) != 0:
+        raise SystemExit(f"llama.cpp could not quantize {src}")
+    os.replace(str(out) + ".tmp", out)
+
+
 def prepare(shape: str, out_dir: Path) -> tuple[Path, Path]:
     c = SHAPES[shape]
-    hf_dir, ours, theirs = out_dir / f"{shape}-hf", out_dir / f"{shape}-q4g128.l2rs.safetensors", out_dir / f"{shape}-q4_0.gguf"
+    hf_dir, ours = out_dir / f"{shape}-hf", out_dir / f"{shape}-q4g128-default.l2rs.safetensors"
+    f16, theirs = out_dir / f"{shape}-f16.gguf", out_dir / f"{shape}-q4_0.gguf"
     if not (hf_dir / "model.safetensors").exists():
         t = time.perf_counter()
         write_random_hf(hf_dir, c)
@@ -164,12 +189,14 @@ def prepare(shape: str, out_dir: Path) -> tuple[Path, Path]:
     if not ours.exists():
         t = time.perf_counter()
         source = export.load_source("hf", hf_dir)
-        export.export(source, ours, quantize="q4", method="rtn", group_size=128, quantize_embeddings=True, progress=False)
+        export.export(source, ours, quantize="q4", group_size=128, progress=False)
         print(f"[{shape}] export.py -> {ours.name} in {time.perf_counter() - t:.0f} s", flush=True)
     if not theirs.exists():
         t = time.perf_counter()
-        write_gguf(hf_dir, theirs, c)
-        print(f"[{shape}] wrote {theirs.name} in {time.perf_counter() - t:.0f} s", flush=True)
+        if not f16.exists():
+            write_f16_gguf(f16, c, hf_dir)
+        quantize_with_llamacpp(f16, theirs, FTYPES["q4_0"])
+        print(f"[{shape}] llama.cpp quantized {theirs.name} in {time.perf_counter() - t:.0f} s", flush=True)
     return ours, theirs
 
 
@@ -234,7 +261,8 @@ def main() -> int:
         print(f"{r['shape']:<10} {r['threads']:>3} | {r['ours_decode']:12.1f} {r['cpp_decode']:9.1f} "
               f"{r['ours_decode'] / r['cpp_decode']:5.2f}x | {r['ours_prefill']:13.1f} {r['cpp_prefill']:9.1f} "
               f"{r['ours_prefill'] / r['cpp_prefill']:5.2f}x | {r['bandwidth'] / 1e9:5.1f} {r['bandwidth_fraction']:8.0%}")
-    print(f"(128-token prompt in one batch, 64 greedy decode steps, median of {args.repeats}; llama2rs 4-bit g128 "
+    print(f"(128-token prompt in one batch, 64 greedy decode steps, median of {args.repeats}; llama2rs's default "
+          f"export (4-bit g128, Q8_0 embedding and classifier) against llama.cpp's stock Q4_0; llama2rs "
           f"with {rows[0]['kernels']} kernels reads {rows[0]['gb_per_token']:.3f} GB per token for {rows[0]['shape']})")
     return 0
 

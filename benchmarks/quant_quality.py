@@ -44,6 +44,16 @@ def main() -> int:
                 rtn_kl = rtn_kl or r.kl_divergence
                 print(f"{group:>6} {label:<16} {r.kl_divergence:13.5f} {r.kl_divergence / rtn_kl:6.2f}x "
                       f"{r.perplexity:11.3f} {100 * r.top1_agreement:11.1f}%")
+        # What the embedding and classifier cost on top of 4-bit layers (export's --embeddings).
+        print(f"\n{'embeddings':<28} {'KL(fp32||q4)':>13} {'vs float':>9} {'perplexity':>11}")
+        float_kl = None
+        for choice, label in (("float", "float (fp32)"), ("q8", "q8 (Q8_0, group 32: default)"),
+                              ("same", "same (4-bit, group 32)")):
+            out = export.export(source, Path(tmp) / f"emb-{choice}.safetensors", quantize="q4", method="rtn",
+                                group_size=32, embeddings=choice, progress=False)
+            r = evaluate(llama2rs.Model(out), held_out, base=base, window=256)
+            float_kl = float_kl or r.kl_divergence
+            print(f"{label:<28} {r.kl_divergence:13.5f} {r.kl_divergence / float_kl:8.2f}x {r.perplexity:11.3f}")
     return 0
 
 

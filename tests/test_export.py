@@ -48,7 +48,9 @@ def test_q80_file_exports_without_requantizing(tmp_path):
 @pytest.mark.parametrize("quantize, method, group", [("q8", "rtn", 64), ("q4", "rtn", 32), ("q4", "rtn", -1),
                                                      ("q4", "rtn", 128)])
 def test_quantized_export_matches_reference(tmp_path, quantize, method, group):
-    out = _export_llama2c(tmp_path, quantize=quantize, method=method, group_size=group)
+    # fp32 embeddings for q4, so the bound below measures the 4-bit kernels alone.
+    extra = {"embeddings": "float"} if quantize == "q4" else {}
+    out = _export_llama2c(tmp_path, quantize=quantize, method=method, group_size=group, **extra)
     weights, _ = l2rs.read_model(out)
     w1 = weights.layers[0]["w1"]
     if quantize == "q4":
@@ -230,3 +232,48 @@ def test_default_4bit_kernels_are_closer_to_exact_than_an_fp16_kernel(tmp_path):
     default = llama2rs.Model(out)
     fp16_model = reference.forward(fp16, IDS * 3, kv_cache="f16")
     assert np.linalg.norm(default.logits(IDS * 3) - exact) < np.linalg.norm(fp16_model - exact)
+
+
+@pytest.mark.parametrize("embeddings", ["q8", "same", "float"])
+def test_embedding_and_classifier_choice(tmp_path, embeddings):
+    """--quantize q4 stores the embedding as Q8_0 (group 32) by default; 'same' as 4-bit like the
+    layers; 'float' keeps fp32. The Q8_0 values are max|w|/127 scales and round-half-even, computed
+    here in NumPy from the fp32 original; the model runs them as the reference does."""
+    kwargs = {} if embeddings == "q8" else {"embeddings": embeddings}
+    out = _export_llama2c(tmp_path, quantize="q4", method="rtn", group_size=32, **kwargs)
+    weights, _ = l2rs.read_model(out)
+    original = np.asarray(llama2c.read_model(STORIES).token_embedding)  # [vocab, dim] fp32
+    emb = weights.token_embedding
+    if embeddings == "q8":
+        groups = original.reshape(original.shape[0], -1, 32)  # [vocab, dim / 32, 32]
+        scale = np.abs(groups).max(axis=-1) / np.float32(127)
+        q = np.rint(groups / np.where(scale == 0, 1, scale)[..., None]).astype(np.int8)
+        assert emb.group_size == 32
+        np.testing.assert_array_equal(emb.q, q.reshape(original.shape))
+        np.testing.assert_allclose(emb.scale, scale, rtol=1e-7)
+    elif embeddings == "same":
+        assert isinstance(emb, AffineQuantized) and emb.group_size == 32
+    else:
+        np.testing.assert_array_equal(np.asarray(emb), original)
+    assert json.loads(llama2rs.Model(out).metadata["quantization"])["embeddings"] == embeddings
+    expected = reference.forward(weights, IDS)
+    np.testing.assert_allclose(llama2rs.Model(out, exact=True).logits(IDS), expected, rtol=0, atol=1e-4)
+    # The default kernels round the classifier's input to int8 per 32 values for Q8_0 (as runq does).
+    fast = llama2rs.Model(out).logits(IDS)
+    assert np.linalg.norm(fast - expected) < (3e-3 if embeddings == "q8" else 1e-3) * np.linalg.norm(expected)
+
+
+def test_embeddings_flags_on_the_command_line(tmp_path):
+    need(STORIES, TOK512)
+    base = [sys.executable, "-m", "llama2rs", "export", "--llama2c", str(STORIES), "--tokenizer", str(TOK512),
+            "--quantize", "q4", "--group-size", "32", "-q"]
+    for flags, dtype in (([], "I8"), (["--quantize-embeddings"], "U8"), (["--embeddings", "float"], "F32")):
+        out = tmp_path / f"e{len(flags)}{dtype}.l2rs.safetensors"
+        result = subprocess.run(base + ["-o", str(out)] + flags, capture_output=True, text=True, timeout=300)
+        assert result.returncode == 0, result.stderr
+        header, _ = safetensors.read_header(out)
+        name = next(k for k in header if k in ("token_embedding.q8_0", "token_embedding.q4", "token_embedding.weight"))
+        assert header[name]["dtype"] == dtype, (flags, name)
+    bad = subprocess.run(base + ["-o", str(tmp_path / "x"), "--quantize-embeddings", "--embeddings", "float"],
+                         capture_output=True, text=True)
+    assert bad.returncode == 2 and "--quantize-embeddings contradicts --embeddings float" in bad.stderr

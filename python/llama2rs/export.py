@@ -103,7 +103,7 @@ def export(
     calibration_text: Optional[str] = None,
     calibration_windows: int = 128,
     calibration_length: Optional[int] = None,
-    quantize_embeddings: bool = False,
+    embeddings: str = "q8",
     percdamp: float = 0.01,
     progress: bool = True,
 ) -> Path:
@@ -130,11 +130,11 @@ def export(
             windows = calibrate.calibration_windows(ids, length, calibration_windows, source.config.bos_id)
         weights = calibrate.quantize_model(
             weights, quantize, method, group_size, act_order, sym, windows,
-            quantize_embeddings, percdamp, ProgressBar(f"quantize ({method})", progress),
+            embeddings, percdamp, ProgressBar(f"quantize ({method})", progress),
         )
         quant_meta = {"method": method if quantize == "q4" else "q8_0", "bits": 4 if quantize == "q4" else 8,
                       "group_size": group_size, "act_order": act_order, "sym": sym,
-                      "embeddings_quantized": quantize_embeddings}
+                      "embeddings": embeddings}
         if windows:
             quant_meta["calibration_windows"] = len(windows)
             quant_meta["calibration_length"] = len(windows[0])

@@ -52,9 +52,19 @@ def add_export_arguments(parser: argparse.ArgumentParser, positional_input: bool
     parser.add_argument("--calibration", metavar="TEXTFILE", help="calibration text for GPTQ (UTF-8)")
     parser.add_argument("--calibration-windows", type=int, default=128, help="at most this many windows (default 128)")
     parser.add_argument("--calibration-length", type=int, default=None, help="tokens per window (default: min(seq_len, 512))")
-    parser.add_argument("--quantize-embeddings", action="store_true", help="also quantize the embedding and classifier")
+    parser.add_argument("--embeddings", choices=["q8", "same", "float"], default=None,
+                        help="the embedding and classifier when quantizing: q8 = Q8_0 in groups of 32 (default), "
+                             "same = the layers' type, float = kept as they are")
+    parser.add_argument("--quantize-embeddings", action="store_true",
+                        help="the embedding and classifier in the layers' type (= --embeddings same)")
     parser.add_argument("--damp", type=float, default=0.01, help="GPTQ dampening, fraction of mean diag(H) (default 0.01)")
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+
+
+def embeddings_choice(args: argparse.Namespace) -> str:
+    if args.quantize_embeddings and args.embeddings not in (None, "same"):
+        raise ArgumentError(f"--quantize-embeddings contradicts --embeddings {args.embeddings}")
+    return "same" if args.quantize_embeddings else (args.embeddings or "q8")
 
 
 def run_export(args: argparse.Namespace) -> int:
@@ -73,7 +83,7 @@ def run_export(args: argparse.Namespace) -> int:
     start = time.perf_counter()
     source = load_source(kind, path, args.tokenizer)
     out = export(source, args.output, args.quantize, args.method, args.group_size, args.act_order, args.sym,
-                 calibration, args.calibration_windows, args.calibration_length, args.quantize_embeddings,
+                 calibration, args.calibration_windows, args.calibration_length, embeddings_choice(args),
                  args.damp, progress=not args.quiet)
     size = out.stat().st_size
     print(f"wrote {out} ({size / 1e6:.1f} MB) from {source.description} in {time.perf_counter() - start:.1f} s",

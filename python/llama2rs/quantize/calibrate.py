@@ -23,6 +23,13 @@ __all__ = ["calibration_windows", "quantize_model"]
 
 Progress = Callable[[str, int, int], None]
 
+# What the token embedding and the classifier become: "q8" (Q8_0, the default: the classifier
+# is the largest matrix a token reads, and fp32 made it 30% of TinyLlama's bytes per token),
+# "same" (the layers' type, e.g. 4-bit), or "float" (kept as they are).
+EMBEDDINGS = ("q8", "same", "float")
+# Q8_0's group for them: llama.cpp's and llama2.c's block of 32 (1.125 bytes per weight).
+EMBEDDING_GROUP = 32
+
 
 def calibration_windows(token_ids: Sequence[int], window: int, max_windows: int, bos_id: int) -> list[list[int]]:
     """Consecutive windows of ``window`` tokens (each BOS + window-1 tokens of the text)."""
@@ -48,13 +55,16 @@ def quantize_model(
     act_order: bool = False,
     sym: bool = False,
     calibration: Optional[list[list[int]]] = None,
-    quantize_embeddings: bool = False,
+    embeddings: str = "q8",
     percdamp: float = 0.01,
     progress: Optional[Progress] = None,
 ) -> Weights:
     """A quantized copy of float ``weights``. ``mode``: ``"q4"`` (affine 4-bit, ``method``
     ``"gptq"`` or ``"rtn"``), ``"q8"`` (llama2.c's Q8_0, round-to-nearest). The embedding and
-    classifier stay float unless ``quantize_embeddings`` (then round-to-nearest)."""
+    classifier (``embeddings``, see ``EMBEDDINGS``) are rounded to nearest: Q8_0 in groups of
+    ``EMBEDDING_GROUP`` by default, the layers' type with ``"same"``, or kept with ``"float"``."""
+    if embeddings not in EMBEDDINGS:
+        raise ArgumentError(f"embeddings must be one of {', '.join(EMBEDDINGS)}, got {embeddings!r}")
     if mode not in ("q4", "q8"):
         raise ArgumentError(f"quantization mode must be 'q4' or 'q8', got {mode!r}")
     if method not in ("gptq", "rtn"):
@@ -85,9 +95,15 @@ def quantize_model(
 
     embedding: Matrix = weights.token_embedding
     classifier = weights.classifier
-    if quantize_embeddings:
-        embedding = plain(dense(embedding))
-        classifier = None if classifier is None else plain(dense(classifier))
+    if embeddings != "float":
+        def compact(w: Matrix) -> Matrix:
+            w = dense(w)
+            if embeddings == "same":
+                return plain(w)
+            return quantize_q80(w, q8_group_size(w.shape[1], EMBEDDING_GROUP))
+
+        embedding = compact(embedding)
+        classifier = None if classifier is None else compact(classifier)
     tick("embeddings")
 
     if not gptq_mode:
