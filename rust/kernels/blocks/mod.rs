@@ -174,6 +174,21 @@ pub(crate) unsafe fn rows_q4k_scalar(
     unsafe { rows_with(w, cols, range, acts, out, dot_i8::dot_q4k_scalar) }
 }
 
+/// `BlockRowsI8` for Q5_K with the scalar reference.
+///
+/// # Safety
+/// `BlockRowsI8`'s contract.
+pub(crate) unsafe fn rows_q5k_scalar(
+    w: &BlockData,
+    cols: usize,
+    range: std::ops::Range<usize>,
+    acts: &[BlockActivation],
+    out: RowsOut,
+) {
+    // SAFETY: the caller's output contract.
+    unsafe { rows_with(w, cols, range, acts, out, dot_i8::dot_q5k_scalar) }
+}
+
 /// `BlockRowsI8` for Q6_K with the scalar reference.
 ///
 /// # Safety
