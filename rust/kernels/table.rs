@@ -173,6 +173,7 @@ fn x86_table(isa: Isa, portable: Kernels) -> Kernels {
         rows_i8: Some(avx2_decode::rows),
         gemm_f32: Some(gemm_f32_x86::gemm_avx2),
         rows_q4k: Some(blocks::avx2::rows_q4k),
+        rows_q5k: Some(blocks::avx2::rows_q5k),
         rows_q6k: Some(blocks::avx2::rows_q6k),
         // SAFETY: the table invariant (F16C); any lengths are fine.
         f16_to_f32: |bytes, out| unsafe { fp16::f16c::f16_to_f32(bytes, out) },
@@ -201,6 +202,8 @@ fn x86_table(isa: Isa, portable: Kernels) -> Kernels {
         gemm_f32: Some(gemm_f32_x86::gemm_avx512),
         gemm_i16: Some(gemm_i16_avx512::gemm),
         rows_q4k: Some(blocks::avx512::rows_q4k),
+        // AVX2's Q5_K kernel: an AVX-512 CPU has AVX2 (and FMA), which `supported()` checked.
+        rows_q5k: Some(blocks::avx2::rows_q5k),
         rows_q6k: Some(blocks::avx512::rows_q6k),
         ..avx2
     }
