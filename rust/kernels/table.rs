@@ -26,8 +26,9 @@ pub struct Kernels {
     pub(crate) dot_affine_f32: affine::DotF32,
     /// A row of llama.cpp blocks (GGUF) to fp32, for `dot_f32` to multiply.
     pub(crate) dequantize_blocks: blocks::Dequantize,
-    /// Q4_K and Q6_K rows x int8 activations; `None`: rows are dequantized instead.
+    /// Q4_K, Q5_K and Q6_K rows x int8 activations; `None`: rows are dequantized instead.
     pub(crate) rows_q4k: Option<blocks::BlockRowsI8>,
+    pub(crate) rows_q5k: Option<blocks::BlockRowsI8>,
     pub(crate) rows_q6k: Option<blocks::BlockRowsI8>,
     /// 4-bit rows x int8 activations; `None` where the fp32 kernels are faster (portable).
     pub(crate) rows_i8: Option<affine::RowsI8>,
@@ -97,6 +98,7 @@ impl Kernels {
     pub(crate) fn block_rows(&self, kind: crate::weights::BlockType) -> Option<blocks::BlockRowsI8> {
         match kind {
             crate::weights::BlockType::Q4K => self.rows_q4k,
+            crate::weights::BlockType::Q5K => self.rows_q5k,
             crate::weights::BlockType::Q6K => self.rows_q6k,
             _ => None,
         }
@@ -114,6 +116,7 @@ impl Kernels {
             dot_affine_f32: affine::dot_f32_scalar,
             dequantize_blocks: blocks::dequantize_scalar,
             rows_q4k: Some(blocks::rows_q4k_scalar),
+            rows_q5k: Some(blocks::rows_q5k_scalar),
             rows_q6k: Some(blocks::rows_q6k_scalar),
             rows_i8: Some(affine::rows_i8_scalar),
             gemm_f32: None,
@@ -130,6 +133,7 @@ impl Kernels {
             dot_affine_f32: affine::dot_f32_portable,
             rows_i8: None,
             rows_q4k: None,
+            rows_q5k: None,
             rows_q6k: None,
             attention_f32: AttentionKernels { scores: attention::scores_portable, sum: attention::sum_scalar },
             ..scalar
@@ -169,6 +173,7 @@ fn x86_table(isa: Isa, portable: Kernels) -> Kernels {
         rows_i8: Some(avx2_decode::rows),
         gemm_f32: Some(gemm_f32_x86::gemm_avx2),
         rows_q4k: Some(blocks::avx2::rows_q4k),
+        rows_q5k: Some(blocks::avx2::rows_q5k),
         rows_q6k: Some(blocks::avx2::rows_q6k),
         // SAFETY: the table invariant (F16C); any lengths are fine.
         f16_to_f32: |bytes, out| unsafe { fp16::f16c::f16_to_f32(bytes, out) },
@@ -197,6 +202,8 @@ fn x86_table(isa: Isa, portable: Kernels) -> Kernels {
         gemm_f32: Some(gemm_f32_x86::gemm_avx512),
         gemm_i16: Some(gemm_i16_avx512::gemm),
         rows_q4k: Some(blocks::avx512::rows_q4k),
+        // AVX2's Q5_K kernel: an AVX-512 CPU has AVX2 (and FMA), which `supported()` checked.
+        rows_q5k: Some(blocks::avx2::rows_q5k),
         rows_q6k: Some(blocks::avx512::rows_q6k),
         ..avx2
     }

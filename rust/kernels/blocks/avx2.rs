@@ -1,14 +1,14 @@
-//! Q4_K and Q6_K rows times int8 activations on AVX2 (`vpmaddubsw`: unsigned weights times
-//! signed activations into int16 pairs, which fit: 63 * 127 * 2 < 2^15).
+//! Q4_K, Q5_K and Q6_K rows times int8 activations on AVX2 (`vpmaddubsw`: unsigned weights
+//! times signed activations into int16 pairs, which fit: 63 * 127 * 2 < 2^15).
 //!
 //! # Safety (every helper here)
-//! The `#[inline(always)]` helpers run inside `rows_q4k` / `rows_q6k`, compiled with AVX2 and
+//! The `#[inline(always)]` helpers run inside `rows_q4k` / `rows_q5k` / `rows_q6k`, compiled with AVX2 and
 //! FMA, which the CPU has; a row is whole blocks and the activation has the row's columns.
 
 use std::arch::x86_64::*;
 
 use super::activation::BlockActivation;
-use super::dot_i8::{scales_mins_k4, Q4K_BYTES, Q6K_BYTES};
+use super::dot_i8::{scales_mins_k4, Q4K_BYTES, Q5K_BYTES, Q6K_BYTES};
 use super::half_at;
 use crate::kernels::affine::RowsOut;
 use crate::kernels::simd_x86::{hsum_avx2, prefetch};
@@ -30,6 +30,22 @@ pub(crate) unsafe fn rows_q4k(
 ) {
     // SAFETY: compiled with the helpers' features; the rest is the caller's contract.
     unsafe { rows::<Q4K>(w, cols, range, acts, out) }
+}
+
+/// `BlockRowsI8` for Q5_K.
+///
+/// # Safety
+/// The CPU has AVX2 and FMA; otherwise `BlockRowsI8`'s contract.
+#[target_feature(enable = "avx2,fma")]
+pub(crate) unsafe fn rows_q5k(
+    w: &BlockData,
+    cols: usize,
+    range: std::ops::Range<usize>,
+    acts: &[BlockActivation],
+    out: RowsOut,
+) {
+    // SAFETY: compiled with the helpers' features; the rest is the caller's contract.
+    unsafe { rows::<Q5K>(w, cols, range, acts, out) }
 }
 
 /// `BlockRowsI8` for Q6_K.
@@ -58,6 +74,7 @@ trait RowDot {
 }
 
 struct Q4K;
+struct Q5K;
 struct Q6K;
 
 impl RowDot for Q4K {
@@ -65,7 +82,16 @@ impl RowDot for Q4K {
     #[inline(always)]
     unsafe fn dot(row: &[u8], act: &BlockActivation) -> f32 {
         // SAFETY: the caller's (the module's) contract.
-        unsafe { dot_q4k(row, act) }
+        unsafe { dot_k4::<false>(row, act) }
+    }
+}
+
+impl RowDot for Q5K {
+    const BYTES: usize = Q5K_BYTES;
+    #[inline(always)]
+    unsafe fn dot(row: &[u8], act: &BlockActivation) -> f32 {
+        // SAFETY: the caller's (the module's) contract.
+        unsafe { dot_k4::<true>(row, act) }
     }
 }
 
@@ -108,28 +134,40 @@ unsafe fn dot_u8_i8(w: __m256i, x: __m256i) -> __m256i {
     unsafe { _mm256_madd_epi16(_mm256_maddubs_epi16(w, x), _mm256_set1_epi16(1)) }
 }
 
+/// A Q4_K row (`FIFTH_BIT = false`) or a Q5_K row (`true`: Q4_K's layout with the 32 bytes
+/// `qh` between scales and nibbles, bit j of `qh[l]` adding 16 to value l of sub-block j).
 #[inline(always)]
-unsafe fn dot_q4k(row: &[u8], act: &BlockActivation) -> f32 {
+unsafe fn dot_k4<const FIFTH_BIT: bool>(row: &[u8], act: &BlockActivation) -> f32 {
+    let (block_bytes, qs) = if FIFTH_BIT { (Q5K_BYTES, 48) } else { (Q4K_BYTES, 16) };
     // SAFETY: the module's contract: block b's bytes are inside the row and its 256 values
     // inside the activation.
     unsafe {
-        let mask4 = _mm256_set1_epi8(0x0f);
+        let (mask4, one) = (_mm256_set1_epi8(0x0f), _mm256_set1_epi8(1));
         let mut acc = _mm256_setzero_ps();
         let mut mins = 0.0f32;
-        for (b, block) in row.chunks_exact(Q4K_BYTES).enumerate() {
+        for (b, block) in row.chunks_exact(block_bytes).enumerate() {
             prefetch(block.as_ptr().wrapping_add(PREFETCH_AHEAD));
             prefetch(block.as_ptr().wrapping_add(PREFETCH_AHEAD + 64));
             prefetch(block.as_ptr().wrapping_add(PREFETCH_AHEAD + 128));
             let (d, dmin) = (half_at(block, 0), half_at(block, 2));
             let (sc, m) = scales_mins_k4(&block[4..16]);
+            let qh =
+                if FIFTH_BIT { _mm256_loadu_si256(block.as_ptr().add(16) as *const _) } else { _mm256_setzero_si256() };
             let x = act.q.as_ptr().add(256 * b);
             for c in 0..4 {
-                let wv = _mm256_loadu_si256(block.as_ptr().add(16 + 32 * c) as *const _);
+                let wv = _mm256_loadu_si256(block.as_ptr().add(qs + 32 * c) as *const _);
                 for (half, w) in [_mm256_and_si256(wv, mask4), _mm256_and_si256(_mm256_srli_epi16::<4>(wv), mask4)]
                     .into_iter()
                     .enumerate()
                 {
                     let j = 2 * c + half;
+                    let w = if FIFTH_BIT {
+                        // Bit j of each byte to bit 4 (a 16-bit shift, then one bit per byte).
+                        let high = _mm256_and_si256(shift_right_16(qh, j as i32), one);
+                        _mm256_or_si256(w, _mm256_slli_epi16::<4>(high))
+                    } else {
+                        w
+                    };
                     let xv = _mm256_loadu_si256(x.add(32 * j) as *const _);
                     let xd = act.d[8 * b + j];
                     let scale = _mm256_set1_ps(d * sc[j] as f32 * xd);
@@ -144,7 +182,7 @@ unsafe fn dot_q4k(row: &[u8], act: &BlockActivation) -> f32 {
 
 #[inline(always)]
 unsafe fn dot_q6k(row: &[u8], act: &BlockActivation) -> f32 {
-    // SAFETY: as in `dot_q4k`.
+    // SAFETY: as in `dot_k4`.
     unsafe {
         let (mask4, mask2) = (_mm256_set1_epi8(0x0f), _mm256_set1_epi8(3));
         let mut acc = _mm256_setzero_ps();

@@ -9,6 +9,8 @@ use super::{half_at, scale_min_k4};
 /// Bytes per Q4_K and Q6_K block.
 pub const Q4K_BYTES: usize = 144;
 pub const Q6K_BYTES: usize = 210;
+/// Bytes per Q5_K block: Q4_K's layout with 32 bytes of fifth bits between scales and nibbles.
+pub const Q5K_BYTES: usize = 176;
 
 /// The 6-bit scales and mins of a Q4_K/Q5_K block's 8 sub-blocks.
 #[inline]
@@ -47,6 +49,31 @@ pub fn dot_q4k_scalar(row: &[u8], act: &BlockActivation) -> f32 {
                 .iter()
                 .zip(x)
                 .map(|(&byte, &x)| (if j % 2 == 0 { byte & 0x0f } else { byte >> 4 }) as i32 * x as i32)
+                .sum();
+            let xd = act.d[8 * b + j];
+            sum += d * sc[j] as f32 * xd * idot as f32 - dmin * m[j] as f32 * xd * act.sum32(8 * b + j) as f32;
+        }
+    }
+    sum
+}
+
+/// A Q5_K row (`[blocks * 176]`) times `act`: Q4_K's sum, each value's fifth bit (bit j of
+/// `qh[l]` for value l of sub-block j) adding 16.
+pub fn dot_q5k_scalar(row: &[u8], act: &BlockActivation) -> f32 {
+    let mut sum = 0.0f32;
+    for (b, block) in row.chunks_exact(Q5K_BYTES).enumerate() {
+        let (d, dmin) = (half_at(block, 0), half_at(block, 2));
+        let (sc, m) = scales_mins_k4(&block[4..16]);
+        let (qh, qs) = (&block[16..48], &block[48..176]);
+        for j in 0..8 {
+            let chunk = &qs[32 * (j / 2)..32 * (j / 2) + 32];
+            let x = &act.q[256 * b + 32 * j..256 * b + 32 * j + 32];
+            let idot: i32 = (0..32)
+                .map(|l| {
+                    let low = if j % 2 == 0 { chunk[l] & 0x0f } else { chunk[l] >> 4 };
+                    let high = (qh[l] >> j) & 1;
+                    (low | high << 4) as i32 * x[l] as i32
+                })
                 .sum();
             let xd = act.d[8 * b + j];
             sum += d * sc[j] as f32 * xd * idot as f32 - dmin * m[j] as f32 * xd * act.sum32(8 * b + j) as f32;

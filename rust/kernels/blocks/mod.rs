@@ -174,6 +174,21 @@ pub(crate) unsafe fn rows_q4k_scalar(
     unsafe { rows_with(w, cols, range, acts, out, dot_i8::dot_q4k_scalar) }
 }
 
+/// `BlockRowsI8` for Q5_K with the scalar reference.
+///
+/// # Safety
+/// `BlockRowsI8`'s contract.
+pub(crate) unsafe fn rows_q5k_scalar(
+    w: &BlockData,
+    cols: usize,
+    range: std::ops::Range<usize>,
+    acts: &[BlockActivation],
+    out: RowsOut,
+) {
+    // SAFETY: the caller's output contract.
+    unsafe { rows_with(w, cols, range, acts, out, dot_i8::dot_q5k_scalar) }
+}
+
 /// `BlockRowsI8` for Q6_K with the scalar reference.
 ///
 /// # Safety
@@ -278,5 +293,32 @@ mod tests {
 
         assert_eq!(row(BlockType::Bf16, &[0x80, 0x3f]), [1.0]);
         assert_eq!(row(BlockType::F16, &[0x00, 0xc0]), [-2.0]);
+    }
+
+    #[test]
+    fn q5k_scalar_dot_matches_dequantized_product() {
+        // Two blocks of pseudo-random bytes with small finite f16 scales (0x2c00 = 1/16).
+        let mut state = 0x2545_f491u32;
+        let mut bytes: Vec<u8> = (0..2 * dot_i8::Q5K_BYTES)
+            .map(|_| {
+                state ^= state << 13;
+                state ^= state >> 17;
+                state ^= state << 5;
+                state as u8
+            })
+            .collect();
+        for block in bytes.chunks_exact_mut(dot_i8::Q5K_BYTES) {
+            block[..4].copy_from_slice(&[0x00, 0x2c, 0x00, 0x28]);
+        }
+        let mut weights = vec![0.0f32; 512];
+        for (block, out) in bytes.chunks_exact(dot_i8::Q5K_BYTES).zip(weights.chunks_exact_mut(256)) {
+            dequantize_scalar(BlockType::Q5K, block, out);
+        }
+        let x: Vec<f32> = (0..512).map(|i| ((i * 37 % 101) as f32 - 50.0) / 25.0).collect();
+        let mut act = BlockActivation::default();
+        act.quantize(&x);
+        let want: f64 = (0..512).map(|c| weights[c] as f64 * act.value(c) as f64).sum();
+        let got = dot_i8::dot_q5k_scalar(&bytes, &act) as f64;
+        assert!((got - want).abs() <= 1e-4 * want.abs().max(1.0), "{got} vs {want}");
     }
 }
