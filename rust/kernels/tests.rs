@@ -513,7 +513,7 @@ fn block_kernels_match_float64_dequantization() {
                     }
                 };
                 let acts: Vec<blocks::activation::BlockActivation> = (0..n_tokens)
-                    .filter(|_| cols.is_multiple_of(256))
+                    .filter(|_| cols.is_multiple_of(blocks::activation::BLOCK))
                     .map(|t| {
                         let mut a = blocks::activation::BlockActivation::default();
                         a.quantize(&x[t * cols..(t + 1) * cols]);
