@@ -183,6 +183,9 @@ fn x86_table(isa: Isa, portable: Kernels) -> Kernels {
         gemm_f32: Some(gemm_f32_x86::gemm_avx2),
         rows_q4k: Some(blocks::avx2::rows_q4k),
         rows_q6k: Some(blocks::avx2::rows_q6k),
+        rows_q8_0: Some(blocks::avx2::rows_q8_0),
+        rows_q4_0: Some(blocks::avx2::rows_q4_0),
+        rows_q4_1: Some(blocks::avx2::rows_q4_1),
         // SAFETY: the table invariant (F16C); any lengths are fine.
         f16_to_f32: |bytes, out| unsafe { fp16::f16c::f16_to_f32(bytes, out) },
         // SAFETY: the table invariant (F16C); any lengths are fine.
