@@ -21,7 +21,7 @@ pub struct Scratch {
     q8: Vec<QuantizedVec>,        // [n_tokens] inputs quantized for Q8_0 weights
     int8: Vec<Int8Activation>,    // [n_tokens] inputs quantized for 4-bit weights
     int16: Int16Activations,      // [n_tokens] inputs quantized for the int16 GEMM
-    blocks: Vec<BlockActivation>, // [n_tokens] inputs quantized for K-quant weights
+    blocks: Vec<BlockActivation>, // [n_tokens] inputs quantized for block weights
     permuted: Vec<f32>,           // [n_tokens, cols] inputs in stored column order (act-order)
     group_sums: Vec<Vec<f32>>,    // [n_tokens][n_groups] input sums per group (affine weights)
 }
@@ -99,7 +99,7 @@ pub fn matmul(out: &mut [f32], w: &Matrix, x: &[f32], n_tokens: usize, scratch: 
         }
         MatrixData::Blocks(b) => {
             if let (true, Some(kernel)) = (k.int8_activations(), k.block_rows(b.kind)) {
-                // K-quant rows against int8 activations, each task a contiguous range of rows.
+                // Block rows against int8 activations, each task a contiguous range of rows.
                 scratch.blocks.resize_with(n_tokens, Default::default);
                 for t in 0..n_tokens {
                     scratch.blocks[t].quantize(token(t));

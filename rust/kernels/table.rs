@@ -26,10 +26,14 @@ pub struct Kernels {
     pub(crate) dot_affine_f32: affine::DotF32,
     /// A row of llama.cpp blocks (GGUF) to fp32, for `dot_f32` to multiply.
     pub(crate) dequantize_blocks: blocks::Dequantize,
-    /// Q4_K, Q5_K and Q6_K rows x int8 activations; `None`: rows are dequantized instead.
+    /// Q4_K, Q5_K, Q6_K, Q8_0, Q4_0 and Q4_1 rows x int8 activations; `None`: rows are
+    /// dequantized instead.
     pub(crate) rows_q4k: Option<blocks::BlockRowsI8>,
     pub(crate) rows_q5k: Option<blocks::BlockRowsI8>,
     pub(crate) rows_q6k: Option<blocks::BlockRowsI8>,
+    pub(crate) rows_q8_0: Option<blocks::BlockRowsI8>,
+    pub(crate) rows_q4_0: Option<blocks::BlockRowsI8>,
+    pub(crate) rows_q4_1: Option<blocks::BlockRowsI8>,
     /// 4-bit rows x int8 activations; `None` where the fp32 kernels are faster (portable).
     pub(crate) rows_i8: Option<affine::RowsI8>,
     /// The fp32 GEMM for 4-bit batches (x86).
@@ -100,6 +104,9 @@ impl Kernels {
             crate::weights::BlockType::Q4K => self.rows_q4k,
             crate::weights::BlockType::Q5K => self.rows_q5k,
             crate::weights::BlockType::Q6K => self.rows_q6k,
+            crate::weights::BlockType::Q8_0 => self.rows_q8_0,
+            crate::weights::BlockType::Q4_0 => self.rows_q4_0,
+            crate::weights::BlockType::Q4_1 => self.rows_q4_1,
             _ => None,
         }
     }
@@ -118,6 +125,9 @@ impl Kernels {
             rows_q4k: Some(blocks::rows_q4k_scalar),
             rows_q5k: Some(blocks::rows_q5k_scalar),
             rows_q6k: Some(blocks::rows_q6k_scalar),
+            rows_q8_0: Some(blocks::rows_q8_0_scalar),
+            rows_q4_0: Some(blocks::rows_q4_0_scalar),
+            rows_q4_1: Some(blocks::rows_q4_1_scalar),
             rows_i8: Some(affine::rows_i8_scalar),
             gemm_f32: None,
             #[cfg(target_arch = "x86_64")]
@@ -135,6 +145,9 @@ impl Kernels {
             rows_q4k: None,
             rows_q5k: None,
             rows_q6k: None,
+            rows_q8_0: None,
+            rows_q4_0: None,
+            rows_q4_1: None,
             attention_f32: AttentionKernels { scores: attention::scores_portable, sum: attention::sum_scalar },
             ..scalar
         };
@@ -175,6 +188,9 @@ fn x86_table(isa: Isa, portable: Kernels) -> Kernels {
         rows_q4k: Some(blocks::avx2::rows_q4k),
         rows_q5k: Some(blocks::avx2::rows_q5k),
         rows_q6k: Some(blocks::avx2::rows_q6k),
+        rows_q8_0: Some(blocks::avx2::rows_q8_0),
+        rows_q4_0: Some(blocks::avx2::rows_q4_0),
+        rows_q4_1: Some(blocks::avx2::rows_q4_1),
         // SAFETY: the table invariant (F16C); any lengths are fine.
         f16_to_f32: |bytes, out| unsafe { fp16::f16c::f16_to_f32(bytes, out) },
         // SAFETY: the table invariant (F16C); any lengths are fine.

@@ -513,7 +513,7 @@ fn block_kernels_match_float64_dequantization() {
                     }
                 };
                 let acts: Vec<blocks::activation::BlockActivation> = (0..n_tokens)
-                    .filter(|_| cols.is_multiple_of(256))
+                    .filter(|_| cols.is_multiple_of(blocks::activation::BLOCK))
                     .map(|t| {
                         let mut a = blocks::activation::BlockActivation::default();
                         a.quantize(&x[t * cols..(t + 1) * cols]);
@@ -531,6 +531,53 @@ fn block_kernels_match_float64_dequantization() {
                         close(&fast, &exact_i8, &format!("int8 {what}"));
                     } else {
                         close(&fast, &exact_f32, &format!("f32 {what}"));
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Every table's int8 block kernels against the scalar references, on shapes with columns that
+/// are not multiples of the SIMD kernels' steps (32, 96, 224, 800 for the 32-value types) and
+/// odd row counts, so their tails run too.
+#[test]
+fn block_kernels_match_the_scalar_references() {
+    let mut rng = Rng(0x5ca1);
+    let reference = Kernels::new(Isa::Scalar, true).unwrap();
+    for kind in BlockType::ALL {
+        if reference.block_rows(kind).is_none() {
+            continue;
+        }
+        let col_counts: &[usize] =
+            if kind.elements() == 32 { &[32, 64, 96, 224, 256, 288, 800, 1056] } else { &[256, 512, 1280] };
+        for &cols in col_counts {
+            for rows in [1usize, 3, 17] {
+                let values = random_blocks(&mut rng, kind, rows, cols);
+                let m = Matrix { rows, cols, data: MatrixData::Blocks(BlockData { kind, values: &values }) };
+                let row_bytes = kind.row_bytes(cols).unwrap();
+                let w: Vec<f32> = values
+                    .chunks_exact(row_bytes)
+                    .flat_map(|row| {
+                        let mut out = vec![0.0f32; cols];
+                        blocks::dequantize_scalar(kind, row, &mut out);
+                        out
+                    })
+                    .collect();
+                for n_tokens in [1usize, 2, 5] {
+                    let x = rng.vec(n_tokens * cols);
+                    let want = run(&m, &x, n_tokens, &reference);
+                    for k in choices() {
+                        if k.block_rows(kind).is_none() {
+                            continue;
+                        }
+                        let got = run(&m, &x, n_tokens, &k);
+                        for (i, (&g, &e)) in got.iter().zip(&want).enumerate() {
+                            let (t, r) = (i / rows, i % rows);
+                            let magnitude: f32 = (0..cols).map(|c| (w[r * cols + c] * x[t * cols + c]).abs()).sum();
+                            let what = format!("{} {rows}x{cols} tokens {n_tokens} {:?} [{i}]", kind.name(), k.isa());
+                            assert!((g - e).abs() <= 1e-5 * magnitude + 1e-6, "{what}: {g} vs {e}");
+                        }
                     }
                 }
             }

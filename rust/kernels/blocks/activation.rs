@@ -1,7 +1,7 @@
-//! Activations quantized to int8 for the K-quant row kernels: blocks of 32 values share one
+//! Activations quantized to int8 for the block row kernels: blocks of 32 values share one
 //! fp32 scale `d = max|x| / 127` (llama.cpp's Q8_K has one per 256 values, so this is at least
 //! as close to the input), with the integer sum of every 16 values kept for the zero-point
-//! and offset terms (Q4_K's mins, Q6_K's -32).
+//! and offset terms (Q4_K's mins, Q6_K's -32, Q4_0's -8, Q4_1's m).
 
 /// Values per activation scale.
 pub const BLOCK: usize = 32;
@@ -28,17 +28,19 @@ pub struct BlockActivation {
     pub sums16_f32: Vec<f32>, // [cols / 16]
     pub scaled_sums32: Vec<f32>, // [cols / BLOCK]
     /// `q` with each 128 values as [0..32, 64..96, 32..64, 96..128]: the order of a 64-byte load
-    /// of Q4_K nibbles (low nibbles of two 32-byte chunks, then their high nibbles).
-    pub q_k4: Vec<i8>, // [cols]
+    /// of Q4_K nibbles (low nibbles of two 32-byte chunks, then their high nibbles). Empty
+    /// unless `cols` is a multiple of 256 (whole K-quant blocks): only Q4_K reads it.
+    pub q_k4: Vec<i8>, // [cols] or []
 }
 
 impl BlockActivation {
-    /// Quantize `x` (its length a multiple of 256, the K-quants' block).
+    /// Quantize `x` (its length a multiple of 32, the activation's block; the K-quant kernels
+    /// need a multiple of 256, which their matrices' columns are).
     pub fn quantize(&mut self, x: &[f32]) {
         if self.source == x && !x.is_empty() {
             return;
         }
-        assert!(x.len().is_multiple_of(256), "K-quant activations are whole 256-value blocks");
+        assert!(x.len().is_multiple_of(BLOCK), "block activations are whole 32-value blocks");
         self.source.clear();
         self.source.extend_from_slice(x);
         self.cols = x.len();
@@ -60,6 +62,9 @@ impl BlockActivation {
         self.scaled_sums32.clear();
         self.scaled_sums32.extend(self.d.iter().zip(&self.sums32).map(|(&d, &s)| d * s as f32));
         self.q_k4.clear();
+        if !x.len().is_multiple_of(256) {
+            return; // no Q4_K row has these columns
+        }
         for chunk in self.q.chunks_exact(128) {
             for range in [0..32, 64..96, 32..64, 96..128] {
                 self.q_k4.extend_from_slice(&chunk[range]);

@@ -1,14 +1,16 @@
-//! Q4_K, Q5_K and Q6_K rows times int8 activations on AVX2 (`vpmaddubsw`: unsigned weights
-//! times signed activations into int16 pairs, which fit: 63 * 127 * 2 < 2^15).
+//! Block rows times int8 activations on AVX2 (`vpmaddubsw`: unsigned weights times signed
+//! activations into int16 pairs, which fit: 63 * 127 * 2 < 2^15; Q8_0's signed weights go in
+//! as |w| times the activation with w's sign, 128 * 127 * 2 < 2^15).
 //!
 //! # Safety (every helper here)
-//! The `#[inline(always)]` helpers run inside `rows_q4k` / `rows_q5k` / `rows_q6k`, compiled with AVX2 and
-//! FMA, which the CPU has; a row is whole blocks and the activation has the row's columns.
+//! The `#[inline(always)]` helpers run inside the `rows_*` kernels, compiled with AVX2 and FMA
+//! (and F16C for the 32-value types), which the CPU has; a row is whole blocks and the
+//! activation has the row's columns.
 
 use std::arch::x86_64::*;
 
 use super::activation::BlockActivation;
-use super::dot_i8::{scales_mins_k4, Q4K_BYTES, Q5K_BYTES, Q6K_BYTES};
+use super::dot_i8::{scales_mins_k4, Q4K_BYTES, Q4_0_BYTES, Q4_1_BYTES, Q5K_BYTES, Q6K_BYTES, Q8_0_BYTES};
 use super::half_at;
 use crate::kernels::affine::RowsOut;
 use crate::kernels::simd_x86::{hsum_avx2, prefetch};
@@ -64,9 +66,58 @@ pub(crate) unsafe fn rows_q6k(
     unsafe { rows::<Q6K>(w, cols, range, acts, out) }
 }
 
+/// `BlockRowsI8` for Q8_0.
+///
+/// # Safety
+/// The CPU has AVX2, FMA and F16C; otherwise `BlockRowsI8`'s contract.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(crate) unsafe fn rows_q8_0(
+    w: &BlockData,
+    cols: usize,
+    range: std::ops::Range<usize>,
+    acts: &[BlockActivation],
+    out: RowsOut,
+) {
+    // SAFETY: compiled with the helpers' features; the rest is the caller's contract.
+    unsafe { rows::<Q80>(w, cols, range, acts, out) }
+}
+
+/// `BlockRowsI8` for Q4_0.
+///
+/// # Safety
+/// The CPU has AVX2, FMA and F16C; otherwise `BlockRowsI8`'s contract.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(crate) unsafe fn rows_q4_0(
+    w: &BlockData,
+    cols: usize,
+    range: std::ops::Range<usize>,
+    acts: &[BlockActivation],
+    out: RowsOut,
+) {
+    // SAFETY: compiled with the helpers' features; the rest is the caller's contract.
+    unsafe { rows::<Q40>(w, cols, range, acts, out) }
+}
+
+/// `BlockRowsI8` for Q4_1.
+///
+/// # Safety
+/// The CPU has AVX2, FMA and F16C; otherwise `BlockRowsI8`'s contract.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(crate) unsafe fn rows_q4_1(
+    w: &BlockData,
+    cols: usize,
+    range: std::ops::Range<usize>,
+    acts: &[BlockActivation],
+    out: RowsOut,
+) {
+    // SAFETY: compiled with the helpers' features; the rest is the caller's contract.
+    unsafe { rows::<Q41>(w, cols, range, acts, out) }
+}
+
 /// What the row driver needs of a block type: its block size and a row's dot product.
 /// Zero-sized types, so `rows::<K>` is compiled into each `#[target_feature]` caller.
 trait RowDot {
+    const VALUES: usize;
     const BYTES: usize;
     /// # Safety
     /// The module's contract.
@@ -76,8 +127,12 @@ trait RowDot {
 struct Q4K;
 struct Q5K;
 struct Q6K;
+struct Q80;
+struct Q40;
+struct Q41;
 
 impl RowDot for Q4K {
+    const VALUES: usize = 256;
     const BYTES: usize = Q4K_BYTES;
     #[inline(always)]
     unsafe fn dot(row: &[u8], act: &BlockActivation) -> f32 {
@@ -87,6 +142,7 @@ impl RowDot for Q4K {
 }
 
 impl RowDot for Q5K {
+    const VALUES: usize = 256;
     const BYTES: usize = Q5K_BYTES;
     #[inline(always)]
     unsafe fn dot(row: &[u8], act: &BlockActivation) -> f32 {
@@ -96,11 +152,42 @@ impl RowDot for Q5K {
 }
 
 impl RowDot for Q6K {
+    const VALUES: usize = 256;
     const BYTES: usize = Q6K_BYTES;
     #[inline(always)]
     unsafe fn dot(row: &[u8], act: &BlockActivation) -> f32 {
         // SAFETY: the caller's (the module's) contract.
         unsafe { dot_q6k(row, act) }
+    }
+}
+
+impl RowDot for Q80 {
+    const VALUES: usize = 32;
+    const BYTES: usize = Q8_0_BYTES;
+    #[inline(always)]
+    unsafe fn dot(row: &[u8], act: &BlockActivation) -> f32 {
+        // SAFETY: the caller's (the module's) contract.
+        unsafe { dot_q8_0(row, act) }
+    }
+}
+
+impl RowDot for Q40 {
+    const VALUES: usize = 32;
+    const BYTES: usize = Q4_0_BYTES;
+    #[inline(always)]
+    unsafe fn dot(row: &[u8], act: &BlockActivation) -> f32 {
+        // SAFETY: the caller's (the module's) contract.
+        unsafe { dot_q4_0(row, act) }
+    }
+}
+
+impl RowDot for Q41 {
+    const VALUES: usize = 32;
+    const BYTES: usize = Q4_1_BYTES;
+    #[inline(always)]
+    unsafe fn dot(row: &[u8], act: &BlockActivation) -> f32 {
+        // SAFETY: the caller's (the module's) contract.
+        unsafe { dot_q4_1(row, act) }
     }
 }
 
@@ -117,7 +204,7 @@ unsafe fn rows<K: RowDot>(
     out: RowsOut,
 ) {
     super::debug_check_rows(w, cols, &range, acts, &out);
-    let row_bytes = cols / 256 * K::BYTES;
+    let row_bytes = cols / K::VALUES * K::BYTES;
     for r in range {
         let row = &w.values[r * row_bytes..(r + 1) * row_bytes];
         for (t, act) in acts.iter().enumerate() {
@@ -226,4 +313,95 @@ unsafe fn dot_q6k(row: &[u8], act: &BlockActivation) -> f32 {
 unsafe fn shift_right_16(v: __m256i, n: i32) -> __m256i {
     // SAFETY: AVX2 per the module's contract.
     unsafe { _mm256_srl_epi16(v, _mm_cvtsi32_si128(n)) }
+}
+
+/// Eight int32 sums of four products each of signed `w` and `x` bytes: |w| times x with w's
+/// sign (x is never -128, so the sign flip cannot overflow).
+#[inline(always)]
+unsafe fn dot_i8_i8(w: __m256i, x: __m256i) -> __m256i {
+    // SAFETY: AVX2 per the module's contract.
+    unsafe { dot_u8_i8(_mm256_abs_epi8(w), _mm256_sign_epi8(x, w)) }
+}
+
+/// The fp16 values at `block[0..2]` and `block[2..4]` in lanes 0 and 1 (F16C).
+#[inline(always)]
+unsafe fn fp16_pair(block: &[u8]) -> __m128 {
+    // SAFETY: F16C per the module's contract; the four bytes are read with bounds checks.
+    unsafe { _mm_cvtph_ps(_mm_cvtsi32_si128(i32::from_le_bytes([block[0], block[1], block[2], block[3]]))) }
+}
+
+/// The fp16 value at `block[0..2]` (F16C).
+#[inline(always)]
+unsafe fn fp16_first(block: &[u8]) -> f32 {
+    // SAFETY: F16C per the module's contract; the two bytes are read with bounds checks.
+    unsafe { _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(u16::from_le_bytes([block[0], block[1]]) as i32))) }
+}
+
+/// A 4-bit block's 16 nibble bytes at `p` as 32 unsigned bytes in value order: the low
+/// nibbles (values 0..16), then the high ones (16..32).
+#[inline(always)]
+unsafe fn nibbles(p: *const u8) -> __m256i {
+    // SAFETY: AVX2 per the module's contract; the caller's 16 bytes at p are inside its block.
+    unsafe {
+        let v = _mm_loadu_si128(p as *const _);
+        _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16::<4>(v), v), _mm256_set1_epi8(0x0f))
+    }
+}
+
+/// `dot_q8_0_scalar`: per block one 32-byte load of weights and of the activation.
+#[inline(always)]
+unsafe fn dot_q8_0(row: &[u8], act: &BlockActivation) -> f32 {
+    // SAFETY: the module's contract: block b's 34 bytes are inside the row (the 32 loaded from
+    // offset 2 among them), and its 32 values and scale inside the activation.
+    unsafe {
+        let mut acc = _mm256_setzero_ps();
+        for (b, block) in row.chunks_exact(Q8_0_BYTES).enumerate() {
+            prefetch(block.as_ptr().wrapping_add(PREFETCH_AHEAD));
+            let w = _mm256_loadu_si256(block.as_ptr().add(2) as *const _);
+            let x = _mm256_loadu_si256(act.q.as_ptr().add(32 * b) as *const _);
+            let scale = _mm256_set1_ps(fp16_first(block) * act.d[b]);
+            acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot_i8_i8(w, x)), scale, acc);
+        }
+        hsum_avx2(acc)
+    }
+}
+
+/// `dot_q4_0_scalar`: the nibbles as unsigned 0..16 times the activation, and the -8 through
+/// the activation's block sums (one scalar multiply-add per block instead of two vector ops).
+#[inline(always)]
+unsafe fn dot_q4_0(row: &[u8], act: &BlockActivation) -> f32 {
+    // SAFETY: as in `dot_q8_0`; the 16 nibble bytes are the block's bytes 2..18.
+    unsafe {
+        let mut acc = _mm256_setzero_ps();
+        let mut offsets = 0.0f32;
+        for (b, block) in row.chunks_exact(Q4_0_BYTES).enumerate() {
+            prefetch(block.as_ptr().wrapping_add(PREFETCH_AHEAD));
+            let x = _mm256_loadu_si256(act.q.as_ptr().add(32 * b) as *const _);
+            let d = fp16_first(block);
+            let idot = dot_u8_i8(nibbles(block.as_ptr().add(2)), x);
+            acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(idot), _mm256_set1_ps(d * act.d[b]), acc);
+            offsets += d * act.scaled_sums32[b];
+        }
+        hsum_avx2(acc) - 8.0 * offsets
+    }
+}
+
+/// `dot_q4_1_scalar`: as `dot_q4_0`, with `m` times the activation's scaled block sums.
+#[inline(always)]
+unsafe fn dot_q4_1(row: &[u8], act: &BlockActivation) -> f32 {
+    // SAFETY: as in `dot_q8_0`; the 16 nibble bytes are the block's bytes 4..20.
+    unsafe {
+        let mut acc = _mm256_setzero_ps();
+        let mut mins = 0.0f32;
+        for (b, block) in row.chunks_exact(Q4_1_BYTES).enumerate() {
+            prefetch(block.as_ptr().wrapping_add(PREFETCH_AHEAD));
+            let x = _mm256_loadu_si256(act.q.as_ptr().add(32 * b) as *const _);
+            let dm = fp16_pair(block);
+            let (d, m) = (_mm_cvtss_f32(dm), _mm_cvtss_f32(_mm_movehdup_ps(dm)));
+            let idot = dot_u8_i8(nibbles(block.as_ptr().add(4)), x);
+            acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(idot), _mm256_set1_ps(d * act.d[b]), acc);
+            mins += m * act.scaled_sums32[b];
+        }
+        hsum_avx2(acc) + mins
+    }
 }

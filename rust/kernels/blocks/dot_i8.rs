@@ -1,16 +1,20 @@
-//! K-quant rows times int8 activations (`BlockActivation`): the scalar references of the SIMD
-//! row kernels. Per sub-block the integer dot product is exact; the float part applies the
-//! weight scale and the activation's block scale, and subtracts the mins (Q4_K) or the -32
-//! offset (Q6_K) through the activation's integer sums.
+//! Block rows times int8 activations (`BlockActivation`): the scalar references of the SIMD
+//! row kernels. Per (sub-)block the integer dot product is exact; the float part applies the
+//! weight scale and the activation's block scale, and subtracts the mins (Q4_K, Q4_1) or the
+//! offsets (Q6_K's -32, Q4_0's -8) through the activation's integer sums.
 
 use super::activation::BlockActivation;
 use super::{half_at, scale_min_k4};
 
-/// Bytes per Q4_K and Q6_K block.
+/// Bytes per Q4_K and Q6_K block (256 values).
 pub const Q4K_BYTES: usize = 144;
 pub const Q6K_BYTES: usize = 210;
 /// Bytes per Q5_K block: Q4_K's layout with 32 bytes of fifth bits between scales and nibbles.
 pub const Q5K_BYTES: usize = 176;
+/// Bytes per Q8_0, Q4_0 and Q4_1 block (32 values, one activation block each).
+pub const Q8_0_BYTES: usize = 34;
+pub const Q4_0_BYTES: usize = 18;
+pub const Q4_1_BYTES: usize = 20;
 
 /// The 6-bit scales and mins of a Q4_K/Q5_K block's 8 sub-blocks.
 #[inline]
@@ -103,6 +107,46 @@ pub fn dot_q6k_scalar(row: &[u8], act: &BlockActivation) -> f32 {
             let scale = d * (block[192 + s] as i8) as f32 * act.d[8 * b + s / 2];
             sum += scale * (idot - offset) as f32;
         }
+    }
+    sum
+}
+
+/// A Q8_0 row (`[blocks * 34]`: fp16 d, 32 signed bytes) times `act`.
+pub fn dot_q8_0_scalar(row: &[u8], act: &BlockActivation) -> f32 {
+    let mut sum = 0.0f32;
+    for (b, block) in row.chunks_exact(Q8_0_BYTES).enumerate() {
+        let x = &act.q[32 * b..32 * b + 32];
+        let idot: i32 = block[2..34].iter().zip(x).map(|(&w, &x)| (w as i8) as i32 * x as i32).sum();
+        sum += half_at(block, 0) * act.d[b] * idot as f32;
+    }
+    sum
+}
+
+/// The integer dot product of a 4-bit block's 16 nibble bytes (low nibbles: values 0..16,
+/// high: 16..32) with the activation's 32 values, the nibbles taken as unsigned 0..16.
+#[inline]
+fn nibble_dot(nibbles: &[u8], x: &[i8]) -> i32 {
+    nibbles.iter().enumerate().map(|(j, &q)| (q & 0x0f) as i32 * x[j] as i32 + (q >> 4) as i32 * x[j + 16] as i32).sum()
+}
+
+/// A Q4_0 row (`[blocks * 18]`: fp16 d, 16 bytes of nibbles, value `d * (q - 8)`) times `act`.
+pub fn dot_q4_0_scalar(row: &[u8], act: &BlockActivation) -> f32 {
+    let mut sum = 0.0f32;
+    for (b, block) in row.chunks_exact(Q4_0_BYTES).enumerate() {
+        let idot = nibble_dot(&block[2..18], &act.q[32 * b..32 * b + 32]);
+        sum += half_at(block, 0) * act.d[b] * (idot - 8 * act.sum32(b)) as f32;
+    }
+    sum
+}
+
+/// A Q4_1 row (`[blocks * 20]`: fp16 d and m, 16 bytes of nibbles, value `d * q + m`) times
+/// `act`.
+pub fn dot_q4_1_scalar(row: &[u8], act: &BlockActivation) -> f32 {
+    let mut sum = 0.0f32;
+    for (b, block) in row.chunks_exact(Q4_1_BYTES).enumerate() {
+        let idot = nibble_dot(&block[4..20], &act.q[32 * b..32 * b + 32]);
+        let (d, m) = (half_at(block, 0), half_at(block, 2));
+        sum += d * act.d[b] * idot as f32 + m * act.scaled_sums32[b];
     }
     sum
 }

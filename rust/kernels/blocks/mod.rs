@@ -113,7 +113,7 @@ pub fn dequantize_scalar(kind: BlockType, bytes: &[u8], out: &mut [f32]) {
     }
 }
 
-/// Rows `range` of a K-quant matrix of `cols` columns times each int8 activation of `acts`,
+/// Rows `range` of a block matrix (K-quant, Q8_0, Q4_0 or Q4_1) of `cols` columns times each int8 activation of `acts`,
 /// into `out` (token t, row r). Every version (one per type and instruction set) has this
 /// signature.
 ///
@@ -202,6 +202,51 @@ pub(crate) unsafe fn rows_q6k_scalar(
 ) {
     // SAFETY: the caller's output contract.
     unsafe { rows_with(w, cols, range, acts, out, dot_i8::dot_q6k_scalar) }
+}
+
+/// `BlockRowsI8` for Q8_0 with the scalar reference.
+///
+/// # Safety
+/// `BlockRowsI8`'s contract.
+pub(crate) unsafe fn rows_q8_0_scalar(
+    w: &BlockData,
+    cols: usize,
+    range: std::ops::Range<usize>,
+    acts: &[BlockActivation],
+    out: RowsOut,
+) {
+    // SAFETY: the caller's output contract.
+    unsafe { rows_with(w, cols, range, acts, out, dot_i8::dot_q8_0_scalar) }
+}
+
+/// `BlockRowsI8` for Q4_0 with the scalar reference.
+///
+/// # Safety
+/// `BlockRowsI8`'s contract.
+pub(crate) unsafe fn rows_q4_0_scalar(
+    w: &BlockData,
+    cols: usize,
+    range: std::ops::Range<usize>,
+    acts: &[BlockActivation],
+    out: RowsOut,
+) {
+    // SAFETY: the caller's output contract.
+    unsafe { rows_with(w, cols, range, acts, out, dot_i8::dot_q4_0_scalar) }
+}
+
+/// `BlockRowsI8` for Q4_1 with the scalar reference.
+///
+/// # Safety
+/// `BlockRowsI8`'s contract.
+pub(crate) unsafe fn rows_q4_1_scalar(
+    w: &BlockData,
+    cols: usize,
+    range: std::ops::Range<usize>,
+    acts: &[BlockActivation],
+    out: RowsOut,
+) {
+    // SAFETY: the caller's output contract.
+    unsafe { rows_with(w, cols, range, acts, out, dot_i8::dot_q4_1_scalar) }
 }
 
 #[cfg(test)]
