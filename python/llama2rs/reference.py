@@ -150,6 +150,21 @@ class Q8KInput:
     weight: np.ndarray  # [d, n], n a multiple of 256
 
 
+@dataclass(frozen=True)
+class Q8_0Input:
+    """A float weight whose input is rounded the way llama.cpp's Q8_0, Q4_0 and Q4_1 dot
+    products round it: ggml's ``quantize_row_q8_0_ref``, per 32 values ``d = max|x| / 127`` and
+    ``q = round(x / d)`` (llama2.c's Q8_0 activations, ``quantize_activations``)."""
+
+    weight: np.ndarray  # [d, n], n a multiple of 32
+
+
+def q8_0_round(x: np.ndarray) -> np.ndarray:
+    """Every row of x [T, n] as ``quantize_row_q8_0_ref`` then ``dequantize`` leave it."""
+    q, scale = quantize_activations(x, 32)  # [T, G, 32] int8, [T, G] float32
+    return (q.astype(np.float32) * scale[..., None]).reshape(x.shape)
+
+
 def q8k_round(x: np.ndarray) -> np.ndarray:
     """Every row of x [T, n] as ``quantize_row_q8_K_ref`` then ``dequantize`` leave it."""
     rows, width = x.shape
@@ -170,6 +185,8 @@ def linear(x: np.ndarray, weight) -> np.ndarray:
         return _q8_linear(x, weight)
     if isinstance(weight, Q8KInput):
         return q8k_round(x).astype(np.float64) @ np.asarray(weight.weight, dtype=np.float64).T
+    if isinstance(weight, Q8_0Input):
+        return q8_0_round(x).astype(np.float64) @ np.asarray(weight.weight, dtype=np.float64).T
     if isinstance(weight, AffineQuantized):
         weight = weight.dequantize()
     return x @ np.asarray(weight, dtype=np.float64).T  # [T, d]
