@@ -239,6 +239,9 @@ fn neon_table(portable: Kernels) -> Kernels {
             unsafe { q8_0::neon::dot(w, ws, x, xs, gs) }
         },
         rows_i8: Some(affine::rows_i8_neon),
+        rows_q8_0: Some(blocks::neon_q4::rows_q8_0),
+        rows_q4_0: Some(blocks::neon_q4::rows_q4_0),
+        rows_q4_1: Some(blocks::neon_q4::rows_q4_1),
         ..portable
     }
 }
