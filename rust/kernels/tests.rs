@@ -475,6 +475,18 @@ fn random_blocks(rng: &mut Rng, kind: BlockType, rows: usize, cols: usize) -> Ve
     bytes
 }
 
+/// Every row of a block matrix (`cols` columns) as the scalar reference dequantizes it.
+fn dequantized_rows(kind: BlockType, values: &[u8], cols: usize) -> Vec<f32> {
+    values
+        .chunks_exact(kind.row_bytes(cols).unwrap())
+        .flat_map(|row| {
+            let mut out = vec![0.0f32; cols];
+            blocks::dequantize_scalar(kind, row, &mut out);
+            out
+        })
+        .collect()
+}
+
 #[test]
 fn block_kernels_match_float64_dequantization() {
     let mut rng = Rng(0xb10c);
@@ -486,15 +498,7 @@ fn block_kernels_match_float64_dequantization() {
             let values = random_blocks(&mut rng, kind, rows, cols);
             let m = Matrix { rows, cols, data: MatrixData::Blocks(BlockData { kind, values: &values }) };
             // The reference dequantization of every row, then the products in float64.
-            let row_bytes = kind.row_bytes(cols).unwrap();
-            let w: Vec<f32> = values
-                .chunks_exact(row_bytes)
-                .flat_map(|row| {
-                    let mut out = vec![0.0f32; cols];
-                    blocks::dequantize_scalar(kind, row, &mut out);
-                    out
-                })
-                .collect();
+            let w = dequantized_rows(kind, &values, cols);
             for n_tokens in [1usize, 3, 6] {
                 let x = rng.vec(n_tokens * cols);
                 let exact = |x_value: &dyn Fn(usize, usize) -> f64| -> Vec<f64> {
@@ -555,15 +559,7 @@ fn block_kernels_match_the_scalar_references() {
             for rows in [1usize, 3, 17] {
                 let values = random_blocks(&mut rng, kind, rows, cols);
                 let m = Matrix { rows, cols, data: MatrixData::Blocks(BlockData { kind, values: &values }) };
-                let row_bytes = kind.row_bytes(cols).unwrap();
-                let w: Vec<f32> = values
-                    .chunks_exact(row_bytes)
-                    .flat_map(|row| {
-                        let mut out = vec![0.0f32; cols];
-                        blocks::dequantize_scalar(kind, row, &mut out);
-                        out
-                    })
-                    .collect();
+                let w = dequantized_rows(kind, &values, cols);
                 for n_tokens in [1usize, 2, 5] {
                     let x = rng.vec(n_tokens * cols);
                     let want = run(&m, &x, n_tokens, &reference);
