@@ -11,6 +11,7 @@ from typing import Optional, Sequence
 
 from ..errors import ArgumentError
 from ..export import export, load_source
+from ..quantize.calibrate import EMBEDDINGS
 from .common import Commands, Parser, run_guarded
 
 __all__ = ["add_export_commands", "add_export_arguments", "run_export", "build_parser", "main"]
@@ -52,7 +53,7 @@ def add_export_arguments(parser: argparse.ArgumentParser, positional_input: bool
     parser.add_argument("--calibration", metavar="TEXTFILE", help="calibration text for GPTQ (UTF-8)")
     parser.add_argument("--calibration-windows", type=int, default=128, help="at most this many windows (default 128)")
     parser.add_argument("--calibration-length", type=int, default=None, help="tokens per window (default: min(seq_len, 512))")
-    parser.add_argument("--embeddings", choices=["q8", "same", "float"], default=None,
+    parser.add_argument("--embeddings", choices=EMBEDDINGS, default=None,
                         help="the embedding and classifier when quantizing: q8 = Q8_0 in groups of 32 (default), "
                              "same = the layers' type, float = kept as they are")
     parser.add_argument("--quantize-embeddings", action="store_true",
@@ -64,7 +65,7 @@ def add_export_arguments(parser: argparse.ArgumentParser, positional_input: bool
 def embeddings_choice(args: argparse.Namespace) -> str:
     if args.quantize_embeddings and args.embeddings not in (None, "same"):
         raise ArgumentError(f"--quantize-embeddings contradicts --embeddings {args.embeddings}")
-    return "same" if args.quantize_embeddings else (args.embeddings or "q8")
+    return "same" if args.quantize_embeddings else (args.embeddings or EMBEDDINGS[0])
 
 
 def run_export(args: argparse.Namespace) -> int:

@@ -25,7 +25,7 @@ Progress = Callable[[str, int, int], None]
 
 # What the token embedding and the classifier become: "q8" (Q8_0, the default: the classifier
 # is the largest matrix a token reads, and fp32 made it 30% of TinyLlama's bytes per token),
-# "same" (the layers' type, e.g. 4-bit), or "float" (kept as they are).
+# "same" (the layers' type, e.g. 4-bit), or "float" (kept as they are). The first is the default.
 EMBEDDINGS = ("q8", "same", "float")
 # Q8_0's group for them: llama.cpp's and llama2.c's block of 32 (1.125 bytes per weight).
 EMBEDDING_GROUP = 32
