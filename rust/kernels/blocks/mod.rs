@@ -138,24 +138,27 @@ pub(crate) fn debug_check_rows(
     debug_assert!(acts.iter().all(|a| a.cols == cols) && out.covers(acts.len(), range));
 }
 
-/// The scalar references' rows: `dot` per row and token.
+/// Rows one token at a time: `dot` per row and token (the scalar references', and the NEON
+/// kernels', which pass a `#[target_feature]` dot; inlined, so that call is direct).
 ///
 /// # Safety
-/// `BlockRowsI8`'s output contract.
-unsafe fn rows_with(
+/// `BlockRowsI8`'s output contract, and `dot` may be called on a row of `w` and an activation
+/// of `acts` (for a `#[target_feature]` dot: the CPU has its features).
+#[inline(always)]
+pub(crate) unsafe fn rows_with(
     w: &BlockData,
     cols: usize,
     range: std::ops::Range<usize>,
     acts: &[BlockActivation],
     out: RowsOut,
-    dot: fn(&[u8], &BlockActivation) -> f32,
+    dot: unsafe fn(&[u8], &BlockActivation) -> f32,
 ) {
     debug_check_rows(w, cols, &range, acts, &out);
     let row_bytes = w.kind.row_bytes(cols).expect("validated when the file was read");
     for r in range {
         let row = &w.values[r * row_bytes..(r + 1) * row_bytes];
         for (t, act) in acts.iter().enumerate() {
-            // SAFETY: the caller's output contract.
+            // SAFETY: the caller's output contract and its promise about `dot`.
             unsafe { out.write(t, r, dot(row, act)) };
         }
     }

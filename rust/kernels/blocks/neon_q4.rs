@@ -18,13 +18,6 @@ use crate::kernels::affine::RowsOut;
 use crate::kernels::simd_neon::sdot;
 use crate::weights::BlockData;
 
-/// A row's dot product with one activation, and the block size it walks.
-type RowDot = (unsafe fn(&[u8], &BlockActivation) -> f32, usize);
-
-const Q8_0_DOT: RowDot = (dot_q8_0, Q8_0_BYTES);
-const Q4_0_DOT: RowDot = (dot_q4_0, Q4_0_BYTES);
-const Q4_1_DOT: RowDot = (dot_q4_1, Q4_1_BYTES);
-
 /// `BlockRowsI8` for Q8_0.
 ///
 /// # Safety
@@ -38,7 +31,7 @@ pub(crate) unsafe fn rows_q8_0(
     out: RowsOut,
 ) {
     // SAFETY: compiled with the helpers' features; the rest is the caller's contract.
-    unsafe { rows(w, cols, range, acts, out, Q8_0_DOT) }
+    unsafe { super::rows_with(w, cols, range, acts, out, dot_q8_0) }
 }
 
 /// `BlockRowsI8` for Q4_0.
@@ -54,7 +47,7 @@ pub(crate) unsafe fn rows_q4_0(
     out: RowsOut,
 ) {
     // SAFETY: compiled with the helpers' features; the rest is the caller's contract.
-    unsafe { rows(w, cols, range, acts, out, Q4_0_DOT) }
+    unsafe { super::rows_with(w, cols, range, acts, out, dot_q4_0) }
 }
 
 /// `BlockRowsI8` for Q4_1.
@@ -70,31 +63,7 @@ pub(crate) unsafe fn rows_q4_1(
     out: RowsOut,
 ) {
     // SAFETY: compiled with the helpers' features; the rest is the caller's contract.
-    unsafe { rows(w, cols, range, acts, out, Q4_1_DOT) }
-}
-
-/// Rows `range` of a 32-value block matrix times each activation of `acts`.
-///
-/// # Safety
-/// The module's contract and `BlockRowsI8`'s.
-#[inline(always)]
-unsafe fn rows(
-    w: &BlockData,
-    cols: usize,
-    range: std::ops::Range<usize>,
-    acts: &[BlockActivation],
-    out: RowsOut,
-    (dot, block_bytes): RowDot,
-) {
-    super::debug_check_rows(w, cols, &range, acts, &out);
-    let row_bytes = cols / 32 * block_bytes;
-    for r in range {
-        let row = &w.values[r * row_bytes..(r + 1) * row_bytes];
-        for (t, act) in acts.iter().enumerate() {
-            // SAFETY: the module's contract; the output is the caller's.
-            unsafe { out.write(t, r, dot(row, act)) };
-        }
-    }
+    unsafe { super::rows_with(w, cols, range, acts, out, dot_q4_1) }
 }
 
 /// The 32 signed weights at `w` (two 16-byte halves) times the activation's 32 values at `x`.
