@@ -218,9 +218,11 @@ fn x86_table(isa: Isa, portable: Kernels) -> Kernels {
         gemm_f32: Some(gemm_f32_x86::gemm_avx512),
         gemm_i16: Some(gemm_i16_avx512::gemm),
         rows_q4k: Some(blocks::avx512::rows_q4k),
-        // AVX2's Q5_K kernel: an AVX-512 CPU has AVX2 (and FMA), which `supported()` checked.
-        rows_q5k: Some(blocks::avx2::rows_q5k),
+        rows_q5k: Some(blocks::avx512::rows_q5k),
         rows_q6k: Some(blocks::avx512::rows_q6k),
+        rows_q8_0: Some(blocks::avx512_q4::rows_q8_0),
+        rows_q4_0: Some(blocks::avx512_q4::rows_q4_0),
+        rows_q4_1: Some(blocks::avx512_q4::rows_q4_1),
         ..avx2
     }
 }

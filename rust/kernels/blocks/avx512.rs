@@ -1,23 +1,24 @@
-//! Q4_K and Q6_K rows times int8 activations on AVX-512 VNNI (`vpdpbusd`: the 4- and 6-bit
-//! weights are unsigned bytes, the activation signed).
+//! Q4_K, Q5_K and Q6_K rows times int8 activations on AVX-512 VNNI (`vpdpbusd`: the 4-, 5- and
+//! 6-bit weights are unsigned bytes, the activation signed). The 32-value types are in
+//! `avx512_q4.rs`, on the same row driver.
 //!
 //! # Safety (every helper here)
-//! The `#[inline(always)]` helpers run inside `rows_q4k` / `rows_q6k`, compiled with AVX-512
+//! The `#[inline(always)]` helpers run inside the `rows_*` kernels, compiled with AVX-512
 //! F, BW, VL, VNNI and F16C, which the CPU has (`Kernels::new` checks before it hands them out). A
-//! row is whole blocks, and the activation has the row's columns (so its arrays hold 256 values
-//! and 8 scales per block, and the loads of block b stay inside them).
+//! row is whole blocks, and the activation has the row's columns (so its arrays hold the block's
+//! values, scales and sums, and the loads of block b stay inside them).
 
 use std::arch::x86_64::*;
 
 use super::activation::BlockActivation;
-use super::dot_i8::{scales_mins_k4_words, Q4K_BYTES, Q6K_BYTES};
+use super::dot_i8::{scales_mins_k4_words, Q4K_BYTES, Q5K_BYTES, Q6K_BYTES};
 use crate::kernels::affine::RowsOut;
 use crate::kernels::simd_x86::prefetch;
 use crate::weights::BlockData;
 
 /// Rows end every KB or so and the hardware prefetcher restarts slowly across them: ask for
 /// the weights this far ahead (as the 4-bit decode kernel does).
-const PREFETCH_AHEAD: usize = 6144;
+pub(super) const PREFETCH_AHEAD: usize = 6144;
 
 /// Tokens per pass over a row: a block's weights and scales are unpacked once for all of them
 /// (a prompt's batch), which halves the work per token of a prefill.
@@ -39,6 +40,22 @@ pub(crate) unsafe fn rows_q4k(
     unsafe { rows::<Q4K>(w, cols, range, acts, out) }
 }
 
+/// `BlockRowsI8` for Q5_K.
+///
+/// # Safety
+/// The CPU has AVX-512 F, BW, VL and VNNI, and F16C; otherwise `BlockRowsI8`'s contract.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,f16c")]
+pub(crate) unsafe fn rows_q5k(
+    w: &BlockData,
+    cols: usize,
+    range: std::ops::Range<usize>,
+    acts: &[BlockActivation],
+    out: RowsOut,
+) {
+    // SAFETY: compiled with the helpers' features; the rest is the caller's contract.
+    unsafe { rows::<Q5K>(w, cols, range, acts, out) }
+}
+
 /// `BlockRowsI8` for Q6_K.
 ///
 /// # Safety
@@ -57,7 +74,8 @@ pub(crate) unsafe fn rows_q6k(
 
 /// What the row driver needs of a block type: its block size and `N` tokens' dot products of
 /// a row. Zero-sized types, so `rows::<K>` is compiled into each `#[target_feature]` caller.
-trait TileDot {
+pub(super) trait TileDot {
+    const VALUES: usize;
     const BYTES: usize;
     /// # Safety
     /// The module's contract.
@@ -65,18 +83,31 @@ trait TileDot {
 }
 
 struct Q4K;
+struct Q5K;
 struct Q6K;
 
 impl TileDot for Q4K {
+    const VALUES: usize = 256;
     const BYTES: usize = Q4K_BYTES;
     #[inline(always)]
     unsafe fn dot<const N: usize>(row: &[u8], acts: &[BlockActivation]) -> [f32; N] {
         // SAFETY: the caller's (the module's) contract.
-        unsafe { dot_q4k::<N>(row, acts) }
+        unsafe { dot_k4::<N, false>(row, acts) }
+    }
+}
+
+impl TileDot for Q5K {
+    const VALUES: usize = 256;
+    const BYTES: usize = Q5K_BYTES;
+    #[inline(always)]
+    unsafe fn dot<const N: usize>(row: &[u8], acts: &[BlockActivation]) -> [f32; N] {
+        // SAFETY: the caller's (the module's) contract.
+        unsafe { dot_k4::<N, true>(row, acts) }
     }
 }
 
 impl TileDot for Q6K {
+    const VALUES: usize = 256;
     const BYTES: usize = Q6K_BYTES;
     #[inline(always)]
     unsafe fn dot<const N: usize>(row: &[u8], acts: &[BlockActivation]) -> [f32; N] {
@@ -90,7 +121,7 @@ impl TileDot for Q6K {
 /// # Safety
 /// The module's contract and `BlockRowsI8`'s.
 #[inline(always)]
-unsafe fn rows<K: TileDot>(
+pub(super) unsafe fn rows<K: TileDot>(
     w: &BlockData,
     cols: usize,
     range: std::ops::Range<usize>,
@@ -98,7 +129,7 @@ unsafe fn rows<K: TileDot>(
     out: RowsOut,
 ) {
     super::debug_check_rows(w, cols, &range, acts, &out);
-    let row_bytes = cols / 256 * K::BYTES;
+    let row_bytes = cols / K::VALUES * K::BYTES;
     for r in range {
         let row = &w.values[r * row_bytes..(r + 1) * row_bytes];
         for (tile, acts) in acts.chunks(TOKENS).enumerate() {
@@ -129,25 +160,36 @@ unsafe fn write<const N: usize>(out: &RowsOut, t0: usize, r: usize, values: [f32
     }
 }
 
-/// `dot_q4k_scalar` for `N` activations at once: per block two 64-byte loads of nibbles; a
-/// load's low nibbles are sub-blocks 4L and 4L + 2, its high nibbles 4L + 1 and 4L + 3, which
-/// `q_k4` lines up. Weights and scales are unpacked once per block for all `N`.
+/// `dot_q4k_scalar` (`FIFTH_BIT = false`) or `dot_q5k_scalar` (`true`) for `N` activations at
+/// once: per block two 64-byte loads of nibbles; a load's low nibbles are sub-blocks 4L and
+/// 4L + 2, its high nibbles 4L + 1 and 4L + 3, which `q_k4` lines up. Q5_K's fifth bits (bit j
+/// of `qh[l]` for value l of sub-block j) come from its 32 bytes of `qh`, broadcast to both
+/// halves and shifted per half. Weights and scales are unpacked once per block for all `N`.
 #[inline(always)]
-unsafe fn dot_q4k<const N: usize>(row: &[u8], acts: &[BlockActivation]) -> [f32; N] {
+unsafe fn dot_k4<const N: usize, const FIFTH_BIT: bool>(row: &[u8], acts: &[BlockActivation]) -> [f32; N] {
     debug_assert_eq!(acts.len(), N);
-    // SAFETY: the module's contract: block b's 144 bytes are inside the row, and each
+    let (block_bytes, qs) = if FIFTH_BIT { (Q5K_BYTES, 48) } else { (Q4K_BYTES, 16) };
+    // SAFETY: the module's contract: block b's bytes are inside the row, and each
     // activation's 256 values, 8 scales and 8 sums of block b inside its arrays.
     unsafe {
-        let mask4 = _mm512_set1_epi8(0x0f);
+        let (mask4, one) = (_mm512_set1_epi8(0x0f), _mm512_set1_epi8(1));
+        // Vector v holds sub-blocks 4 (v / 2) + v % 2 (low half) and that + 2 (high half).
+        let fifth_shift: [__m512i; 4] = std::array::from_fn(|v| {
+            let j = (4 * (v / 2) + v % 2) as i16;
+            _mm512_inserti64x4::<1>(_mm512_castsi256_si512(_mm256_set1_epi16(j)), _mm256_set1_epi16(j + 2))
+        });
         let lanes = |a: i32, b: i32| _mm512_setr_epi32(a, a, a, a, a, a, a, a, b, b, b, b, b, b, b, b);
         let pick = [lanes(0, 2), lanes(1, 3), lanes(4, 6), lanes(5, 7)];
         let mut acc = [_mm512_setzero_ps(); N];
         let mut mins = [_mm256_setzero_ps(); N];
         let to_f32 = |v: u64| _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_cvtsi64_si128(v as i64)));
-        for (b, block) in row.chunks_exact(Q4K_BYTES).enumerate() {
+        for (b, block) in row.chunks_exact(block_bytes).enumerate() {
             prefetch(block.as_ptr().wrapping_add(PREFETCH_AHEAD));
             prefetch(block.as_ptr().wrapping_add(PREFETCH_AHEAD + 64));
             prefetch(block.as_ptr().wrapping_add(PREFETCH_AHEAD + 128));
+            if FIFTH_BIT {
+                prefetch(block.as_ptr().wrapping_add(PREFETCH_AHEAD + 175));
+            }
             // d and dmin with F16C; the eight 6-bit scales and mins as two words of bytes.
             let dd = _mm_cvtph_ps(_mm_cvtsi32_si128(i32::from_le_bytes([block[0], block[1], block[2], block[3]])));
             let (sc, m) = scales_mins_k4_words(&block[4..16]);
@@ -155,12 +197,24 @@ unsafe fn dot_q4k<const N: usize>(row: &[u8], acts: &[BlockActivation]) -> [f32;
             let dmin = _mm256_broadcastss_ps(_mm_movehdup_ps(dd));
             let scale = _mm256_mul_ps(to_f32(sc), d);
             let min = _mm256_mul_ps(to_f32(m), dmin);
+            let qh = if FIFTH_BIT {
+                _mm512_broadcast_i64x4(_mm256_loadu_si256(block.as_ptr().add(16) as *const _))
+            } else {
+                _mm512_setzero_si512()
+            };
             let w: [__m512i; 4] = std::array::from_fn(|v| {
-                let wv = _mm512_loadu_si512(block.as_ptr().add(16 + 64 * (v / 2)) as *const _);
-                if v % 2 == 0 {
+                let wv = _mm512_loadu_si512(block.as_ptr().add(qs + 64 * (v / 2)) as *const _);
+                let low = if v % 2 == 0 {
                     _mm512_and_si512(wv, mask4)
                 } else {
                     _mm512_and_si512(_mm512_srli_epi16::<4>(wv), mask4)
+                };
+                if FIFTH_BIT {
+                    // Bit j of each byte to bit 4: a 16-bit shift per half, then one bit per byte.
+                    let high = _mm512_and_si512(_mm512_srlv_epi16(qh, fifth_shift[v]), one);
+                    _mm512_or_si512(low, _mm512_slli_epi16::<4>(high))
+                } else {
+                    low
                 }
             });
             for (j, act) in acts.iter().enumerate().take(N) {

@@ -9,6 +9,8 @@ pub mod activation;
 pub(crate) mod avx2;
 #[cfg(target_arch = "x86_64")]
 pub(crate) mod avx512;
+#[cfg(target_arch = "x86_64")]
+pub(crate) mod avx512_q4;
 pub mod dot_i8;
 #[cfg(target_arch = "aarch64")]
 pub(crate) mod neon_q4;
