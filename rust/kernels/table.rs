@@ -227,7 +227,8 @@ fn x86_table(isa: Isa, portable: Kernels) -> Kernels {
     }
 }
 
-/// The NEON table: `sdot` for 4-bit rows and Q8_0; portable Rust for the rest.
+/// The NEON table: `sdot` for 4-bit rows, Q8_0 and the GGUF block types (K-quants, Q8_0,
+/// Q4_0, Q4_1); portable Rust for the rest.
 #[cfg(target_arch = "aarch64")]
 fn neon_table(portable: Kernels) -> Kernels {
     Kernels {
@@ -241,6 +242,9 @@ fn neon_table(portable: Kernels) -> Kernels {
             unsafe { q8_0::neon::dot(w, ws, x, xs, gs) }
         },
         rows_i8: Some(affine::rows_i8_neon),
+        rows_q4k: Some(blocks::neon_k::rows_q4k),
+        rows_q5k: Some(blocks::neon_k::rows_q5k),
+        rows_q6k: Some(blocks::neon_k::rows_q6k),
         rows_q8_0: Some(blocks::neon_q4::rows_q8_0),
         rows_q4_0: Some(blocks::neon_q4::rows_q4_0),
         rows_q4_1: Some(blocks::neon_q4::rows_q4_1),

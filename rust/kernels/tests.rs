@@ -581,6 +581,24 @@ fn block_kernels_match_the_scalar_references() {
     }
 }
 
+/// Every SIMD table has an int8 row kernel for each block type the scalar reference has one
+/// for (NEON's K-quants included), so the two tests above check them rather than skip them.
+#[test]
+fn every_simd_table_has_every_block_kernel() {
+    let reference = Kernels::new(Isa::Scalar, true).unwrap();
+    for k in choices().into_iter().filter(|k| k.isa() != Isa::Portable) {
+        for kind in BlockType::ALL {
+            assert_eq!(
+                k.block_rows(kind).is_some(),
+                reference.block_rows(kind).is_some(),
+                "{} {:?}",
+                kind.name(),
+                k.isa()
+            );
+        }
+    }
+}
+
 #[test]
 fn block_activation_stays_close_to_its_input() {
     let mut rng = Rng(0xac7);

@@ -13,6 +13,8 @@ pub(crate) mod avx512;
 pub(crate) mod avx512_q4;
 pub mod dot_i8;
 #[cfg(target_arch = "aarch64")]
+pub(crate) mod neon_k;
+#[cfg(target_arch = "aarch64")]
 pub(crate) mod neon_q4;
 
 use half::f16;
