@@ -10,8 +10,7 @@
 use std::arch::x86_64::*;
 
 use super::activation::BlockActivation;
-use super::dot_i8::{scales_mins_k4, Q4K_BYTES, Q4_0_BYTES, Q4_1_BYTES, Q5K_BYTES, Q6K_BYTES, Q8_0_BYTES};
-use super::half_at;
+use super::dot_i8::{scales_mins_k4_words, Q4K_BYTES, Q4_0_BYTES, Q4_1_BYTES, Q5K_BYTES, Q6K_BYTES, Q8_0_BYTES};
 use crate::kernels::affine::RowsOut;
 use crate::kernels::simd_x86::{hsum_avx2, prefetch};
 use crate::weights::BlockData;
@@ -167,7 +166,7 @@ impl RowDot for Q80 {
     #[inline(always)]
     unsafe fn dot(row: &[u8], act: &BlockActivation) -> f32 {
         // SAFETY: the caller's (the module's) contract.
-        unsafe { dot_q8_0(row, act) }
+        unsafe { dot_small::<Q80>(row, act) }
     }
 }
 
@@ -177,7 +176,7 @@ impl RowDot for Q40 {
     #[inline(always)]
     unsafe fn dot(row: &[u8], act: &BlockActivation) -> f32 {
         // SAFETY: the caller's (the module's) contract.
-        unsafe { dot_q4_0(row, act) }
+        unsafe { dot_small::<Q40>(row, act) }
     }
 }
 
@@ -187,7 +186,7 @@ impl RowDot for Q41 {
     #[inline(always)]
     unsafe fn dot(row: &[u8], act: &BlockActivation) -> f32 {
         // SAFETY: the caller's (the module's) contract.
-        unsafe { dot_q4_1(row, act) }
+        unsafe { dot_small::<Q41>(row, act) }
     }
 }
 
@@ -221,27 +220,52 @@ unsafe fn dot_u8_i8(w: __m256i, x: __m256i) -> __m256i {
     unsafe { _mm256_madd_epi16(_mm256_maddubs_epi16(w, x), _mm256_set1_epi16(1)) }
 }
 
+/// Eight unsigned bytes as eight fp32 lanes.
+#[inline(always)]
+unsafe fn bytes_to_f32(v: u64) -> __m256 {
+    // SAFETY: AVX2 per the module's contract.
+    unsafe { _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_cvtsi64_si128(v as i64))) }
+}
+
+/// Lane `i` of `v` in every lane.
+#[inline(always)]
+unsafe fn lane(v: __m256, i: i32) -> __m256 {
+    // SAFETY: AVX2 per the module's contract.
+    unsafe { _mm256_permutevar8x32_ps(v, _mm256_set1_epi32(i)) }
+}
+
 /// A Q4_K row (`FIFTH_BIT = false`) or a Q5_K row (`true`: Q4_K's layout with the 32 bytes
 /// `qh` between scales and nibbles, bit j of `qh[l]` adding 16 to value l of sub-block j).
+/// Per block the eight sub-block scales (times the activation's) and mins are one vector
+/// each, and the sub-blocks' products go to four independent FMA chains: one chain of eight
+/// dependent FMAs per block was the kernel's limit (32 cycles of latency per 256 values).
 #[inline(always)]
 unsafe fn dot_k4<const FIFTH_BIT: bool>(row: &[u8], act: &BlockActivation) -> f32 {
     let (block_bytes, qs) = if FIFTH_BIT { (Q5K_BYTES, 48) } else { (Q4K_BYTES, 16) };
-    // SAFETY: the module's contract: block b's bytes are inside the row and its 256 values
-    // inside the activation.
+    // SAFETY: the module's contract: block b's bytes are inside the row and its 256 values,
+    // 8 scales and 8 scaled sums inside the activation.
     unsafe {
         let (mask4, one) = (_mm256_set1_epi8(0x0f), _mm256_set1_epi8(1));
-        let mut acc = _mm256_setzero_ps();
-        let mut mins = 0.0f32;
+        let mut acc = [_mm256_setzero_ps(); 4];
+        let mut mins = _mm256_setzero_ps();
         for (b, block) in row.chunks_exact(block_bytes).enumerate() {
             prefetch(block.as_ptr().wrapping_add(PREFETCH_AHEAD));
             prefetch(block.as_ptr().wrapping_add(PREFETCH_AHEAD + 64));
             prefetch(block.as_ptr().wrapping_add(PREFETCH_AHEAD + 128));
-            let (d, dmin) = (half_at(block, 0), half_at(block, 2));
-            let (sc, m) = scales_mins_k4(&block[4..16]);
+            if FIFTH_BIT {
+                prefetch(block.as_ptr().wrapping_add(PREFETCH_AHEAD + 175));
+            }
+            let dd = fp16_pair(block);
+            let (d, dmin) = (_mm256_broadcastss_ps(dd), _mm256_broadcastss_ps(_mm_movehdup_ps(dd)));
+            let (sc, m) = scales_mins_k4_words(&block[4..16]);
+            let xd = _mm256_loadu_ps(act.d.as_ptr().add(8 * b));
+            let scale = _mm256_mul_ps(_mm256_mul_ps(bytes_to_f32(sc), d), xd); // [8] per sub-block
+            let min = _mm256_mul_ps(bytes_to_f32(m), dmin);
+            mins = _mm256_fmadd_ps(min, _mm256_loadu_ps(act.scaled_sums32.as_ptr().add(8 * b)), mins);
             let qh =
                 if FIFTH_BIT { _mm256_loadu_si256(block.as_ptr().add(16) as *const _) } else { _mm256_setzero_si256() };
             let x = act.q.as_ptr().add(256 * b);
-            for c in 0..4 {
+            for (c, chain) in acc.iter_mut().enumerate() {
                 let wv = _mm256_loadu_si256(block.as_ptr().add(qs + 32 * c) as *const _);
                 for (half, w) in [_mm256_and_si256(wv, mask4), _mm256_and_si256(_mm256_srli_epi16::<4>(wv), mask4)]
                     .into_iter()
@@ -256,36 +280,54 @@ unsafe fn dot_k4<const FIFTH_BIT: bool>(row: &[u8], act: &BlockActivation) -> f3
                         w
                     };
                     let xv = _mm256_loadu_si256(x.add(32 * j) as *const _);
-                    let xd = act.d[8 * b + j];
-                    let scale = _mm256_set1_ps(d * sc[j] as f32 * xd);
-                    acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot_u8_i8(w, xv)), scale, acc);
-                    mins += dmin * m[j] as f32 * xd * act.sums32[8 * b + j] as f32;
+                    let products = _mm256_cvtepi32_ps(dot_u8_i8(w, xv));
+                    *chain = _mm256_fmadd_ps(products, lane(scale, j as i32), *chain);
                 }
             }
         }
-        hsum_avx2(acc) - mins
+        let acc = _mm256_add_ps(_mm256_add_ps(acc[0], acc[1]), _mm256_add_ps(acc[2], acc[3]));
+        hsum_avx2(_mm256_sub_ps(acc, mins))
     }
 }
 
+/// A Q6_K row: the sixteen sub-block scales (times the activation's) as two vectors, the -32
+/// offsets through the activation's 16-value sums in two FMAs, and four FMA chains (see
+/// `dot_k4`).
 #[inline(always)]
 unsafe fn dot_q6k(row: &[u8], act: &BlockActivation) -> f32 {
-    // SAFETY: as in `dot_k4`.
+    // SAFETY: as in `dot_k4`; the 16 scale bytes are the block's bytes 192..208.
     unsafe {
         let (mask4, mask2) = (_mm256_set1_epi8(0x0f), _mm256_set1_epi8(3));
-        let mut acc = _mm256_setzero_ps();
-        let mut offsets = 0.0f32;
+        // Lanes 0-3 take sub-block s, lanes 4-7 sub-block s + 1 (s = 2k within a half's vector).
+        let pick: [__m256i; 4] = std::array::from_fn(|k| {
+            let s = 2 * k as i32;
+            _mm256_setr_epi32(s, s, s, s, s + 1, s + 1, s + 1, s + 1)
+        });
+        let mut acc = [_mm256_setzero_ps(); 4];
+        let mut offsets = _mm256_setzero_ps();
         for (b, block) in row.chunks_exact(Q6K_BYTES).enumerate() {
             prefetch(block.as_ptr().wrapping_add(PREFETCH_AHEAD));
             prefetch(block.as_ptr().wrapping_add(PREFETCH_AHEAD + 64));
             prefetch(block.as_ptr().wrapping_add(PREFETCH_AHEAD + 128));
             prefetch(block.as_ptr().wrapping_add(PREFETCH_AHEAD + 192));
-            let d = half_at(block, 208);
-            let f: [f32; 16] = std::array::from_fn(|s| d * (block[192 + s] as i8) as f32 * act.d[8 * b + s / 2]);
-            for (s, &fs) in f.iter().enumerate() {
-                offsets += fs * act.sums16[16 * b + s] as f32;
+            let d = _mm256_set1_ps(fp16_first(&block[208..210]));
+            let xd = _mm256_loadu_ps(act.d.as_ptr().add(8 * b)); // one per 32 values: two sub-blocks
+            let sc = _mm_loadu_si128(block.as_ptr().add(192) as *const _);
+            // Sub-blocks 0-7 and 8-15: scale * d * the activation scale of their 32 values.
+            let f: [__m256; 2] = std::array::from_fn(|h| {
+                let bytes = if h == 0 { sc } else { _mm_unpackhi_epi64(sc, sc) };
+                let first = 4 * h as i32; // activation block of sub-blocks 8h and 8h + 1
+                let pairs =
+                    _mm256_setr_epi32(first, first, first + 1, first + 1, first + 2, first + 2, first + 3, first + 3);
+                let xd_pairs = _mm256_permutevar8x32_ps(xd, pairs);
+                _mm256_mul_ps(_mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(bytes)), d), xd_pairs)
+            });
+            for (h, fh) in f.iter().enumerate() {
+                let sums = _mm256_loadu_ps(act.sums16_f32.as_ptr().add(16 * b + 8 * h));
+                offsets = _mm256_fmadd_ps(*fh, sums, offsets);
             }
             let x = act.q.as_ptr().add(256 * b);
-            for half in 0..2 {
+            for (half, f_half) in f.iter().enumerate() {
                 let qh = _mm256_loadu_si256(block.as_ptr().add(128 + 32 * half) as *const _);
                 for k in 0..4 {
                     let ql = _mm256_loadu_si256(block.as_ptr().add(64 * half + 32 * (k % 2)) as *const _);
@@ -297,14 +339,14 @@ unsafe fn dot_q6k(row: &[u8], act: &BlockActivation) -> f32 {
                     let bits = _mm256_and_si256(shift_right_16(qh, 2 * k as i32), mask2);
                     let w = _mm256_or_si256(low, _mm256_slli_epi16::<4>(bits));
                     let xv = _mm256_loadu_si256(x.add(128 * half + 32 * k) as *const _);
-                    // Lanes 0-3 are sub-block s = 8 half + 2k, lanes 4-7 sub-block s + 1.
-                    let s = 8 * half + 2 * k;
-                    let scale = _mm256_set_m128(_mm_set1_ps(f[s + 1]), _mm_set1_ps(f[s]));
-                    acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot_u8_i8(w, xv)), scale, acc);
+                    // Lanes 0-3 are sub-block 8 half + 2k, lanes 4-7 the next.
+                    let scale = _mm256_permutevar8x32_ps(*f_half, pick[k]);
+                    acc[k] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot_u8_i8(w, xv)), scale, acc[k]);
                 }
             }
         }
-        hsum_avx2(acc) - 32.0 * offsets
+        let acc = _mm256_add_ps(_mm256_add_ps(acc[0], acc[1]), _mm256_add_ps(acc[2], acc[3]));
+        hsum_avx2(_mm256_fnmadd_ps(_mm256_set1_ps(32.0), offsets, acc))
     }
 }
 
@@ -348,60 +390,102 @@ unsafe fn nibbles(p: *const u8) -> __m256i {
     }
 }
 
-/// `dot_q8_0_scalar`: per block one 32-byte load of weights and of the activation.
-#[inline(always)]
-unsafe fn dot_q8_0(row: &[u8], act: &BlockActivation) -> f32 {
-    // SAFETY: the module's contract: block b's 34 bytes are inside the row (the 32 loaded from
-    // offset 2 among them), and its 32 values and scale inside the activation.
-    unsafe {
-        let mut acc = _mm256_setzero_ps();
-        for (b, block) in row.chunks_exact(Q8_0_BYTES).enumerate() {
-            prefetch(block.as_ptr().wrapping_add(PREFETCH_AHEAD));
-            let w = _mm256_loadu_si256(block.as_ptr().add(2) as *const _);
-            let x = _mm256_loadu_si256(act.q.as_ptr().add(32 * b) as *const _);
-            let scale = _mm256_set1_ps(fp16_first(block) * act.d[b]);
-            acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot_i8_i8(w, x)), scale, acc);
-        }
-        hsum_avx2(acc)
+/// What `dot_small` needs of a 32-value block type: its weights as 32 unsigned bytes and the
+/// signed ones as they are, where `SIGNED`.
+trait SmallBlock {
+    const BYTES: usize;
+    /// Q8_0: `dot_i8_i8` of the weights as they are; the 4-bit types: `dot_u8_i8`.
+    const SIGNED: bool;
+    /// # Safety
+    /// The module's contract; `block` is one block of the row.
+    unsafe fn weights(block: &[u8]) -> __m256i;
+    /// The factor of the activation's scaled block sum, given the block's `d`.
+    ///
+    /// # Safety
+    /// As `weights`.
+    unsafe fn offset(block: &[u8], d: f32) -> f32;
+}
+
+impl SmallBlock for Q80 {
+    const BYTES: usize = Q8_0_BYTES;
+    const SIGNED: bool = true;
+    #[inline(always)]
+    unsafe fn weights(block: &[u8]) -> __m256i {
+        // SAFETY: bytes 2..34 are the block's weights.
+        unsafe { _mm256_loadu_si256(block.as_ptr().add(2) as *const _) }
+    }
+    #[inline(always)]
+    unsafe fn offset(_: &[u8], _: f32) -> f32 {
+        0.0
     }
 }
 
-/// `dot_q4_0_scalar`: the nibbles as unsigned 0..16 times the activation, and the -8 through
-/// the activation's block sums (one scalar multiply-add per block instead of two vector ops).
-#[inline(always)]
-unsafe fn dot_q4_0(row: &[u8], act: &BlockActivation) -> f32 {
-    // SAFETY: as in `dot_q8_0`; the 16 nibble bytes are the block's bytes 2..18.
-    unsafe {
-        let mut acc = _mm256_setzero_ps();
-        let mut offsets = 0.0f32;
-        for (b, block) in row.chunks_exact(Q4_0_BYTES).enumerate() {
-            prefetch(block.as_ptr().wrapping_add(PREFETCH_AHEAD));
-            let x = _mm256_loadu_si256(act.q.as_ptr().add(32 * b) as *const _);
-            let d = fp16_first(block);
-            let idot = dot_u8_i8(nibbles(block.as_ptr().add(2)), x);
-            acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(idot), _mm256_set1_ps(d * act.d[b]), acc);
-            offsets += d * act.scaled_sums32[b];
-        }
-        hsum_avx2(acc) - 8.0 * offsets
+impl SmallBlock for Q40 {
+    const BYTES: usize = Q4_0_BYTES;
+    const SIGNED: bool = false;
+    #[inline(always)]
+    unsafe fn weights(block: &[u8]) -> __m256i {
+        // SAFETY: bytes 2..18 are the block's nibbles.
+        unsafe { nibbles(block.as_ptr().add(2)) }
+    }
+    #[inline(always)]
+    unsafe fn offset(_: &[u8], d: f32) -> f32 {
+        -8.0 * d
     }
 }
 
-/// `dot_q4_1_scalar`: as `dot_q4_0`, with `m` times the activation's scaled block sums.
+impl SmallBlock for Q41 {
+    const BYTES: usize = Q4_1_BYTES;
+    const SIGNED: bool = false;
+    #[inline(always)]
+    unsafe fn weights(block: &[u8]) -> __m256i {
+        // SAFETY: bytes 4..20 are the block's nibbles.
+        unsafe { nibbles(block.as_ptr().add(4)) }
+    }
+    #[inline(always)]
+    unsafe fn offset(block: &[u8], _: f32) -> f32 {
+        // SAFETY: F16C per the module's contract.
+        unsafe { _mm_cvtss_f32(_mm_movehdup_ps(fp16_pair(block))) }
+    }
+}
+
+/// `dot_q8_0_scalar`, `dot_q4_0_scalar` and `dot_q4_1_scalar`: per block one 32-byte vector of
+/// weights against the activation's, scaled by `d * xd`; Q4_0's 8 and Q4_1's `m` go through
+/// the activation's scaled block sums. Blocks alternate between two accumulators: one FMA
+/// chain (4 cycles per block) was slower than a block's other work.
 #[inline(always)]
-unsafe fn dot_q4_1(row: &[u8], act: &BlockActivation) -> f32 {
-    // SAFETY: as in `dot_q8_0`; the 16 nibble bytes are the block's bytes 4..20.
+unsafe fn dot_small<K: SmallBlock>(row: &[u8], act: &BlockActivation) -> f32 {
+    // SAFETY: the module's contract: every block is one of the row's, and its 32 values,
+    // scale and scaled sum are inside the activation.
     unsafe {
-        let mut acc = _mm256_setzero_ps();
-        let mut mins = 0.0f32;
-        for (b, block) in row.chunks_exact(Q4_1_BYTES).enumerate() {
-            prefetch(block.as_ptr().wrapping_add(PREFETCH_AHEAD));
-            let x = _mm256_loadu_si256(act.q.as_ptr().add(32 * b) as *const _);
-            let dm = fp16_pair(block);
-            let (d, m) = (_mm_cvtss_f32(dm), _mm_cvtss_f32(_mm_movehdup_ps(dm)));
-            let idot = dot_u8_i8(nibbles(block.as_ptr().add(4)), x);
-            acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(idot), _mm256_set1_ps(d * act.d[b]), acc);
-            mins += m * act.scaled_sums32[b];
+        let mut acc = [_mm256_setzero_ps(); 2];
+        let mut offsets = [0.0f32; 2];
+        let blocks = row.len() / K::BYTES;
+        let [acc0, acc1] = &mut acc;
+        let [offsets0, offsets1] = &mut offsets;
+        for pair in 0..blocks / 2 {
+            block_dot::<K>(row, act, 2 * pair, acc0, offsets0);
+            block_dot::<K>(row, act, 2 * pair + 1, acc1, offsets1);
         }
-        hsum_avx2(acc) + mins
+        if blocks % 2 == 1 {
+            block_dot::<K>(row, act, blocks - 1, acc0, offsets0);
+        }
+        hsum_avx2(_mm256_add_ps(acc[0], acc[1])) + (offsets[0] + offsets[1])
+    }
+}
+
+/// Block `b` of `dot_small`'s row into one of its chains.
+#[inline(always)]
+unsafe fn block_dot<K: SmallBlock>(row: &[u8], act: &BlockActivation, b: usize, acc: &mut __m256, offset: &mut f32) {
+    // SAFETY: as in `dot_small`.
+    unsafe {
+        let block = &row[b * K::BYTES..(b + 1) * K::BYTES];
+        prefetch(block.as_ptr().wrapping_add(PREFETCH_AHEAD));
+        let x = _mm256_loadu_si256(act.q.as_ptr().add(32 * b) as *const _);
+        let d = fp16_first(block);
+        let w = K::weights(block);
+        let idot = if K::SIGNED { dot_i8_i8(w, x) } else { dot_u8_i8(w, x) };
+        *acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(idot), _mm256_set1_ps(d * act.d[b]), *acc);
+        *offset += K::offset(block, d) * act.scaled_sums32[b];
     }
 }

@@ -14,7 +14,7 @@
 use std::arch::x86_64::*;
 
 use super::activation::BlockActivation;
-use super::avx512::{rows, TileDot, PREFETCH_AHEAD};
+use super::avx512::{chains, reduce_chains, rows, TileDot, PREFETCH_AHEAD};
 use super::dot_i8::{Q4_0_BYTES, Q4_1_BYTES, Q8_0_BYTES};
 use super::half_at;
 use crate::kernels::affine::RowsOut;
@@ -89,6 +89,11 @@ trait SmallBlock {
     /// # Safety
     /// As `weights`.
     unsafe fn offset(block: &[u8], d: f32) -> f32;
+    /// `offset` for eight blocks at `blocks` (a step), given their `d`.
+    ///
+    /// # Safety
+    /// As `weights`, for the eight blocks.
+    unsafe fn offsets(blocks: &[u8], d: __m256) -> __m256;
 }
 
 struct Q80;
@@ -140,6 +145,11 @@ impl SmallBlock for Q80 {
     unsafe fn offset(_: &[u8], d: f32) -> f32 {
         -128.0 * d
     }
+    #[inline(always)]
+    unsafe fn offsets(_: &[u8], d: __m256) -> __m256 {
+        // SAFETY: AVX per the module's contract.
+        unsafe { _mm256_mul_ps(d, _mm256_set1_ps(-128.0)) }
+    }
 }
 
 impl SmallBlock for Q40 {
@@ -157,6 +167,11 @@ impl SmallBlock for Q40 {
     #[inline(always)]
     unsafe fn offset(_: &[u8], d: f32) -> f32 {
         -8.0 * d
+    }
+    #[inline(always)]
+    unsafe fn offsets(_: &[u8], d: __m256) -> __m256 {
+        // SAFETY: AVX per the module's contract.
+        unsafe { _mm256_mul_ps(d, _mm256_set1_ps(-8.0)) }
     }
 }
 
@@ -176,6 +191,11 @@ impl SmallBlock for Q41 {
     unsafe fn offset(block: &[u8], _: f32) -> f32 {
         half_at(block, 2)
     }
+    #[inline(always)]
+    unsafe fn offsets(blocks: &[u8], _: __m256) -> __m256 {
+        // SAFETY: F16C per the module's contract; the eight `m` are read with bounds checks.
+        unsafe { fp16_of_step(blocks, Q4_1_BYTES, 2) }
+    }
 }
 
 impl<K: SmallBlock> TileDot for K {
@@ -186,6 +206,15 @@ impl<K: SmallBlock> TileDot for K {
         // SAFETY: the caller's (the module's) contract.
         unsafe { dot_small::<K, N>(row, acts) }
     }
+}
+
+/// The fp16 values at byte `at` of each of a step's eight `bytes`-byte blocks, as fp32 (F16C).
+#[inline(always)]
+unsafe fn fp16_of_step(blocks: &[u8], bytes: usize, at: usize) -> __m256 {
+    let bits: [u16; STEP] =
+        std::array::from_fn(|j| u16::from_le_bytes([blocks[bytes * j + at], blocks[bytes * j + at + 1]]));
+    // SAFETY: F16C per the module's contract; `bits` is 16 bytes.
+    unsafe { _mm256_cvtph_ps(_mm_loadu_si128(bits.as_ptr() as *const _)) }
 }
 
 /// The scalar references (`dot_q8_0_scalar` and the others) for `N` activations at once: per
@@ -204,7 +233,7 @@ unsafe fn dot_small<K: SmallBlock, const N: usize>(row: &[u8], acts: &[BlockActi
             let (a, b) = (2 * p as i32, 2 * p as i32 + 1);
             _mm512_setr_epi32(a, a, a, a, a, a, a, a, b, b, b, b, b, b, b, b)
         });
-        let mut acc = [_mm512_setzero_ps(); N];
+        let mut acc = [[_mm512_setzero_ps(); 4]; N];
         let mut offsets = [_mm256_setzero_ps(); N];
         for s in 0..steps {
             let b0 = STEP * s;
@@ -212,13 +241,9 @@ unsafe fn dot_small<K: SmallBlock, const N: usize>(row: &[u8], acts: &[BlockActi
             for line in (0..STEP * K::BYTES).step_by(64) {
                 prefetch(base.wrapping_add(PREFETCH_AHEAD + line));
             }
-            let (mut d16, mut off) = ([0u16; STEP], [0.0f32; STEP]);
-            for (j, block) in row[b0 * K::BYTES..(b0 + STEP) * K::BYTES].chunks_exact(K::BYTES).enumerate() {
-                d16[j] = u16::from_le_bytes([block[0], block[1]]);
-                off[j] = K::offset(block, half_at(block, 0));
-            }
-            let d = _mm256_cvtph_ps(_mm_loadu_si128(d16.as_ptr() as *const _));
-            let off = _mm256_loadu_ps(off.as_ptr());
+            let step = &row[b0 * K::BYTES..(b0 + STEP) * K::BYTES];
+            let d = fp16_of_step(step, <K as SmallBlock>::BYTES, 0);
+            let off = K::offsets(step, d);
             let w: [__m512i; 4] = std::array::from_fn(|p| K::weights_pair(base.add(2 * p * K::BYTES)));
             for (j, act) in acts.iter().enumerate().take(N) {
                 offsets[j] = _mm256_fmadd_ps(off, _mm256_loadu_ps(act.scaled_sums32.as_ptr().add(b0)), offsets[j]);
@@ -230,7 +255,8 @@ unsafe fn dot_small<K: SmallBlock, const N: usize>(row: &[u8], acts: &[BlockActi
                         w[p],
                         _mm512_loadu_si512(x.add(64 * p) as *const _),
                     );
-                    acc[j] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(i), _mm512_permutexvar_ps(pick[p], scaled), acc[j]);
+                    let c = &mut acc[j][p % chains(N)];
+                    *c = _mm512_fmadd_ps(_mm512_cvtepi32_ps(i), _mm512_permutexvar_ps(pick[p], scaled), *c);
                 }
             }
         }
@@ -248,7 +274,7 @@ unsafe fn dot_small<K: SmallBlock, const N: usize>(row: &[u8], acts: &[BlockActi
             }
         }
         std::array::from_fn(|j| {
-            _mm512_reduce_add_ps(acc[j]) + hsum_avx2(_mm256_add_ps(tail_acc[j], offsets[j])) + tail_offsets[j]
+            reduce_chains(acc[j]) + hsum_avx2(_mm256_add_ps(tail_acc[j], offsets[j])) + tail_offsets[j]
         })
     }
 }
