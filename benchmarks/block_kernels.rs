@@ -1,0 +1,96 @@
+//! The int8 block row kernels (GGUF's Q4_K, Q5_K, Q6_K, Q8_0, Q4_0, Q4_1) of every instruction
+//! set this CPU runs, on one thread, against the same matrix: its rows kept small enough to stay
+//! in cache (about 1-2 MB), so what is measured is the kernel's arithmetic and not memory, whose
+//! speed on a shared machine drifts between runs. Decode (1 token) and a prefill tile (16).
+//! The ratio column is against the scalar reference, measured in the same run.
+//!
+//!     cargo run --release --example block_kernels [-- ROWS COLS]
+
+use std::time::Instant;
+
+use llama2rs::kernels::{matmul, Scratch};
+use llama2rs::weights::{BlockData, BlockType, Matrix, MatrixData};
+use llama2rs::{Isa, Kernels};
+
+/// A xorshift stream: random block bytes (valid once their fp16 scales are set) and inputs.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+    fn unit(&mut self) -> f32 {
+        (self.next() >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0
+    }
+}
+
+/// Random blocks of `kind`, every fp16 scale field a small finite value.
+fn random_blocks(rng: &mut Rng, kind: BlockType, rows: usize, cols: usize) -> Vec<u8> {
+    let bytes = kind.row_bytes(cols).expect("whole blocks") * rows;
+    let mut values: Vec<u8> = (0..bytes).map(|_| rng.next() as u8).collect();
+    // fp16 fields: where each type keeps its d (and dmin / m).
+    let fields: &[usize] = match kind {
+        BlockType::Q4K | BlockType::Q5K => &[0, 2],
+        BlockType::Q6K => &[208],
+        BlockType::Q4_1 => &[0, 2],
+        _ => &[0],
+    };
+    for block in values.chunks_exact_mut(kind.bytes()) {
+        for &at in fields {
+            block[at] = rng.next() as u8;
+            block[at + 1] = 0x1c + (rng.next() as u8 & 3); // about 2^-8: finite
+        }
+    }
+    values
+}
+
+/// Seconds per call: the best of `repeats` timings of `calls` calls.
+fn time(mut f: impl FnMut(), calls: usize, repeats: usize) -> f64 {
+    f();
+    (0..repeats)
+        .map(|_| {
+            let start = Instant::now();
+            for _ in 0..calls {
+                f();
+            }
+            start.elapsed().as_secs_f64() / calls as f64
+        })
+        .fold(f64::INFINITY, f64::min)
+}
+
+fn main() {
+    let args: Vec<usize> = std::env::args().skip(1).map(|a| a.parse().expect("ROWS COLS")).collect();
+    let (rows, cols) = (args.first().copied().unwrap_or(512), args.get(1).copied().unwrap_or(2048));
+    let pool = rayon::ThreadPoolBuilder::new().num_threads(1).build().expect("one thread");
+    let mut rng = Rng(0x6b1);
+    let kinds = [BlockType::Q4K, BlockType::Q5K, BlockType::Q6K, BlockType::Q8_0, BlockType::Q4_0, BlockType::Q4_1];
+    println!("{rows} x {cols}, one thread: weight GB/s (per token), G multiply-adds/s, ratio to the scalar reference");
+    println!("{:<6} {:>7} {:>6} {:>8} {:>8} {:>8}", "type", "kernels", "tokens", "GB/s", "GMAC/s", "ratio");
+    for kind in kinds {
+        let values = random_blocks(&mut rng, kind, rows, cols);
+        let m = Matrix { rows, cols, data: MatrixData::Blocks(BlockData { kind, values: &values }) };
+        for tokens in [1usize, 16] {
+            let x: Vec<f32> = (0..tokens * cols).map(|_| rng.unit()).collect();
+            let mut out = vec![0.0f32; rows * tokens];
+            let mut scalar = 0.0;
+            for isa in Isa::available() {
+                let k = Kernels::new(isa, true).expect("available");
+                if k.isa() == Isa::Portable {
+                    continue; // dequantizes rows: another path
+                }
+                let mut scratch = Scratch::default();
+                let seconds = pool.install(|| time(|| matmul(&mut out, &m, &x, tokens, &mut scratch, &k), 20, 15));
+                if isa == Isa::Scalar {
+                    scalar = seconds;
+                }
+                let gbs = values.len() as f64 / seconds / 1e9;
+                let gmacs = (rows * cols * tokens) as f64 / seconds / 1e9;
+                let ratio = scalar / seconds;
+                println!("{:<6} {:>7} {:>6} {gbs:>8.2} {gmacs:>8.2} {ratio:>7.1}x", kind.name(), isa.name(), tokens);
+            }
+        }
+    }
+}
