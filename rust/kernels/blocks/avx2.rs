@@ -166,7 +166,7 @@ impl RowDot for Q80 {
     #[inline(always)]
     unsafe fn dot(row: &[u8], act: &BlockActivation) -> f32 {
         // SAFETY: the caller's (the module's) contract.
-        unsafe { dot_small::<Q80>(row, act) }
+        unsafe { dot_q8_0(row, act) }
     }
 }
 
@@ -176,7 +176,7 @@ impl RowDot for Q40 {
     #[inline(always)]
     unsafe fn dot(row: &[u8], act: &BlockActivation) -> f32 {
         // SAFETY: the caller's (the module's) contract.
-        unsafe { dot_small::<Q40>(row, act) }
+        unsafe { dot_q4_0(row, act) }
     }
 }
 
@@ -186,7 +186,7 @@ impl RowDot for Q41 {
     #[inline(always)]
     unsafe fn dot(row: &[u8], act: &BlockActivation) -> f32 {
         // SAFETY: the caller's (the module's) contract.
-        unsafe { dot_small::<Q41>(row, act) }
+        unsafe { dot_q4_1(row, act) }
     }
 }
 
@@ -237,8 +237,8 @@ unsafe fn lane(v: __m256, i: i32) -> __m256 {
 /// A Q4_K row (`FIFTH_BIT = false`) or a Q5_K row (`true`: Q4_K's layout with the 32 bytes
 /// `qh` between scales and nibbles, bit j of `qh[l]` adding 16 to value l of sub-block j).
 /// Per block the eight sub-block scales (times the activation's) and mins are one vector
-/// each, and the sub-blocks' products go to four independent FMA chains: one chain of eight
-/// dependent FMAs per block was the kernel's limit (32 cycles of latency per 256 values).
+/// each, and the sub-blocks' products go to four FMA chains; per-sub-block scalar scales and
+/// a scalar chain of mins made the kernel 2.2x slower (`benchmarks/block_kernels.rs`).
 #[inline(always)]
 unsafe fn dot_k4<const FIFTH_BIT: bool>(row: &[u8], act: &BlockActivation) -> f32 {
     let (block_bytes, qs) = if FIFTH_BIT { (Q5K_BYTES, 48) } else { (Q4K_BYTES, 16) };
@@ -291,8 +291,8 @@ unsafe fn dot_k4<const FIFTH_BIT: bool>(row: &[u8], act: &BlockActivation) -> f3
 }
 
 /// A Q6_K row: the sixteen sub-block scales (times the activation's) as two vectors, the -32
-/// offsets through the activation's 16-value sums in two FMAs, and four FMA chains (see
-/// `dot_k4`).
+/// offsets through the activation's 16-value sums in two FMAs, and four FMA chains (as in
+/// `dot_k4`; 2.2x the scalar-scale version).
 #[inline(always)]
 unsafe fn dot_q6k(row: &[u8], act: &BlockActivation) -> f32 {
     // SAFETY: as in `dot_k4`; the 16 scale bytes are the block's bytes 192..208.
@@ -390,102 +390,60 @@ unsafe fn nibbles(p: *const u8) -> __m256i {
     }
 }
 
-/// What `dot_small` needs of a 32-value block type: its weights as 32 unsigned bytes and the
-/// signed ones as they are, where `SIGNED`.
-trait SmallBlock {
-    const BYTES: usize;
-    /// Q8_0: `dot_i8_i8` of the weights as they are; the 4-bit types: `dot_u8_i8`.
-    const SIGNED: bool;
-    /// # Safety
-    /// The module's contract; `block` is one block of the row.
-    unsafe fn weights(block: &[u8]) -> __m256i;
-    /// The factor of the activation's scaled block sum, given the block's `d`.
-    ///
-    /// # Safety
-    /// As `weights`.
-    unsafe fn offset(block: &[u8], d: f32) -> f32;
-}
-
-impl SmallBlock for Q80 {
-    const BYTES: usize = Q8_0_BYTES;
-    const SIGNED: bool = true;
-    #[inline(always)]
-    unsafe fn weights(block: &[u8]) -> __m256i {
-        // SAFETY: bytes 2..34 are the block's weights.
-        unsafe { _mm256_loadu_si256(block.as_ptr().add(2) as *const _) }
-    }
-    #[inline(always)]
-    unsafe fn offset(_: &[u8], _: f32) -> f32 {
-        0.0
-    }
-}
-
-impl SmallBlock for Q40 {
-    const BYTES: usize = Q4_0_BYTES;
-    const SIGNED: bool = false;
-    #[inline(always)]
-    unsafe fn weights(block: &[u8]) -> __m256i {
-        // SAFETY: bytes 2..18 are the block's nibbles.
-        unsafe { nibbles(block.as_ptr().add(2)) }
-    }
-    #[inline(always)]
-    unsafe fn offset(_: &[u8], d: f32) -> f32 {
-        -8.0 * d
-    }
-}
-
-impl SmallBlock for Q41 {
-    const BYTES: usize = Q4_1_BYTES;
-    const SIGNED: bool = false;
-    #[inline(always)]
-    unsafe fn weights(block: &[u8]) -> __m256i {
-        // SAFETY: bytes 4..20 are the block's nibbles.
-        unsafe { nibbles(block.as_ptr().add(4)) }
-    }
-    #[inline(always)]
-    unsafe fn offset(block: &[u8], _: f32) -> f32 {
-        // SAFETY: F16C per the module's contract.
-        unsafe { _mm_cvtss_f32(_mm_movehdup_ps(fp16_pair(block))) }
-    }
-}
-
-/// `dot_q8_0_scalar`, `dot_q4_0_scalar` and `dot_q4_1_scalar`: per block one 32-byte vector of
-/// weights against the activation's, scaled by `d * xd`; Q4_0's 8 and Q4_1's `m` go through
-/// the activation's scaled block sums. Blocks alternate between two accumulators: one FMA
-/// chain (4 cycles per block) was slower than a block's other work.
+/// `dot_q8_0_scalar`: per block one 32-byte load of weights and of the activation.
 #[inline(always)]
-unsafe fn dot_small<K: SmallBlock>(row: &[u8], act: &BlockActivation) -> f32 {
-    // SAFETY: the module's contract: every block is one of the row's, and its 32 values,
-    // scale and scaled sum are inside the activation.
+unsafe fn dot_q8_0(row: &[u8], act: &BlockActivation) -> f32 {
+    // SAFETY: the module's contract: block b's 34 bytes are inside the row (the 32 loaded from
+    // offset 2 among them), and its 32 values and scale inside the activation.
     unsafe {
-        let mut acc = [_mm256_setzero_ps(); 2];
-        let mut offsets = [0.0f32; 2];
-        let blocks = row.len() / K::BYTES;
-        let [acc0, acc1] = &mut acc;
-        let [offsets0, offsets1] = &mut offsets;
-        for pair in 0..blocks / 2 {
-            block_dot::<K>(row, act, 2 * pair, acc0, offsets0);
-            block_dot::<K>(row, act, 2 * pair + 1, acc1, offsets1);
+        let mut acc = _mm256_setzero_ps();
+        for (b, block) in row.chunks_exact(Q8_0_BYTES).enumerate() {
+            prefetch(block.as_ptr().wrapping_add(PREFETCH_AHEAD));
+            let w = _mm256_loadu_si256(block.as_ptr().add(2) as *const _);
+            let x = _mm256_loadu_si256(act.q.as_ptr().add(32 * b) as *const _);
+            let scale = _mm256_set1_ps(fp16_first(block) * act.d[b]);
+            acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot_i8_i8(w, x)), scale, acc);
         }
-        if blocks % 2 == 1 {
-            block_dot::<K>(row, act, blocks - 1, acc0, offsets0);
-        }
-        hsum_avx2(_mm256_add_ps(acc[0], acc[1])) + (offsets[0] + offsets[1])
+        hsum_avx2(acc)
     }
 }
 
-/// Block `b` of `dot_small`'s row into one of its chains.
+/// `dot_q4_0_scalar`: the nibbles as unsigned 0..16 times the activation, and the -8 through
+/// the activation's block sums (one scalar multiply-add per block instead of two vector ops).
 #[inline(always)]
-unsafe fn block_dot<K: SmallBlock>(row: &[u8], act: &BlockActivation, b: usize, acc: &mut __m256, offset: &mut f32) {
-    // SAFETY: as in `dot_small`.
+unsafe fn dot_q4_0(row: &[u8], act: &BlockActivation) -> f32 {
+    // SAFETY: as in `dot_q8_0`; the 16 nibble bytes are the block's bytes 2..18.
     unsafe {
-        let block = &row[b * K::BYTES..(b + 1) * K::BYTES];
-        prefetch(block.as_ptr().wrapping_add(PREFETCH_AHEAD));
-        let x = _mm256_loadu_si256(act.q.as_ptr().add(32 * b) as *const _);
-        let d = fp16_first(block);
-        let w = K::weights(block);
-        let idot = if K::SIGNED { dot_i8_i8(w, x) } else { dot_u8_i8(w, x) };
-        *acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(idot), _mm256_set1_ps(d * act.d[b]), *acc);
-        *offset += K::offset(block, d) * act.scaled_sums32[b];
+        let mut acc = _mm256_setzero_ps();
+        let mut offsets = 0.0f32;
+        for (b, block) in row.chunks_exact(Q4_0_BYTES).enumerate() {
+            prefetch(block.as_ptr().wrapping_add(PREFETCH_AHEAD));
+            let x = _mm256_loadu_si256(act.q.as_ptr().add(32 * b) as *const _);
+            let d = fp16_first(block);
+            let idot = dot_u8_i8(nibbles(block.as_ptr().add(2)), x);
+            acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(idot), _mm256_set1_ps(d * act.d[b]), acc);
+            offsets += d * act.scaled_sums32[b];
+        }
+        hsum_avx2(acc) - 8.0 * offsets
+    }
+}
+
+/// `dot_q4_1_scalar`: as `dot_q4_0`, with `m` times the activation's scaled block sums.
+#[inline(always)]
+unsafe fn dot_q4_1(row: &[u8], act: &BlockActivation) -> f32 {
+    // SAFETY: as in `dot_q8_0`; the 16 nibble bytes are the block's bytes 4..20.
+    unsafe {
+        let mut acc = _mm256_setzero_ps();
+        let mut mins = 0.0f32;
+        for (b, block) in row.chunks_exact(Q4_1_BYTES).enumerate() {
+            prefetch(block.as_ptr().wrapping_add(PREFETCH_AHEAD));
+            let x = _mm256_loadu_si256(act.q.as_ptr().add(32 * b) as *const _);
+            let dm = fp16_pair(block);
+            let (d, m) = (_mm_cvtss_f32(dm), _mm_cvtss_f32(_mm_movehdup_ps(dm)));
+            let idot = dot_u8_i8(nibbles(block.as_ptr().add(4)), x);
+            acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(idot), _mm256_set1_ps(d * act.d[b]), acc);
+            mins += m * act.scaled_sums32[b];
+        }
+        hsum_avx2(acc) + mins
     }
 }

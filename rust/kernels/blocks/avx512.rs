@@ -24,24 +24,6 @@ pub(super) const PREFETCH_AHEAD: usize = 6144;
 /// (a prompt's batch), which halves the work per token of a prefill.
 const TOKENS: usize = 4;
 
-/// Independent FMA chains per token. One accumulator per token made decode wait on the FMA
-/// latency (four dependent FMAs per block, 4 cycles each: 16 cycles, more than the block's
-/// other work); with several tokens their chains interleave instead.
-pub(super) const fn chains(tokens: usize) -> usize {
-    if tokens >= 4 {
-        1
-    } else {
-        4 / tokens
-    }
-}
-
-/// The sum of every lane of `acc`'s chains.
-#[inline(always)]
-pub(super) unsafe fn reduce_chains(acc: [__m512; 4]) -> f32 {
-    // SAFETY: AVX-512 F per the module's contract.
-    unsafe { _mm512_reduce_add_ps(_mm512_add_ps(_mm512_add_ps(acc[0], acc[1]), _mm512_add_ps(acc[2], acc[3]))) }
-}
-
 /// `BlockRowsI8` for Q4_K.
 ///
 /// # Safety
@@ -198,7 +180,7 @@ unsafe fn dot_k4<const N: usize, const FIFTH_BIT: bool>(row: &[u8], acts: &[Bloc
         });
         let lanes = |a: i32, b: i32| _mm512_setr_epi32(a, a, a, a, a, a, a, a, b, b, b, b, b, b, b, b);
         let pick = [lanes(0, 2), lanes(1, 3), lanes(4, 6), lanes(5, 7)];
-        let mut acc = [[_mm512_setzero_ps(); 4]; N];
+        let mut acc = [_mm512_setzero_ps(); N];
         let mut mins = [_mm256_setzero_ps(); N];
         let to_f32 = |v: u64| _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_cvtsi64_si128(v as i64)));
         for (b, block) in row.chunks_exact(block_bytes).enumerate() {
@@ -247,15 +229,14 @@ unsafe fn dot_k4<const N: usize, const FIFTH_BIT: bool>(row: &[u8], acts: &[Bloc
                         w[v],
                         _mm512_loadu_si512(x.add(64 * v) as *const _),
                     );
-                    let c = &mut acc[j][v % chains(N)];
-                    *c = _mm512_fmadd_ps(_mm512_cvtepi32_ps(i), _mm512_permutexvar_ps(pick[v], scaled), *c);
+                    acc[j] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(i), _mm512_permutexvar_ps(pick[v], scaled), acc[j]);
                 }
             }
         }
         std::array::from_fn(|j| {
             let mut lanes8 = [0.0f32; 8];
             _mm256_storeu_ps(lanes8.as_mut_ptr(), mins[j]);
-            reduce_chains(acc[j]) - lanes8.iter().sum::<f32>()
+            _mm512_reduce_add_ps(acc[j]) - lanes8.iter().sum::<f32>()
         })
     }
 }
@@ -298,7 +279,7 @@ unsafe fn dot_q6k<const N: usize>(row: &[u8], acts: &[BlockActivation]) -> [f32;
             )
         });
         let halves = _mm512_setr_epi32(0, 0, 1, 1, 2, 2, 3, 3, 4, 4, 5, 5, 6, 6, 7, 7);
-        let mut acc = [[_mm512_setzero_ps(); 4]; N];
+        let mut acc = [_mm512_setzero_ps(); N];
         let mut offsets = [_mm512_setzero_ps(); N];
         for (b, block) in row.chunks_exact(Q6K_BYTES).enumerate() {
             prefetch(block.as_ptr().wrapping_add(PREFETCH_AHEAD));
@@ -331,11 +312,10 @@ unsafe fn dot_q6k<const N: usize>(row: &[u8], acts: &[BlockActivation]) -> [f32;
                         w[v],
                         _mm512_loadu_si512(x.add(64 * v) as *const _),
                     );
-                    let c = &mut acc[j][v % chains(N)];
-                    *c = _mm512_fmadd_ps(_mm512_cvtepi32_ps(i), _mm512_permutexvar_ps(pick[v], scaled), *c);
+                    acc[j] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(i), _mm512_permutexvar_ps(pick[v], scaled), acc[j]);
                 }
             }
         }
-        std::array::from_fn(|j| reduce_chains(acc[j]) - 32.0 * _mm512_reduce_add_ps(offsets[j]))
+        std::array::from_fn(|j| _mm512_reduce_add_ps(acc[j]) - 32.0 * _mm512_reduce_add_ps(offsets[j]))
     }
 }

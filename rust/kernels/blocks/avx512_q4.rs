@@ -14,7 +14,7 @@
 use std::arch::x86_64::*;
 
 use super::activation::BlockActivation;
-use super::avx512::{chains, reduce_chains, rows, TileDot, PREFETCH_AHEAD};
+use super::avx512::{rows, TileDot, PREFETCH_AHEAD};
 use super::dot_i8::{Q4_0_BYTES, Q4_1_BYTES, Q8_0_BYTES};
 use super::half_at;
 use crate::kernels::affine::RowsOut;
@@ -233,7 +233,7 @@ unsafe fn dot_small<K: SmallBlock, const N: usize>(row: &[u8], acts: &[BlockActi
             let (a, b) = (2 * p as i32, 2 * p as i32 + 1);
             _mm512_setr_epi32(a, a, a, a, a, a, a, a, b, b, b, b, b, b, b, b)
         });
-        let mut acc = [[_mm512_setzero_ps(); 4]; N];
+        let mut acc = [_mm512_setzero_ps(); N];
         let mut offsets = [_mm256_setzero_ps(); N];
         for s in 0..steps {
             let b0 = STEP * s;
@@ -255,8 +255,7 @@ unsafe fn dot_small<K: SmallBlock, const N: usize>(row: &[u8], acts: &[BlockActi
                         w[p],
                         _mm512_loadu_si512(x.add(64 * p) as *const _),
                     );
-                    let c = &mut acc[j][p % chains(N)];
-                    *c = _mm512_fmadd_ps(_mm512_cvtepi32_ps(i), _mm512_permutexvar_ps(pick[p], scaled), *c);
+                    acc[j] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(i), _mm512_permutexvar_ps(pick[p], scaled), acc[j]);
                 }
             }
         }
@@ -274,7 +273,7 @@ unsafe fn dot_small<K: SmallBlock, const N: usize>(row: &[u8], acts: &[BlockActi
             }
         }
         std::array::from_fn(|j| {
-            reduce_chains(acc[j]) + hsum_avx2(_mm256_add_ps(tail_acc[j], offsets[j])) + tail_offsets[j]
+            _mm512_reduce_add_ps(acc[j]) + hsum_avx2(_mm256_add_ps(tail_acc[j], offsets[j])) + tail_offsets[j]
         })
     }
 }
