@@ -585,6 +585,10 @@ _V = gguf.GGUFValueType
     ({"tokenizer.ggml.scores": ([0.0] * 39, _V.ARRAY)}, "tokenizer.ggml.scores"),
     ({"tokenizer.ggml.tokens": ([7] * 40, _V.ARRAY)}, "tokenizer.ggml.tokens"),
     ({"tokenizer.ggml.bos_token_id": (40, _V.UINT32)}, "bos_id"),
+    # llama.cpp requires the epsilon too: models differ (1e-5, 1e-6), so it is never guessed.
+    ({"llama.attention.layer_norm_rms_epsilon": (None, _V.FLOAT32)}, "layer_norm_rms_epsilon"),
+    # Mixtral is architecture 'llama' with experts: named, not reported as missing tensors.
+    ({"llama.expert_count": (8, _V.UINT32)}, "mixture-of-experts model (llama.expert_count = 8)"),
 ])
 def test_bad_metadata(tmp_path: Path, kv: dict, needle: str) -> None:
     path = write_gguf(tmp_path / "kv.gguf", _tiny(40), tokens=[f"t{i}" for i in range(40)], kv=kv)

@@ -433,6 +433,13 @@ fn config_of<'a>(
             "GGUF architecture '{arch}' is not one llama2rs runs (it runs 'llama': Llama 1/2, TinyLlama, CodeLlama, Mistral)"
         )));
     }
+    // Mixtral-style files are architecture 'llama' with experts: say so, rather than report
+    // the dense feed-forward tensors they lack.
+    if let Some(experts) = meta.int("llama.expert_count")?.filter(|&n| n > 0) {
+        return Err(meta.fail(format!(
+            "GGUF file is a mixture-of-experts model (llama.expert_count = {experts}), which llama2rs does not run"
+        )));
+    }
     if let Some(kind) = meta.string("llama.rope.scaling.type")? {
         if kind != "none" {
             return Err(meta.fail(format!("RoPE scaling '{kind}' is not supported")));
@@ -465,9 +472,12 @@ fn config_of<'a>(
             )));
         }
     }
-    if let Some(eps) = meta.float("llama.attention.layer_norm_rms_epsilon")? {
-        config.norm_eps = eps as f32;
-    }
+    // Required, as llama.cpp requires it: models differ (1e-5, 1e-6), and a guess would give
+    // quietly different logits.
+    let Some(eps) = meta.float("llama.attention.layer_norm_rms_epsilon")? else {
+        return Err(meta.fail("GGUF file lacks 'llama.attention.layer_norm_rms_epsilon' (the RMSNorm epsilon)"));
+    };
+    config.norm_eps = eps as f32;
     if let Some(theta) = meta.float("llama.rope.freq_base")? {
         config.rope_theta = theta as f32;
     }
@@ -496,7 +506,8 @@ fn weights_of<'a>(meta: &Metadata, c: &Config, tensors: &mut HashMap<String, Ten
     };
     let norm = |name: &str, t: TensorInfo<'a>| -> Result<std::borrow::Cow<'a, [f32]>> {
         if t.ne != [dim] || t.kind.is_some() {
-            return Err(meta.fail(format!("tensor '{name}' must be F32 of ne [{dim}], found ne {:?}", t.ne)));
+            let found = t.kind.map_or("F32", |k| k.name());
+            return Err(meta.fail(format!("tensor '{name}' must be F32 of ne [{dim}], found {found} of ne {:?}", t.ne)));
         }
         Ok(f32_cow(t.data))
     };
