@@ -193,6 +193,11 @@ def test_logits_match_reference(name: str, files: dict[str, Path]) -> None:
         for exact in (True, False):
             m = llama2rs.Model(path, kernels=kernels, n_threads=2, exact=exact)
             assert m.format == "gguf-v3" and m.shared_classifier == CASES[name][1]
+            # kv_cache="auto": fp16 (as llama.cpp's) where integer kernels run quantized layers
+            # with hardware fp16 conversion; fp32 for F16/F32 layers and the exact path.
+            quantized_layers = any(kind in INT8_TYPES for n, kind in kinds.items() if n.startswith("blk."))
+            f16_cache = quantized_layers and not exact and kernels in ("avx2", "avx512")
+            assert m.kv_cache == ("f16" if f16_cache else "f32"), (kernels, exact, m.kv_cache)
             if m.kv_cache not in cache:
                 cache[m.kv_cache] = forward(weights, TOKENS, kv_cache=m.kv_cache)
             ours = m.logits(TOKENS)

@@ -109,9 +109,9 @@ class Model:
     32) unless ``exact=True``, which keeps activations in fp32.
     ``kv_cache`` is what the KV cache stores: ``"f16"`` (half the memory, and half the bytes
     attention reads per token) or ``"f32"``; ``"auto"`` picks f16 for 4-bit and 8-bit GPTQ
-    weights on x86 kernels with hardware fp16 conversion (``avx2``, ``avx512``), and f32 for
-    fp32 and Q8_0 weights (whose results then equal llama2.c's), for ``exact=True`` and for
-    the other kernels.
+    weights and GGUF's integer block types (Q4_K ... Q4_1) on x86 kernels with hardware fp16
+    conversion (``avx2``, ``avx512``), and f32 for fp32, F16/BF16 and llama2.c Q8_0 weights
+    (whose results then equal llama2.c's), for ``exact=True`` and for the other kernels.
     """
 
     def __init__(

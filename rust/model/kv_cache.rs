@@ -30,13 +30,18 @@ impl KvCacheType {
         KvCacheType::ALL.into_iter().find(|t| t.name() == name)
     }
 
-    /// The default for a model: fp16 where the weights are GPTQ (their rounding dwarfs the
-    /// cache's, as in llama.cpp) and the kernels convert fp16 in hardware (F16C); fp32 for
-    /// fp32 and Q8_0 weights (llama2.c parity), for the exact path, and for kernels whose
-    /// attention would convert fp16 one value at a time.
+    /// The default for a model: fp16 where the weights are GPTQ or GGUF's integer block types
+    /// (their rounding dwarfs the cache's; llama.cpp's cache is fp16 too) and the kernels
+    /// convert fp16 in hardware (F16C); fp32 for fp32, F16/BF16 and llama2.c's Q8_0 weights
+    /// (llama2.c parity), for the exact path, and for kernels whose attention would convert
+    /// fp16 one value at a time.
     pub fn auto(weights: &Weights, kernels: &Kernels) -> KvCacheType {
-        let affine = weights.layers.iter().any(|l| matches!(l.wq.data, MatrixData::Affine(_)));
-        if affine && kernels.int8_activations() && kernels.fp16_in_hardware() {
+        let quantized = weights.layers.iter().any(|l| match &l.wq.data {
+            MatrixData::Affine(_) => true,
+            MatrixData::Blocks(b) => kernels.block_rows(b.kind).is_some(),
+            _ => false,
+        });
+        if quantized && kernels.int8_activations() && kernels.fp16_in_hardware() {
             KvCacheType::F16
         } else {
             KvCacheType::F32
