@@ -13,7 +13,7 @@ use super::blocks::activation::BlockActivation;
 use super::q8_0::QuantizedVec;
 use super::Kernels;
 use crate::disjoint::DisjointSlice;
-use crate::weights::{AffineData, Matrix, MatrixData};
+use crate::weights::{AffineData, BlockData, BlockType, Matrix, MatrixData};
 
 /// Per-call working memory of `matmul`, reused across calls so decoding allocates nothing.
 #[derive(Debug, Default, Clone)]
@@ -22,7 +22,8 @@ pub struct Scratch {
     int8: Vec<Int8Activation>,    // [n_tokens] inputs quantized for 4-bit weights
     int16: Int16Activations,      // [n_tokens] inputs quantized for the int16 GEMM
     blocks: Vec<BlockActivation>, // [n_tokens] inputs quantized for block weights
-    permuted: Vec<f32>,           // [n_tokens, cols] inputs in stored column order (act-order)
+    permuted: Vec<f32>,           // [n_tokens, cols] inputs in stored column order (act-order, Q4_K pairs)
+    block_sums: Vec<f32>,         // [n_tokens, cols / 32] sub-block sums of the Q4_K GEMM's input
     group_sums: Vec<Vec<f32>>,    // [n_tokens][n_groups] input sums per group (affine weights)
 }
 
@@ -98,6 +99,13 @@ pub fn matmul(out: &mut [f32], w: &Matrix, x: &[f32], n_tokens: usize, scratch: 
             });
         }
         MatrixData::Blocks(b) => {
+            #[cfg(target_arch = "x86_64")]
+            if let (Some(gemm), true, BlockType::Q4K, true) =
+                (k.gemm_q4k, k.int8_activations(), b.kind, n_tokens >= GEMM_MIN_TOKENS)
+            {
+                q4k_gemm(gemm, dst, b, rows, cols, x, n_tokens, scratch);
+                return;
+            }
             if let (true, Some(kernel)) = (k.int8_activations(), k.block_rows(b.kind)) {
                 // Block rows against int8 activations, each task a contiguous range of rows.
                 scratch.blocks.resize_with(n_tokens, Default::default);
@@ -174,6 +182,40 @@ pub fn matmul(out: &mut [f32], w: &Matrix, x: &[f32], n_tokens: usize, scratch: 
             for_rows(&|r, t| with_scale_buffer(|buf| dot(affine_rows.row(r, buf), token(t), &sums[t])));
         }
     }
+}
+
+/// A Q4_K matrix times a batch on the int16 GEMM: the input in the GEMM's pair order,
+/// quantized once, and tasks of `ROWS` rows (a batch makes each heavy enough).
+#[cfg(target_arch = "x86_64")]
+#[allow(clippy::too_many_arguments)]
+fn q4k_gemm(
+    gemm: super::blocks::GemmQ4K,
+    dst: &DisjointSlice<f32>,
+    b: &BlockData,
+    rows: usize,
+    cols: usize,
+    x: &[f32],
+    n_tokens: usize,
+    scratch: &mut Scratch,
+) {
+    use super::affine::gemm_i16_avx512::I16Buffers;
+    use super::blocks::gemm_q4k_avx512::{pair_position, sub_block_sums, BLOCK, LEVELS, ROWS};
+    scratch.permuted.clear();
+    scratch.permuted.resize(n_tokens * cols, 0.0);
+    for (from, to) in x.chunks_exact(cols).zip(scratch.permuted.chunks_exact_mut(cols)) {
+        for (c, &v) in from.iter().enumerate() {
+            to[pair_position(c)] = v;
+        }
+    }
+    scratch.int16.quantize_to(&scratch.permuted, n_tokens, cols, BLOCK, LEVELS);
+    sub_block_sums(&scratch.int16, &mut scratch.block_sums);
+    let (xq, sums) = (&scratch.int16, &scratch.block_sums[..]);
+    (0..rows.div_ceil(ROWS)).into_par_iter().for_each_init(I16Buffers::default, |buffers, task| {
+        let out = RowsOut { data: dst, offset: 0, stride: rows };
+        // SAFETY: each block of ROWS rows is written by exactly one task; the output is
+        // [n_tokens, rows]; x and sums were made as the GEMM needs (above).
+        unsafe { gemm(b, rows, cols, task * ROWS, xq, sums, buffers, out) };
+    });
 }
 
 /// Most matrices `matmul_shared_input` runs in one parallel region.

@@ -34,6 +34,9 @@ pub struct Kernels {
     pub(crate) rows_q8_0: Option<blocks::BlockRowsI8>,
     pub(crate) rows_q4_0: Option<blocks::BlockRowsI8>,
     pub(crate) rows_q4_1: Option<blocks::BlockRowsI8>,
+    /// Q4_K batches as an int16 `vpdpwssd` GEMM (AVX-512 VNNI).
+    #[cfg(target_arch = "x86_64")]
+    pub(crate) gemm_q4k: Option<blocks::GemmQ4K>,
     /// 4-bit rows x int8 activations; `None` where the fp32 kernels are faster (portable).
     pub(crate) rows_i8: Option<affine::RowsI8>,
     /// The fp32 GEMM for 4-bit batches (x86).
@@ -132,6 +135,8 @@ impl Kernels {
             gemm_f32: None,
             #[cfg(target_arch = "x86_64")]
             gemm_i16: None,
+            #[cfg(target_arch = "x86_64")]
+            gemm_q4k: None,
             f16_to_f32: fp16::f16_to_f32_scalar,
             f32_to_f16: fp16::f32_to_f16_scalar,
             attention_f32: AttentionKernels { scores: attention::scores_scalar, sum: attention::sum_scalar },
@@ -217,6 +222,7 @@ fn x86_table(isa: Isa, portable: Kernels) -> Kernels {
         rows_i8: Some(if super::isa::has_gfni() { avx512_decode::rows_gfni } else { avx512_decode::rows_plain }),
         gemm_f32: Some(gemm_f32_x86::gemm_avx512),
         gemm_i16: Some(gemm_i16_avx512::gemm),
+        gemm_q4k: Some(blocks::gemm_q4k_avx512::gemm),
         rows_q4k: Some(blocks::avx512::rows_q4k),
         rows_q5k: Some(blocks::avx512::rows_q5k),
         rows_q6k: Some(blocks::avx512::rows_q6k),

@@ -487,6 +487,31 @@ fn dequantized_rows(kind: BlockType, values: &[u8], cols: usize) -> Vec<f32> {
         .collect()
 }
 
+/// The int16 activation the Q4_K GEMM multiplies, where `k` runs this batch on it.
+fn q4k_gemm_input(
+    k: &Kernels,
+    kind: BlockType,
+    x: &[f32],
+    n_tokens: usize,
+    cols: usize,
+) -> Option<crate::kernels::affine::activation::Int16Activations> {
+    #[cfg(target_arch = "x86_64")]
+    if k.gemm_q4k.is_some() && k.int8_activations() && kind == BlockType::Q4K && n_tokens >= GEMM_MIN_TOKENS {
+        use blocks::gemm_q4k_avx512::{pair_position, BLOCK, LEVELS};
+        let mut permuted = vec![0.0f32; x.len()];
+        for t in 0..n_tokens {
+            for c in 0..cols {
+                permuted[t * cols + pair_position(c)] = x[t * cols + c];
+            }
+        }
+        let mut xq = crate::kernels::affine::activation::Int16Activations::default();
+        xq.quantize_to(&permuted, n_tokens, cols, BLOCK, LEVELS);
+        return Some(xq);
+    }
+    let _ = (k, kind, x, n_tokens, cols);
+    None
+}
+
 #[test]
 fn block_kernels_match_float64_dequantization() {
     let mut rng = Rng(0xb10c);
@@ -499,7 +524,7 @@ fn block_kernels_match_float64_dequantization() {
             let m = Matrix { rows, cols, data: MatrixData::Blocks(BlockData { kind, values: &values }) };
             // The reference dequantization of every row, then the products in float64.
             let w = dequantized_rows(kind, &values, cols);
-            for n_tokens in [1usize, 3, 6] {
+            for n_tokens in [1usize, 3, 6, 13] {
                 let x = rng.vec(n_tokens * cols);
                 let exact = |x_value: &dyn Fn(usize, usize) -> f64| -> Vec<f64> {
                     (0..n_tokens)
@@ -529,7 +554,12 @@ fn block_kernels_match_float64_dequantization() {
                     let what = format!("{} {rows}x{cols} tokens {n_tokens} {:?}", kind.name(), k.isa());
                     close(&run(&m, &x, n_tokens, &exact_kernels(k.isa())), &exact_f32, &format!("exact {what}"));
                     let fast = run(&m, &x, n_tokens, &k);
-                    if k.block_rows(kind).is_some() {
+                    if let Some(xq) = q4k_gemm_input(&k, kind, &x, n_tokens, cols) {
+                        // The int16 GEMM: the same products with the activation as it rounds it.
+                        use blocks::gemm_q4k_avx512::pair_position;
+                        let exact_i16 = exact(&|t, c| xq.value(t, pair_position(c)) as f64);
+                        close(&fast, &exact_i16, &format!("int16 {what}"));
+                    } else if k.block_rows(kind).is_some() {
                         // int8 activations: the same products with the activation as quantized.
                         let exact_i8 = exact(&|t, c| acts[t].value(c) as f64);
                         close(&fast, &exact_i8, &format!("int8 {what}"));
@@ -566,6 +596,9 @@ fn block_kernels_match_the_scalar_references() {
                     for k in choices() {
                         if k.block_rows(kind).is_none() {
                             continue;
+                        }
+                        if q4k_gemm_input(&k, kind, &x, n_tokens, cols).is_some() {
+                            continue; // int16 activations: against float64 in the test above
                         }
                         let got = run(&m, &x, n_tokens, &k);
                         for (i, (&g, &e)) in got.iter().zip(&want).enumerate() {

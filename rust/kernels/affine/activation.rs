@@ -162,6 +162,8 @@ pub struct Int16Activations {
     pub n_tokens: usize,
     pub cols: usize,
     pub block: usize,
+    /// The largest magnitude a value is rounded to (32767 unless a kernel needs headroom).
+    pub levels: f32,
     /// Columns per token, `cols` rounded up to whole blocks (the padding is zero).
     pub padded: usize,
     /// Block-major, so one block of consecutive tokens is contiguous for the GEMM's tiles
@@ -184,15 +186,21 @@ impl Int16Activations {
         [128, 64, 32].into_iter().find(|b| group_size.is_multiple_of(*b))
     }
 
-    /// Quantize `x` (`[n_tokens, cols]`) in blocks of `block` columns.
+    /// Quantize `x` (`[n_tokens, cols]`) in blocks of `block` columns, to 15 bits.
     pub fn quantize(&mut self, x: &[f32], n_tokens: usize, cols: usize, block: usize) {
-        if self.source == x && self.cols == cols && self.block == block && !x.is_empty() {
+        self.quantize_to(x, n_tokens, cols, block, 32767.0);
+    }
+
+    /// `quantize` with each block's largest magnitude mapped to `levels` (at most 32767).
+    pub fn quantize_to(&mut self, x: &[f32], n_tokens: usize, cols: usize, block: usize, levels: f32) {
+        debug_assert!((1.0..=32767.0).contains(&levels));
+        if self.source == x && self.cols == cols && self.block == block && self.levels == levels && !x.is_empty() {
             return;
         }
         self.source.clear();
         self.source.extend_from_slice(x);
         let padded = cols.div_ceil(block) * block;
-        (self.n_tokens, self.cols, self.block, self.padded) = (n_tokens, cols, block, padded);
+        (self.n_tokens, self.cols, self.block, self.padded, self.levels) = (n_tokens, cols, block, padded, levels);
         let n_blocks = padded / block;
         self.values.clear();
         self.values.resize(n_tokens * padded, 0);
@@ -205,7 +213,7 @@ impl Int16Activations {
             let values = &values;
             for (b, part) in xt.chunks(block).enumerate() {
                 let max_abs = part.iter().fold(0.0f32, |m, v| m.max(v.abs()));
-                let scale = max_abs / 32767.0;
+                let scale = max_abs / levels;
                 scales[b] = scale;
                 if scale > 0.0 {
                     let inv = 1.0 / scale;
@@ -213,7 +221,7 @@ impl Int16Activations {
                     // b < n_blocks, so the block is inside `values`, and it is token t's alone.
                     let out = unsafe { values.slice_mut((b * n_tokens + t) * block, block) };
                     for (o, v) in out.iter_mut().zip(part) {
-                        *o = round_even(v * inv).clamp(-32767.0, 32767.0) as i16;
+                        *o = round_even(v * inv).clamp(-levels, levels) as i16;
                     }
                 }
             }

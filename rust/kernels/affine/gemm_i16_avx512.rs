@@ -19,9 +19,9 @@ use crate::weights::AffineData;
 // GEMM's 16.
 
 /// Rows per panel (one zmm lane each), panels per register tile, tokens per register tile.
-const I16_PANEL: usize = 16;
-const I16_PANELS: usize = 2;
-const I16_TOKENS: usize = 6;
+pub(crate) const I16_PANEL: usize = 16;
+pub(crate) const I16_PANELS: usize = 2;
+pub(crate) const I16_TOKENS: usize = 6;
 const _: () = assert!(I16_TOKENS <= 8, "gemm dispatches tiles of up to 8 tokens");
 /// Rows one call of `gemm` computes.
 pub const I16_ROWS: usize = I16_PANEL * I16_PANELS;
@@ -29,8 +29,8 @@ pub const I16_ROWS: usize = I16_PANEL * I16_PANELS;
 /// Working memory of `gemm`, kept per thread across calls.
 #[derive(Default)]
 pub struct I16Buffers {
-    weights: Vec<__m512i>, // [I16_PANELS, block / 2] unpacked column pairs, lane = row
-    partial: Vec<__m512>,  // [tiles, I16_PANELS, I16_TOKENS] fp32 sums, lane = row
+    pub(crate) weights: Vec<__m512i>, // [I16_PANELS, block / 2] unpacked column pairs, lane = row
+    pub(crate) partial: Vec<__m512>,  // [tiles, I16_PANELS, I16_TOKENS] fp32 sums, lane = row
 }
 
 /// Token t, row r of `out` = `dot(W[r], x[t])` for rows `r0..r0 + I16_ROWS` (those that exist)
@@ -108,16 +108,7 @@ pub(crate) unsafe fn gemm(
                     *s = x.scales[(t0 + j) * n_blocks + b];
                 }
                 let partial = buffers.partial.as_mut_ptr().add(tile * I16_PANELS * I16_TOKENS);
-                match nt {
-                    8 => i16_tile::<8>(wp, kps, xp, x_stride, &xs, &ws, partial),
-                    7 => i16_tile::<7>(wp, kps, xp, x_stride, &xs, &ws, partial),
-                    6 => i16_tile::<6>(wp, kps, xp, x_stride, &xs, &ws, partial),
-                    5 => i16_tile::<5>(wp, kps, xp, x_stride, &xs, &ws, partial),
-                    4 => i16_tile::<4>(wp, kps, xp, x_stride, &xs, &ws, partial),
-                    3 => i16_tile::<3>(wp, kps, xp, x_stride, &xs, &ws, partial),
-                    2 => i16_tile::<2>(wp, kps, xp, x_stride, &xs, &ws, partial),
-                    _ => i16_tile::<1>(wp, kps, xp, x_stride, &xs, &ws, partial),
-                }
+                i16_tile_of(nt, wp, kps, xp, x_stride, &xs, &ws, partial);
             }
         }
         for tile in 0..tiles {
@@ -211,7 +202,7 @@ unsafe fn unpack_panel_avx512(
 /// Transpose 16 rows of 16 dwords: `out[d]` lane j = `rows[j]` dword d. Two unpack stages
 /// gather four rows' dwords per 128-bit lane, two 128-bit lane shuffles finish the job.
 #[inline(always)]
-unsafe fn transpose_16x16_epi32(r: [__m512i; 16]) -> [__m512i; 16] {
+pub(crate) unsafe fn transpose_16x16_epi32(r: [__m512i; 16]) -> [__m512i; 16] {
     // SAFETY: this function's contract: AVX-512 VNNI is enabled here and the CPU has it; weight
     // loads are masked at each row's end, activation pairs are read inside `x.values` (block b of
     // token t is [(b * n_tokens + t) * block, + block)), panel buffers are sized above, and stores
@@ -252,10 +243,38 @@ unsafe fn transpose_16x16_epi32(r: [__m512i; 16]) -> [__m512i; 16] {
     }
 }
 
+/// `i16_tile` for `nt` (1..=8) tokens.
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+pub(crate) unsafe fn i16_tile_of(
+    nt: usize,
+    w: *const __m512i,
+    kps: usize,
+    x: *const i32,
+    x_stride: usize,
+    x_scales: &[f32; I16_TOKENS],
+    w_scales: &[__m512; I16_PANELS],
+    partial: *mut __m512,
+) {
+    // SAFETY: `i16_tile`'s contract, which the caller's is.
+    unsafe {
+        match nt {
+            8 => i16_tile::<8>(w, kps, x, x_stride, x_scales, w_scales, partial),
+            7 => i16_tile::<7>(w, kps, x, x_stride, x_scales, w_scales, partial),
+            6 => i16_tile::<6>(w, kps, x, x_stride, x_scales, w_scales, partial),
+            5 => i16_tile::<5>(w, kps, x, x_stride, x_scales, w_scales, partial),
+            4 => i16_tile::<4>(w, kps, x, x_stride, x_scales, w_scales, partial),
+            3 => i16_tile::<3>(w, kps, x, x_stride, x_scales, w_scales, partial),
+            2 => i16_tile::<2>(w, kps, x, x_stride, x_scales, w_scales, partial),
+            _ => i16_tile::<1>(w, kps, x, x_stride, x_scales, w_scales, partial),
+        }
+    }
+}
+
 /// The register tile: `I16_PANELS` panels x `T` tokens of int32 sums over one block, then
 /// `partial[p][t] += s_w[p] * s_x[t] * sum`.
 #[inline(always)]
-unsafe fn i16_tile<const T: usize>(
+pub(crate) unsafe fn i16_tile<const T: usize>(
     w: *const __m512i,
     kps: usize,
     x: *const i32,

@@ -12,6 +12,8 @@ pub(crate) mod avx512;
 #[cfg(target_arch = "x86_64")]
 pub(crate) mod avx512_q4;
 pub mod dot_i8;
+#[cfg(target_arch = "x86_64")]
+pub mod gemm_q4k_avx512;
 #[cfg(target_arch = "aarch64")]
 pub(crate) mod neon_k;
 #[cfg(target_arch = "aarch64")]
@@ -128,6 +130,24 @@ pub fn dequantize_scalar(kind: BlockType, bytes: &[u8], out: &mut [f32]) {
 /// matrix, every activation has `cols` columns, `out` covers `acts.len()` tokens of `range`, and
 /// no other task writes those outputs meanwhile.
 pub type BlockRowsI8 = unsafe fn(&BlockData, usize, std::ops::Range<usize>, &[BlockActivation], RowsOut);
+
+/// Q4_K rows times a batch of int16 activations (`gemm_q4k_avx512::gemm`).
+///
+/// # Safety
+/// The table that hands it out was made for this CPU; `x` and `sums` were made as
+/// `gemm_q4k_avx512::gemm` says, and `out` covers every token of the rows it computes,
+/// written by no other task meanwhile.
+#[cfg(target_arch = "x86_64")]
+pub type GemmQ4K = unsafe fn(
+    &BlockData,
+    usize,
+    usize,
+    usize,
+    &crate::kernels::affine::activation::Int16Activations,
+    &[f32],
+    &mut crate::kernels::affine::gemm_i16_avx512::I16Buffers,
+    RowsOut,
+);
 
 /// `BlockRowsI8`'s contract, checked in debug builds at the entry of every version.
 #[inline(always)]
