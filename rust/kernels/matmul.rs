@@ -100,10 +100,8 @@ pub fn matmul(out: &mut [f32], w: &Matrix, x: &[f32], n_tokens: usize, scratch: 
         }
         MatrixData::Blocks(b) => {
             #[cfg(target_arch = "x86_64")]
-            if let (Some(gemm), true, BlockType::Q4K, true) =
-                (k.gemm_q4k, k.int8_activations(), b.kind, n_tokens >= GEMM_MIN_TOKENS)
-            {
-                q4k_gemm(gemm, dst, b, rows, cols, x, n_tokens, scratch);
+            if let (Some(gemm), true) = (k.block_gemm(b.kind), n_tokens >= GEMM_MIN_TOKENS) {
+                block_gemm(gemm, dst, b, rows, cols, x, n_tokens, scratch);
                 return;
             }
             if let (true, Some(kernel)) = (k.int8_activations(), k.block_rows(b.kind)) {
@@ -184,12 +182,12 @@ pub fn matmul(out: &mut [f32], w: &Matrix, x: &[f32], n_tokens: usize, scratch: 
     }
 }
 
-/// A Q4_K matrix times a batch on the int16 GEMM: the input in the GEMM's pair order,
+/// A Q4_K or Q6_K matrix times a batch on the int16 GEMM: the input in the GEMM's pair order,
 /// quantized once, and tasks of `ROWS` rows (a batch makes each heavy enough).
 #[cfg(target_arch = "x86_64")]
 #[allow(clippy::too_many_arguments)]
-fn q4k_gemm(
-    gemm: super::blocks::GemmQ4K,
+fn block_gemm(
+    gemm: super::blocks::BlockGemm,
     dst: &DisjointSlice<f32>,
     b: &BlockData,
     rows: usize,
@@ -199,16 +197,19 @@ fn q4k_gemm(
     scratch: &mut Scratch,
 ) {
     use super::affine::gemm_i16_avx512::I16Buffers;
-    use super::blocks::gemm_q4k_avx512::{pair_position, sub_block_sums, BLOCK, LEVELS, ROWS};
+    use super::blocks::gemm_k_avx512::{levels, pair_position, sub_block_sums, BLOCK, ROWS};
     scratch.permuted.clear();
     scratch.permuted.resize(n_tokens * cols, 0.0);
     for (from, to) in x.chunks_exact(cols).zip(scratch.permuted.chunks_exact_mut(cols)) {
         for (c, &v) in from.iter().enumerate() {
-            to[pair_position(c)] = v;
+            to[pair_position(b.kind, c)] = v;
         }
     }
-    scratch.int16.quantize_to(&scratch.permuted, n_tokens, cols, BLOCK, LEVELS);
-    sub_block_sums(&scratch.int16, &mut scratch.block_sums);
+    let levels = levels(b.kind).expect("a block type with a GEMM");
+    scratch.int16.quantize_to(&scratch.permuted, n_tokens, cols, BLOCK, levels);
+    if b.kind == BlockType::Q4K {
+        sub_block_sums(&scratch.int16, &mut scratch.block_sums); // its mins
+    }
     let (xq, sums) = (&scratch.int16, &scratch.block_sums[..]);
     (0..rows.div_ceil(ROWS)).into_par_iter().for_each_init(I16Buffers::default, |buffers, task| {
         let out = RowsOut { data: dst, offset: 0, stride: rows };

@@ -34,9 +34,11 @@ pub struct Kernels {
     pub(crate) rows_q8_0: Option<blocks::BlockRowsI8>,
     pub(crate) rows_q4_0: Option<blocks::BlockRowsI8>,
     pub(crate) rows_q4_1: Option<blocks::BlockRowsI8>,
-    /// Q4_K batches as an int16 `vpdpwssd` GEMM (AVX-512 VNNI).
+    /// Q4_K and Q6_K batches as int16 `vpdpwssd` GEMMs (AVX-512 VNNI).
     #[cfg(target_arch = "x86_64")]
-    pub(crate) gemm_q4k: Option<blocks::GemmQ4K>,
+    pub(crate) gemm_q4k: Option<blocks::BlockGemm>,
+    #[cfg(target_arch = "x86_64")]
+    pub(crate) gemm_q6k: Option<blocks::BlockGemm>,
     /// 4-bit rows x int8 activations; `None` where the fp32 kernels are faster (portable).
     pub(crate) rows_i8: Option<affine::RowsI8>,
     /// The fp32 GEMM for 4-bit batches (x86).
@@ -114,6 +116,20 @@ impl Kernels {
         }
     }
 
+    /// The int16 GEMM for batches of a block type, where the table has one (and integer
+    /// activations are allowed).
+    #[cfg(target_arch = "x86_64")]
+    pub(crate) fn block_gemm(&self, kind: crate::weights::BlockType) -> Option<blocks::BlockGemm> {
+        if !self.int8_activations {
+            return None;
+        }
+        match kind {
+            crate::weights::BlockType::Q4K => self.gemm_q4k,
+            crate::weights::BlockType::Q6K => self.gemm_q6k,
+            _ => None,
+        }
+    }
+
     /// Only for an `isa` that `supported()` (the module's invariant).
     fn for_supported(isa: Isa, int8_activations: bool) -> Kernels {
         debug_assert!(isa.supported());
@@ -137,6 +153,8 @@ impl Kernels {
             gemm_i16: None,
             #[cfg(target_arch = "x86_64")]
             gemm_q4k: None,
+            #[cfg(target_arch = "x86_64")]
+            gemm_q6k: None,
             f16_to_f32: fp16::f16_to_f32_scalar,
             f32_to_f16: fp16::f32_to_f16_scalar,
             attention_f32: AttentionKernels { scores: attention::scores_scalar, sum: attention::sum_scalar },
@@ -222,7 +240,8 @@ fn x86_table(isa: Isa, portable: Kernels) -> Kernels {
         rows_i8: Some(if super::isa::has_gfni() { avx512_decode::rows_gfni } else { avx512_decode::rows_plain }),
         gemm_f32: Some(gemm_f32_x86::gemm_avx512),
         gemm_i16: Some(gemm_i16_avx512::gemm),
-        gemm_q4k: Some(blocks::gemm_q4k_avx512::gemm),
+        gemm_q4k: Some(blocks::gemm_k_avx512::gemm_q4k),
+        gemm_q6k: Some(blocks::gemm_k_avx512::gemm_q6k),
         rows_q4k: Some(blocks::avx512::rows_q4k),
         rows_q5k: Some(blocks::avx512::rows_q5k),
         rows_q6k: Some(blocks::avx512::rows_q6k),

@@ -487,7 +487,7 @@ fn dequantized_rows(kind: BlockType, values: &[u8], cols: usize) -> Vec<f32> {
         .collect()
 }
 
-/// The int16 activation the Q4_K GEMM multiplies, where `k` runs this batch on it.
+/// The int16 activation a block GEMM multiplies, where `k` runs this batch on one.
 fn q4k_gemm_input(
     k: &Kernels,
     kind: BlockType,
@@ -496,16 +496,16 @@ fn q4k_gemm_input(
     cols: usize,
 ) -> Option<crate::kernels::affine::activation::Int16Activations> {
     #[cfg(target_arch = "x86_64")]
-    if k.gemm_q4k.is_some() && k.int8_activations() && kind == BlockType::Q4K && n_tokens >= GEMM_MIN_TOKENS {
-        use blocks::gemm_q4k_avx512::{pair_position, BLOCK, LEVELS};
+    if k.block_gemm(kind).is_some() && n_tokens >= GEMM_MIN_TOKENS {
+        use blocks::gemm_k_avx512::{levels, pair_position, BLOCK};
         let mut permuted = vec![0.0f32; x.len()];
         for t in 0..n_tokens {
             for c in 0..cols {
-                permuted[t * cols + pair_position(c)] = x[t * cols + c];
+                permuted[t * cols + pair_position(kind, c)] = x[t * cols + c];
             }
         }
         let mut xq = crate::kernels::affine::activation::Int16Activations::default();
-        xq.quantize_to(&permuted, n_tokens, cols, BLOCK, LEVELS);
+        xq.quantize_to(&permuted, n_tokens, cols, BLOCK, levels(kind).unwrap());
         return Some(xq);
     }
     let _ = (k, kind, x, n_tokens, cols);
@@ -556,8 +556,8 @@ fn block_kernels_match_float64_dequantization() {
                     let fast = run(&m, &x, n_tokens, &k);
                     if let Some(xq) = q4k_gemm_input(&k, kind, &x, n_tokens, cols) {
                         // The int16 GEMM: the same products with the activation as it rounds it.
-                        use blocks::gemm_q4k_avx512::pair_position;
-                        let exact_i16 = exact(&|t, c| xq.value(t, pair_position(c)) as f64);
+                        use blocks::gemm_k_avx512::pair_position;
+                        let exact_i16 = exact(&|t, c| xq.value(t, pair_position(kind, c)) as f64);
                         close(&fast, &exact_i16, &format!("int16 {what}"));
                     } else if k.block_rows(kind).is_some() {
                         // int8 activations: the same products with the activation as quantized.

@@ -13,7 +13,7 @@ pub(crate) mod avx512;
 pub(crate) mod avx512_q4;
 pub mod dot_i8;
 #[cfg(target_arch = "x86_64")]
-pub mod gemm_q4k_avx512;
+pub mod gemm_k_avx512;
 #[cfg(target_arch = "aarch64")]
 pub(crate) mod neon_k;
 #[cfg(target_arch = "aarch64")]
@@ -131,14 +131,14 @@ pub fn dequantize_scalar(kind: BlockType, bytes: &[u8], out: &mut [f32]) {
 /// no other task writes those outputs meanwhile.
 pub type BlockRowsI8 = unsafe fn(&BlockData, usize, std::ops::Range<usize>, &[BlockActivation], RowsOut);
 
-/// Q4_K rows times a batch of int16 activations (`gemm_q4k_avx512::gemm`).
+/// Q4_K or Q6_K rows times a batch of int16 activations (`gemm_k_avx512`).
 ///
 /// # Safety
-/// The table that hands it out was made for this CPU; `x` and `sums` were made as
-/// `gemm_q4k_avx512::gemm` says, and `out` covers every token of the rows it computes,
+/// The table that hands it out was made for this CPU and for `w.kind`; `x` and `sums` were
+/// made as `gemm_k_avx512::gemm` says, and `out` covers every token of the rows it computes,
 /// written by no other task meanwhile.
 #[cfg(target_arch = "x86_64")]
-pub type GemmQ4K = unsafe fn(
+pub type BlockGemm = unsafe fn(
     &BlockData,
     usize,
     usize,
