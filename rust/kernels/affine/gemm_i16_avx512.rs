@@ -103,23 +103,45 @@ pub(crate) unsafe fn gemm(
                 let t0 = tile * I16_TOKENS;
                 let nt = (n_tokens - t0).min(I16_TOKENS);
                 let xp = x_pairs.add((b * n_tokens + t0) * kps);
-                let mut xs = [0.0f32; I16_TOKENS];
-                for (j, s) in xs.iter_mut().enumerate().take(nt) {
-                    *s = x.scales[(t0 + j) * n_blocks + b];
-                }
+                let xs = tile_scales(x, b, t0, nt);
                 let partial = buffers.partial.as_mut_ptr().add(tile * I16_PANELS * I16_TOKENS);
                 i16_tile_of(nt, wp, kps, xp, x_stride, &xs, &ws, partial);
             }
         }
-        for tile in 0..tiles {
-            let t0 = tile * I16_TOKENS;
-            for j in 0..(n_tokens - t0).min(I16_TOKENS) {
-                for (p, &n) in valid.iter().enumerate() {
-                    if n > 0 {
-                        let v = buffers.partial[(tile * I16_PANELS + p) * I16_TOKENS + j];
-                        let dst = out.ptr_at(t0 + j, r0 + p * I16_PANEL, n);
-                        _mm512_mask_storeu_ps(dst, ((1u32 << n) - 1) as u16, v);
-                    }
+        store_partials(buffers, n_tokens, r0, &valid, &out);
+    }
+}
+
+/// The activation scales of block `b` for tokens `t0..t0 + nt` (a tile).
+#[inline(always)]
+pub(crate) fn tile_scales(x: &Int16Activations, b: usize, t0: usize, nt: usize) -> [f32; I16_TOKENS] {
+    let n_blocks = x.padded / x.block;
+    std::array::from_fn(|j| if j < nt { x.scales[(t0 + j) * n_blocks + b] } else { 0.0 })
+}
+
+/// Every tile's sums (`buffers.partial`) into `out`: token t, rows `r0 + 16 p ..` of panel p,
+/// its `valid[p]` rows only.
+///
+/// # Safety
+/// AVX-512 F; `out` covers every token of those rows (`GemmI16`'s contract).
+#[inline(always)]
+pub(crate) unsafe fn store_partials(
+    buffers: &I16Buffers,
+    n_tokens: usize,
+    r0: usize,
+    valid: &[usize; I16_PANELS],
+    out: &RowsOut,
+) {
+    for tile in 0..n_tokens.div_ceil(I16_TOKENS) {
+        let t0 = tile * I16_TOKENS;
+        for j in 0..(n_tokens - t0).min(I16_TOKENS) {
+            for (p, &n) in valid.iter().enumerate() {
+                if n > 0 {
+                    let v = buffers.partial[(tile * I16_PANELS + p) * I16_TOKENS + j];
+                    // SAFETY: the caller's: the n rows of token t0 + j are inside `out`.
+                    unsafe {
+                        _mm512_mask_storeu_ps(out.ptr_at(t0 + j, r0 + p * I16_PANEL, n), ((1u32 << n) - 1) as u16, v)
+                    };
                 }
             }
         }

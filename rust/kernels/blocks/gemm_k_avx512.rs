@@ -25,7 +25,7 @@ use std::arch::x86_64::*;
 use super::dot_i8::{Q4K_BYTES, Q6K_BYTES};
 use crate::kernels::affine::activation::Int16Activations;
 use crate::kernels::affine::gemm_i16_avx512::{
-    i16_tile_of, transpose_16x16_epi32, I16Buffers, I16_PANEL, I16_PANELS, I16_TOKENS,
+    i16_tile_of, store_partials, tile_scales, transpose_16x16_epi32, I16Buffers, I16_PANEL, I16_PANELS, I16_TOKENS,
 };
 use crate::kernels::affine::RowsOut;
 use crate::kernels::simd_x86::prefetch;
@@ -111,8 +111,8 @@ trait GemmBlock {
     /// The type has mins (`dmin * m` per 32-value sub-block), subtracted through the sums.
     const MINS: bool;
     /// # Safety
-    /// The module's contract: `valid` rows' blocks, the first at byte `at` of `values` and
-    /// each next `stride` bytes on, are inside `values`.
+    /// The module's contract: `valid` (> 0) rows' blocks, the first at byte `at` of `values`
+    /// and each next `stride` bytes on, are inside `values`.
     unsafe fn decode(values: &[u8], at: usize, stride: usize, valid: usize) -> PanelScales;
     /// Half `half` of the rows' blocks (row j's at `base + j * stride`, j < valid) into the 64
     /// pair vectors at `dst` (lane j = row j; zero for rows past `valid`).
@@ -186,7 +186,9 @@ unsafe fn gemm<K: GemmBlock>(
             }
             if half == 0 {
                 for p in 0..I16_PANELS {
-                    panel_scales[p] = K::decode(w.values, block_at(p * I16_PANEL, q), row_bytes, valid[p]);
+                    if valid[p] > 0 {
+                        panel_scales[p] = K::decode(w.values, block_at(p * I16_PANEL, q), row_bytes, valid[p]);
+                    }
                 }
             }
             let mut ws = [_mm512_setzero_ps(); I16_PANELS];
@@ -210,10 +212,7 @@ unsafe fn gemm<K: GemmBlock>(
                 let t0 = tile * I16_TOKENS;
                 let nt = (n_tokens - t0).min(I16_TOKENS);
                 let xp = x_pairs.add((b * n_tokens + t0) * PAIRS);
-                let mut xs = [0.0f32; I16_TOKENS];
-                for (j, s) in xs.iter_mut().enumerate().take(nt) {
-                    *s = x.scales[(t0 + j) * n_blocks + b];
-                }
+                let xs = tile_scales(x, b, t0, nt);
                 let partial = buffers.partial.as_mut_ptr().add(tile * I16_PANELS * I16_TOKENS);
                 i16_tile_of(nt, wp, PAIRS, xp, PAIRS, &xs, &ws, partial);
                 // The mins: minus dmin * m per sub-block times the token's sum over it.
@@ -228,18 +227,7 @@ unsafe fn gemm<K: GemmBlock>(
                 }
             }
         }
-        for tile in 0..tiles {
-            let t0 = tile * I16_TOKENS;
-            for j in 0..(n_tokens - t0).min(I16_TOKENS) {
-                for (p, &n) in valid.iter().enumerate() {
-                    if n > 0 {
-                        let v = buffers.partial[(tile * I16_PANELS + p) * I16_TOKENS + j];
-                        let dst = out.ptr_at(t0 + j, r0 + p * I16_PANEL, n);
-                        _mm512_mask_storeu_ps(dst, ((1u32 << n) - 1) as u16, v);
-                    }
-                }
-            }
-        }
+        store_partials(buffers, n_tokens, r0, &valid, &out);
     }
 }
 
@@ -328,9 +316,6 @@ impl GemmBlock for Q4K {
     /// unpacking of the nibbles.
     #[inline(always)]
     unsafe fn decode(values: &[u8], at: usize, stride: usize, valid: usize) -> PanelScales {
-        if valid == 0 {
-            return PanelScales::default();
-        }
         // SAFETY: the module's contract (every row's 144-byte block is inside `values`).
         unsafe { decode_q4k(values, at, stride, valid) }
     }
@@ -430,9 +415,6 @@ impl GemmBlock for Q6K {
     /// read) and the 16 int8 scales (four dwords at 192), sign-extended into int16 pairs.
     #[inline(always)]
     unsafe fn decode(values: &[u8], at: usize, stride: usize, valid: usize) -> PanelScales {
-        if valid == 0 {
-            return PanelScales::default();
-        }
         // SAFETY: the module's contract; every dword read is inside its row's 210-byte block.
         unsafe {
             let d = _mm512_cvtph_ps(_mm512_cvtepi32_epi16(_mm512_srli_epi32::<16>(gather_dword(
