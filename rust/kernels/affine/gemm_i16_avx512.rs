@@ -33,6 +33,27 @@ pub struct I16Buffers {
     pub(crate) partial: Vec<__m512>,  // [tiles, I16_PANELS, I16_TOKENS] fp32 sums, lane = row
 }
 
+impl I16Buffers {
+    /// Zeroed panels of `pairs` column pairs and tile sums for `n_tokens`; returns how many of
+    /// rows `r0..r0 + I16_ROWS` exist, and how many of those each panel holds.
+    pub(crate) fn prepare(
+        &mut self,
+        pairs: usize,
+        n_tokens: usize,
+        rows: usize,
+        r0: usize,
+    ) -> (usize, [usize; I16_PANELS]) {
+        // SAFETY: zeroed vectors are valid values of every SIMD type (no instruction runs).
+        let (zero_i, zero_f) = unsafe { (std::mem::zeroed::<__m512i>(), std::mem::zeroed::<__m512>()) };
+        self.weights.clear();
+        self.weights.resize(I16_PANELS * pairs, zero_i);
+        self.partial.clear();
+        self.partial.resize(n_tokens.div_ceil(I16_TOKENS) * I16_PANELS * I16_TOKENS, zero_f);
+        let n_rows = rows.saturating_sub(r0).min(I16_ROWS);
+        (n_rows, std::array::from_fn(|p| n_rows.saturating_sub(p * I16_PANEL).min(I16_PANEL)))
+    }
+}
+
 /// Token t, row r of `out` = `dot(W[r], x[t])` for rows `r0..r0 + I16_ROWS` (those that exist)
 /// of a 4-bit matrix `w` of `rows` x `cols` and every token of `x` (quantized in blocks inside
 /// weight groups, see `Int16Activations::block_for`).
@@ -63,12 +84,7 @@ pub(crate) unsafe fn gemm(
         let row_bytes = AffineData::row_bytes(4, cols);
         let n_groups = w.n_groups(cols);
         let tiles = n_tokens.div_ceil(I16_TOKENS);
-        buffers.weights.clear();
-        buffers.weights.resize(I16_PANELS * kps, _mm512_setzero_si512());
-        buffers.partial.clear();
-        buffers.partial.resize(tiles * I16_PANELS * I16_TOKENS, _mm512_setzero_ps());
-        let n_rows = rows.saturating_sub(r0).min(I16_ROWS);
-        let valid: [usize; I16_PANELS] = std::array::from_fn(|p| n_rows.saturating_sub(p * I16_PANEL).min(I16_PANEL));
+        let (n_rows, valid) = buffers.prepare(kps, n_tokens, rows, r0);
         let x_pairs = x.values.as_ptr() as *const i32; // [n_blocks, n_tokens, kps]
         let x_stride = kps; // pairs per token within a block
         for b in 0..n_blocks {

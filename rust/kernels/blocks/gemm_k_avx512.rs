@@ -25,7 +25,8 @@ use std::arch::x86_64::*;
 use super::dot_i8::{Q4K_BYTES, Q6K_BYTES};
 use crate::kernels::affine::activation::Int16Activations;
 use crate::kernels::affine::gemm_i16_avx512::{
-    i16_tile_of, store_partials, tile_scales, transpose_16x16_epi32, I16Buffers, I16_PANEL, I16_PANELS, I16_TOKENS,
+    i16_tile_of, store_partials, tile_scales, transpose_16x16_epi32, I16Buffers, I16_PANEL, I16_PANELS, I16_ROWS,
+    I16_TOKENS,
 };
 use crate::kernels::affine::RowsOut;
 use crate::kernels::simd_x86::prefetch;
@@ -34,7 +35,7 @@ use crate::weights::{BlockData, BlockType};
 /// Columns per activation block: half a block (four Q4_K sub-blocks, eight of Q6_K).
 pub const BLOCK: usize = 128;
 /// Rows one call of `gemm` computes.
-pub const ROWS: usize = I16_PANEL * I16_PANELS;
+pub const ROWS: usize = I16_ROWS;
 const PAIRS: usize = BLOCK / 2;
 const _: () = assert!(945 * 8191 * BLOCK < (1 << 31), "Q4_K: int32 sums of a block cannot overflow");
 const _: () = assert!(4096 * 4095 * BLOCK < (1 << 31), "Q6_K: int32 sums of a block cannot overflow");
@@ -164,12 +165,7 @@ unsafe fn gemm<K: GemmBlock>(
         let n_blocks = cols / BLOCK;
         let row_bytes = cols / 256 * K::BYTES;
         let tiles = n_tokens.div_ceil(I16_TOKENS);
-        buffers.weights.clear();
-        buffers.weights.resize(I16_PANELS * PAIRS, _mm512_setzero_si512());
-        buffers.partial.clear();
-        buffers.partial.resize(tiles * I16_PANELS * I16_TOKENS, _mm512_setzero_ps());
-        let n_rows = rows.saturating_sub(r0).min(ROWS);
-        let valid: [usize; I16_PANELS] = std::array::from_fn(|p| n_rows.saturating_sub(p * I16_PANEL).min(I16_PANEL));
+        let (n_rows, valid) = buffers.prepare(PAIRS, n_tokens, rows, r0);
         let x_pairs = x.values.as_ptr() as *const i32; // [n_blocks, n_tokens, PAIRS]
         let mut panel_scales = [PanelScales::default(); I16_PANELS];
         for b in 0..n_blocks {
