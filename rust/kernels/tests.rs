@@ -609,9 +609,11 @@ fn block_activation_stays_close_to_its_input() {
         let d = a.d[c / 32];
         assert!((a.value(c) - v).abs() <= d / 2.0 + 1e-6, "column {c}");
     }
-    // The Q4_K order: each 128 values as [0..32, 64..96, 32..64, 96..128].
-    assert_eq!(a.q_k4[32], a.q[64]);
-    assert_eq!(a.q_k4[64], a.q[32]);
-    assert_eq!(a.q_k4[128 + 96], a.q[128 + 96]);
+    // The AVX-512 K-quant lane orders: dword (u, L, t) of a block at byte 64 u + 16 L + 4 t.
+    assert_eq!(a.q_k4[4], a.q[32]); // (0, 0, 1): sub-block 1
+    assert_eq!(a.q_k4[64 + 16 * 2 + 4 * 3 + 1], a.q[32 * 7 + 4 + 1]); // (1, 2, 3): sub-block 7
+    assert_eq!(a.q_q6[64 * 3 + 16 + 4 * 2], a.q[64 * 2 + 16 + 12]); // (3, 1, 2): sub-block 9
+    assert_eq!(a.offsets_q6[4 + 2], -32 * a.sums16[9]); // lane (L 1, t 2)
+    assert_eq!(a.d_k4[16 + 4 * 3 + 2], a.d[8 + 6]);
     assert_eq!(a.sums16[3], a.q[48..64].iter().map(|&v| v as i32).sum::<i32>());
 }
