@@ -206,7 +206,8 @@ unsafe fn dot_block(init: __m512i, w: &[__m512i; 4], x: *const i8) -> __m512i {
 /// so a block's four `vpdpbusd` add up in one register that is converted and scaled once: one
 /// conversion and FMA per block and token instead of four, each with a permute of the scales
 /// (in-cache benchmark, 16 tokens: 61 -> 77 GMAC/s; 1 token unchanged, 42-43, the transpose
-/// costing what it saves). Weights and scales are unpacked once per block for all `N`.
+/// costing what it saved, until Q4_K's was folded into its nibble masks below). Weights and
+/// scales are unpacked once per block for all `N`.
 #[inline(always)]
 unsafe fn dot_k4<const N: usize, const FIFTH_BIT: bool>(row: &[u8], acts: &[BlockActivation]) -> [f32; N] {
     debug_assert_eq!(acts.len(), N);
@@ -223,6 +224,10 @@ unsafe fn dot_k4<const N: usize, const FIFTH_BIT: bool>(row: &[u8], acts: &[Bloc
         });
         // Lane 4 L + t of the transposed vectors is in sub-block 4 (t / 2) + 2 (L / 2) + t % 2.
         let pick = _mm512_setr_epi32(0, 1, 4, 5, 0, 1, 4, 5, 2, 3, 6, 7, 2, 3, 6, 7);
+        // Q4_K: lanes 4 L + t take the low nibbles for even t, the high ones (times 16) for odd;
+        // sub-block j's scale over 16 where j is odd.
+        let nibbles = _mm512_set4_epi32(0xf0f0_f0f0u32 as i32, 0x0f0f_0f0f, 0xf0f0_f0f0u32 as i32, 0x0f0f_0f0f);
+        let sixteenths = _mm256_setr_ps(1.0, 0.0625, 1.0, 0.0625, 1.0, 0.0625, 1.0, 0.0625);
         let mut acc = [_mm512_setzero_ps(); N];
         let mut mins = [_mm256_setzero_ps(); N];
         let to_f32 = |v: u64| _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_cvtsi64_si128(v as i64)));
@@ -238,6 +243,7 @@ unsafe fn dot_k4<const N: usize, const FIFTH_BIT: bool>(row: &[u8], acts: &[Bloc
             let (sc, m) = scales_mins_k4_words(&block[4..16]);
             let d = _mm256_broadcastss_ps(dd);
             let dmin = _mm256_broadcastss_ps(_mm_movehdup_ps(dd));
+            let d = if FIFTH_BIT { d } else { _mm256_mul_ps(d, sixteenths) };
             let scale = _mm512_permutexvar_ps(pick, _mm512_castps256_ps512(_mm256_mul_ps(to_f32(sc), d)));
             let min = _mm256_mul_ps(to_f32(m), dmin);
             let qh = if FIFTH_BIT {
@@ -245,21 +251,33 @@ unsafe fn dot_k4<const N: usize, const FIFTH_BIT: bool>(row: &[u8], acts: &[Bloc
             } else {
                 _mm512_setzero_si512()
             };
-            let w = transpose4(std::array::from_fn(|v| {
-                let wv = _mm512_loadu_si512(block.as_ptr().add(qs + 64 * (v / 2)) as *const _);
-                let low = if v % 2 == 0 {
-                    _mm512_and_si512(wv, mask4)
-                } else {
-                    _mm512_and_si512(_mm512_srli_epi16::<4>(wv), mask4)
-                };
-                if FIFTH_BIT {
+            let w = if FIFTH_BIT {
+                transpose4(std::array::from_fn(|v| {
+                    let wv = _mm512_loadu_si512(block.as_ptr().add(qs + 64 * (v / 2)) as *const _);
+                    let low = if v % 2 == 0 {
+                        _mm512_and_si512(wv, mask4)
+                    } else {
+                        _mm512_and_si512(_mm512_srli_epi16::<4>(wv), mask4)
+                    };
                     // Bit j of each byte to bit 4: a 16-bit shift per half, then one bit per byte.
                     let high = _mm512_and_si512(_mm512_srlv_epi16(qh, fifth_shift[v]), one);
                     _mm512_or_si512(low, _mm512_slli_epi16::<4>(high))
-                } else {
-                    low
-                }
-            }));
+                }))
+            } else {
+                // The transpose straight from the two loads: dwords [a[u], a[u], b[u], b[u]] per
+                // lane, then low, high, low, high nibbles, the high ones left in place (16 times
+                // their value, undone in `scale`): 4 shuffles and 4 ands for the 2 shifts, 4
+                // ands and 8 unpacks (1 token 44 -> 50 GMAC/s, in-cache benchmark).
+                let a = _mm512_castsi512_ps(_mm512_loadu_si512(block.as_ptr().add(qs) as *const _));
+                let b = _mm512_castsi512_ps(_mm512_loadu_si512(block.as_ptr().add(qs + 64) as *const _));
+                let nibble = |v: __m512| _mm512_and_si512(_mm512_castps_si512(v), nibbles);
+                [
+                    nibble(_mm512_shuffle_ps::<0x00>(a, b)),
+                    nibble(_mm512_shuffle_ps::<0x55>(a, b)),
+                    nibble(_mm512_shuffle_ps::<0xaa>(a, b)),
+                    nibble(_mm512_shuffle_ps::<0xff>(a, b)),
+                ]
+            };
             for (j, act) in acts.iter().enumerate().take(N) {
                 mins[j] = _mm256_fmadd_ps(min, _mm256_loadu_ps(act.scaled_sums32.as_ptr().add(8 * b)), mins[j]);
                 // Weight scale times activation scale per lane's sub-block.
