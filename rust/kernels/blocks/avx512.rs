@@ -24,6 +24,14 @@ pub(super) const PREFETCH_AHEAD: usize = 6144;
 /// (a prompt's batch), which halves the work per token of a prefill.
 const TOKENS: usize = 4;
 
+/// Columns per pass over a tile's activations when a prefill's rows are wider: 4 tokens'
+/// activations for 2048 columns are about 11 KB and stay in L1 while a group of `GROUP` rows
+/// streams past; at 8192 columns they were 44 KB and every row re-read them from L2 (in-cache
+/// benchmark, 128 x 8192, 16 tokens: Q4_K 54 -> 63 GMAC/s, Q6_K 47 -> 60; 1024 and 4096
+/// columns were slower than 2048).
+const CHUNK_COLS: usize = 2048;
+const GROUP: usize = 32;
+
 /// `BlockRowsI8` for Q4_K.
 ///
 /// # Safety
@@ -73,13 +81,14 @@ pub(crate) unsafe fn rows_q6k(
 }
 
 /// What the row driver needs of a block type: its block size and `N` tokens' dot products of
-/// a row. Zero-sized types, so `rows::<K>` is compiled into each `#[target_feature]` caller.
+/// a row's blocks `first..first + row.len() / BYTES` (`row` those blocks' bytes). Zero-sized
+/// types, so `rows::<K>` is compiled into each `#[target_feature]` caller.
 pub(super) trait TileDot {
     const VALUES: usize;
     const BYTES: usize;
     /// # Safety
-    /// The module's contract.
-    unsafe fn dot<const N: usize>(row: &[u8], acts: &[BlockActivation]) -> [f32; N];
+    /// The module's contract (the activations have the blocks `first..`).
+    unsafe fn dot<const N: usize>(row: &[u8], first: usize, acts: &[BlockActivation]) -> [f32; N];
 }
 
 struct Q4K;
@@ -90,9 +99,9 @@ impl TileDot for Q4K {
     const VALUES: usize = 256;
     const BYTES: usize = Q4K_BYTES;
     #[inline(always)]
-    unsafe fn dot<const N: usize>(row: &[u8], acts: &[BlockActivation]) -> [f32; N] {
+    unsafe fn dot<const N: usize>(row: &[u8], first: usize, acts: &[BlockActivation]) -> [f32; N] {
         // SAFETY: the caller's (the module's) contract.
-        unsafe { dot_k4::<N, false>(row, acts) }
+        unsafe { dot_k4::<N, false>(row, first, acts) }
     }
 }
 
@@ -100,9 +109,9 @@ impl TileDot for Q5K {
     const VALUES: usize = 256;
     const BYTES: usize = Q5K_BYTES;
     #[inline(always)]
-    unsafe fn dot<const N: usize>(row: &[u8], acts: &[BlockActivation]) -> [f32; N] {
+    unsafe fn dot<const N: usize>(row: &[u8], first: usize, acts: &[BlockActivation]) -> [f32; N] {
         // SAFETY: the caller's (the module's) contract.
-        unsafe { dot_k4::<N, true>(row, acts) }
+        unsafe { dot_k4::<N, true>(row, first, acts) }
     }
 }
 
@@ -110,16 +119,16 @@ impl TileDot for Q6K {
     const VALUES: usize = 256;
     const BYTES: usize = Q6K_BYTES;
     #[inline(always)]
-    unsafe fn dot<const N: usize>(row: &[u8], acts: &[BlockActivation]) -> [f32; N] {
+    unsafe fn dot<const N: usize>(row: &[u8], first: usize, acts: &[BlockActivation]) -> [f32; N] {
         // SAFETY: the caller's (the module's) contract.
-        unsafe { dot_q6k::<N>(row, acts) }
+        unsafe { dot_q6k::<N>(row, first, acts) }
     }
 }
 
-/// Rows `range` of a `K` matrix times `acts`, `TOKENS` tokens per pass over each row. Tokens
-/// outside, rows inside: a tile's activations (8 KB at 2048 columns) stay in L1 while the rows
-/// stream past; with rows outside, every row re-read all the tokens' activations from L2
-/// (16 tokens, in-cache benchmark: Q4_K 55 -> 61 GMAC/s, Q6_K 49 -> 53).
+/// Rows `range` of a `K` matrix times `acts`, `TOKENS` tokens per pass over each row (over
+/// `CHUNK_COLS` of it at a time). Tokens outside, rows inside: a tile's activations stay in L1
+/// while the rows stream past; with rows outside, every row re-read all the tokens'
+/// activations from L2 (16 tokens, in-cache benchmark: Q4_K 55 -> 61 GMAC/s, Q6_K 49 -> 53).
 ///
 /// # Safety
 /// The module's contract and `BlockRowsI8`'s.
@@ -132,32 +141,72 @@ pub(super) unsafe fn rows<K: TileDot>(
     out: RowsOut,
 ) {
     super::debug_check_rows(w, cols, &range, acts, &out);
-    let row_bytes = cols / K::VALUES * K::BYTES;
+    let blocks = cols / K::VALUES;
+    let row_bytes = blocks * K::BYTES;
+    let chunk = (CHUNK_COLS / K::VALUES).max(1);
     for (tile, acts) in acts.chunks(TOKENS).enumerate() {
         let t0 = tile * TOKENS;
-        for r in range.clone() {
-            let row = &w.values[r * row_bytes..(r + 1) * row_bytes];
-            // SAFETY: the row and activations have the same columns (the module's contract),
-            // and the output is the caller's (`BlockRowsI8`'s contract).
-            unsafe {
-                match acts.len() {
-                    1 => write(&out, t0, r, K::dot::<1>(row, acts)),
-                    2 => write(&out, t0, r, K::dot::<2>(row, acts)),
-                    3 => write(&out, t0, r, K::dot::<3>(row, acts)),
-                    _ => write(&out, t0, r, K::dot::<4>(row, acts)),
+        if acts.len() == 1 {
+            // One token's activations fit in L1 whole: each row in one piece, no sums to keep
+            // (in one piece 5% faster than through the sums below, in-cache benchmark).
+            for r in range.clone() {
+                let row = &w.values[r * row_bytes..(r + 1) * row_bytes];
+                // SAFETY: the row and activations have the same columns (the module's
+                // contract), and the output is the caller's (`BlockRowsI8`'s contract).
+                unsafe { write(&out, t0, r, &K::dot::<1>(row, 0, acts)) };
+            }
+            continue;
+        }
+        // `chunk` blocks of a group of rows at a time, summed per row and token.
+        for group in range.clone().step_by(GROUP) {
+            let group = group..(group + GROUP).min(range.end);
+            let mut sums = [[0.0f32; TOKENS]; GROUP];
+            for first in (0..blocks).step_by(chunk) {
+                let end = (first + chunk).min(blocks);
+                for (r, sums) in group.clone().zip(&mut sums) {
+                    let row = &w.values[r * row_bytes + first * K::BYTES..r * row_bytes + end * K::BYTES];
+                    // SAFETY: blocks first..end of the row, which the activations have (the
+                    // module's contract).
+                    let part = unsafe { dot_tile::<K>(row, first, acts) };
+                    for (s, p) in sums.iter_mut().zip(part) {
+                        *s += p;
+                    }
                 }
+            }
+            for (r, sums) in group.zip(&sums) {
+                // SAFETY: the caller's output contract (`BlockRowsI8`'s).
+                unsafe { write(&out, t0, r, &sums[..acts.len()]) };
             }
         }
     }
 }
 
-/// Tokens `t0..t0 + N` of row `r`.
+/// `K::dot` for `acts.len()` (2 to `TOKENS`) tokens, padded with zeros to `TOKENS`. Each
+/// `K::dot::<N>` is inlined once in `rows` (with a second copy of them the inliner gave up on
+/// the 32-value kernels' helpers, 10 times slower).
+///
+/// # Safety
+/// `TileDot::dot`'s.
+#[inline(always)]
+unsafe fn dot_tile<K: TileDot>(row: &[u8], first: usize, acts: &[BlockActivation]) -> [f32; TOKENS] {
+    let pad = |v: &[f32]| std::array::from_fn(|j| v.get(j).copied().unwrap_or(0.0));
+    // SAFETY: the caller's.
+    unsafe {
+        match acts.len() {
+            2 => pad(&K::dot::<2>(row, first, acts)),
+            3 => pad(&K::dot::<3>(row, first, acts)),
+            _ => K::dot::<4>(row, first, acts),
+        }
+    }
+}
+
+/// Tokens `t0..t0 + values.len()` of row `r`.
 ///
 /// # Safety
 /// `BlockRowsI8`'s output contract for those tokens.
 #[inline(always)]
-unsafe fn write<const N: usize>(out: &RowsOut, t0: usize, r: usize, values: [f32; N]) {
-    for (j, v) in values.into_iter().enumerate() {
+unsafe fn write(out: &RowsOut, t0: usize, r: usize, values: &[f32]) {
+    for (j, &v) in values.iter().enumerate() {
         // SAFETY: the caller's output contract.
         unsafe { out.write(t0 + j, r, v) };
     }
@@ -209,7 +258,11 @@ unsafe fn dot_block(init: __m512i, w: &[__m512i; 4], x: *const i8) -> __m512i {
 /// costing what it saved, until Q4_K's was folded into its nibble masks below). Weights and
 /// scales are unpacked once per block for all `N`.
 #[inline(always)]
-unsafe fn dot_k4<const N: usize, const FIFTH_BIT: bool>(row: &[u8], acts: &[BlockActivation]) -> [f32; N] {
+unsafe fn dot_k4<const N: usize, const FIFTH_BIT: bool>(
+    row: &[u8],
+    first: usize,
+    acts: &[BlockActivation],
+) -> [f32; N] {
     debug_assert_eq!(acts.len(), N);
     let (block_bytes, qs) = if FIFTH_BIT { (Q5K_BYTES, 48) } else { (Q4K_BYTES, 16) };
     // SAFETY: the module's contract: block b's bytes are inside the row, and each
@@ -231,7 +284,7 @@ unsafe fn dot_k4<const N: usize, const FIFTH_BIT: bool>(row: &[u8], acts: &[Bloc
         let mut acc = [_mm512_setzero_ps(); N];
         let mut mins = [_mm256_setzero_ps(); N];
         let to_f32 = |v: u64| _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_cvtsi64_si128(v as i64)));
-        for (b, block) in row.chunks_exact(block_bytes).enumerate() {
+        for (b, block) in (first..).zip(row.chunks_exact(block_bytes)) {
             prefetch(block.as_ptr().wrapping_add(PREFETCH_AHEAD));
             prefetch(block.as_ptr().wrapping_add(PREFETCH_AHEAD + 64));
             prefetch(block.as_ptr().wrapping_add(PREFETCH_AHEAD + 128));
@@ -302,7 +355,7 @@ unsafe fn dot_k4<const N: usize, const FIFTH_BIT: bool>(row: &[u8], acts: &[Bloc
 /// offset, exact in the integer sum), converted and scaled once (in-cache benchmark, 16 tokens:
 /// 53 -> 72 GMAC/s; 1 token 35 -> 36).
 #[inline(always)]
-unsafe fn dot_q6k<const N: usize>(row: &[u8], acts: &[BlockActivation]) -> [f32; N] {
+unsafe fn dot_q6k<const N: usize>(row: &[u8], first: usize, acts: &[BlockActivation]) -> [f32; N] {
     debug_assert_eq!(acts.len(), N);
     // SAFETY: the module's contract: block b's 210 bytes are inside the row, and each
     // activation's 256 values and 16 lane-ordered scales and offsets of block b inside its
@@ -317,7 +370,7 @@ unsafe fn dot_q6k<const N: usize>(row: &[u8], acts: &[BlockActivation]) -> [f32;
         // Lane 4 L + t of the transposed vectors is in sub-block 4 t + L.
         let pick = _mm512_setr_epi32(0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15);
         let mut acc = [_mm512_setzero_ps(); N];
-        for (b, block) in row.chunks_exact(Q6K_BYTES).enumerate() {
+        for (b, block) in (first..).zip(row.chunks_exact(Q6K_BYTES)) {
             prefetch(block.as_ptr().wrapping_add(PREFETCH_AHEAD));
             prefetch(block.as_ptr().wrapping_add(PREFETCH_AHEAD + 64));
             prefetch(block.as_ptr().wrapping_add(PREFETCH_AHEAD + 128));
