@@ -400,6 +400,58 @@ fn avx512_decode_rows_with_and_without_gfni_match_scalar() {
     }
 }
 
+/// The AVX-512 Q6_K kernel with and without GFNI (the table picks one by the CPU) against the
+/// scalar reference (to 1e-5 of the sum of the products' magnitudes, as the other block
+/// tests), one token and a tile, one and several column chunks.
+#[cfg(target_arch = "x86_64")]
+#[test]
+fn avx512_q6k_with_and_without_gfni_match_scalar() {
+    if !Isa::Avx512.supported() {
+        return;
+    }
+    let mut rng = Rng(0x6a6);
+    for (rows, cols) in [(5usize, 256usize), (3, 2304), (33, 4096)] {
+        let values = random_blocks(&mut rng, BlockType::Q6K, rows, cols);
+        let w = BlockData { kind: BlockType::Q6K, values: &values };
+        let dequantized = dequantized_rows(BlockType::Q6K, &values, cols);
+        for n_tokens in [1usize, 4, 6] {
+            let acts: Vec<blocks::activation::BlockActivation> = (0..n_tokens)
+                .map(|_| {
+                    let mut a = blocks::activation::BlockActivation::default();
+                    a.quantize(&rng.vec(cols));
+                    a
+                })
+                .collect();
+            let row_bytes = BlockType::Q6K.row_bytes(cols).unwrap();
+            let reference: Vec<f32> = (0..n_tokens)
+                .flat_map(|t| (0..rows).map(move |r| (t, r)))
+                .map(|(t, r)| blocks::dot_i8::dot_q6k_scalar(&values[r * row_bytes..(r + 1) * row_bytes], &acts[t]))
+                .collect();
+            for gfni in [false, true] {
+                if gfni && !isa::has_gfni() {
+                    continue;
+                }
+                let mut out = vec![0.0f32; rows * n_tokens];
+                {
+                    let dst = DisjointSlice::new(&mut out);
+                    let rows_out = RowsOut { data: &dst, offset: 0, stride: rows };
+                    let kernel = if gfni { blocks::avx512::rows_q6k_gfni } else { blocks::avx512::rows_q6k };
+                    // SAFETY: AVX-512 VNNI and F16C (and GFNI when used) are present; the
+                    // activations have the rows' columns; all rows of every token fit `out`,
+                    // and this thread alone writes it.
+                    unsafe { kernel(&w, cols, 0..rows, &acts, rows_out) };
+                }
+                for (i, (&g, &e)) in out.iter().zip(&reference).enumerate() {
+                    let (t, r) = (i / rows, i % rows);
+                    let magnitude: f32 = (0..cols).map(|c| (dequantized[r * cols + c] * acts[t].value(c)).abs()).sum();
+                    let what = format!("{rows}x{cols} tokens {n_tokens} gfni {gfni} [{i}]");
+                    assert!((g - e).abs() <= 1e-5 * magnitude + 1e-6, "{what}: {g} vs {e}");
+                }
+            }
+        }
+    }
+}
+
 #[test]
 fn shared_input_matmul_equals_one_matmul_per_matrix() {
     let mut rng = Rng(0xfeed);
