@@ -244,7 +244,7 @@ fn x86_table(isa: Isa, portable: Kernels) -> Kernels {
         gemm_q6k: Some(blocks::gemm_k_avx512::gemm_q6k),
         rows_q4k: Some(blocks::avx512::rows_q4k),
         rows_q5k: Some(blocks::avx512::rows_q5k),
-        rows_q6k: Some(blocks::avx512::rows_q6k),
+        rows_q6k: Some(if super::isa::has_gfni() { blocks::avx512::rows_q6k_gfni } else { blocks::avx512::rows_q6k }),
         rows_q8_0: Some(blocks::avx512_q4::rows_q8_0),
         rows_q4_0: Some(blocks::avx512_q4::rows_q4_0),
         rows_q4_1: Some(blocks::avx512_q4::rows_q4_1),

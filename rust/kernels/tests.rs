@@ -400,6 +400,58 @@ fn avx512_decode_rows_with_and_without_gfni_match_scalar() {
     }
 }
 
+/// The AVX-512 Q6_K kernel with and without GFNI (the table picks one by the CPU) against the
+/// scalar reference (to 1e-5 of the sum of the products' magnitudes, as the other block
+/// tests), one token and a tile, one and several column chunks.
+#[cfg(target_arch = "x86_64")]
+#[test]
+fn avx512_q6k_with_and_without_gfni_match_scalar() {
+    if !Isa::Avx512.supported() {
+        return;
+    }
+    let mut rng = Rng(0x6a6);
+    for (rows, cols) in [(5usize, 256usize), (3, 2304), (33, 4096)] {
+        let values = random_blocks(&mut rng, BlockType::Q6K, rows, cols);
+        let w = BlockData { kind: BlockType::Q6K, values: &values };
+        let dequantized = dequantized_rows(BlockType::Q6K, &values, cols);
+        for n_tokens in [1usize, 4, 6] {
+            let acts: Vec<blocks::activation::BlockActivation> = (0..n_tokens)
+                .map(|_| {
+                    let mut a = blocks::activation::BlockActivation::default();
+                    a.quantize(&rng.vec(cols));
+                    a
+                })
+                .collect();
+            let row_bytes = BlockType::Q6K.row_bytes(cols).unwrap();
+            let reference: Vec<f32> = (0..n_tokens)
+                .flat_map(|t| (0..rows).map(move |r| (t, r)))
+                .map(|(t, r)| blocks::dot_i8::dot_q6k_scalar(&values[r * row_bytes..(r + 1) * row_bytes], &acts[t]))
+                .collect();
+            for gfni in [false, true] {
+                if gfni && !isa::has_gfni() {
+                    continue;
+                }
+                let mut out = vec![0.0f32; rows * n_tokens];
+                {
+                    let dst = DisjointSlice::new(&mut out);
+                    let rows_out = RowsOut { data: &dst, offset: 0, stride: rows };
+                    let kernel = if gfni { blocks::avx512::rows_q6k_gfni } else { blocks::avx512::rows_q6k };
+                    // SAFETY: AVX-512 VNNI and F16C (and GFNI when used) are present; the
+                    // activations have the rows' columns; all rows of every token fit `out`,
+                    // and this thread alone writes it.
+                    unsafe { kernel(&w, cols, 0..rows, &acts, rows_out) };
+                }
+                for (i, (&g, &e)) in out.iter().zip(&reference).enumerate() {
+                    let (t, r) = (i / rows, i % rows);
+                    let magnitude: f32 = (0..cols).map(|c| (dequantized[r * cols + c] * acts[t].value(c)).abs()).sum();
+                    let what = format!("{rows}x{cols} tokens {n_tokens} gfni {gfni} [{i}]");
+                    assert!((g - e).abs() <= 1e-5 * magnitude + 1e-6, "{what}: {g} vs {e}");
+                }
+            }
+        }
+    }
+}
+
 #[test]
 fn shared_input_matmul_equals_one_matmul_per_matrix() {
     let mut rng = Rng(0xfeed);
@@ -574,7 +626,8 @@ fn block_kernels_match_float64_dequantization() {
 
 /// Every table's int8 block kernels against the scalar references, on shapes with columns that
 /// are not multiples of the SIMD kernels' steps (32, 96, 224, 800 for the 32-value types) and
-/// odd row counts, so their tails run too.
+/// odd row counts, so their tails run too; 2080 and 2304 are past the AVX-512 driver's 2048-column
+/// chunks, with a partial last one.
 #[test]
 fn block_kernels_match_the_scalar_references() {
     let mut rng = Rng(0x5ca1);
@@ -584,7 +637,7 @@ fn block_kernels_match_the_scalar_references() {
             continue;
         }
         let col_counts: &[usize] =
-            if kind.elements() == 32 { &[32, 64, 96, 224, 256, 288, 800, 1056] } else { &[256, 512, 1280] };
+            if kind.elements() == 32 { &[32, 64, 96, 224, 256, 288, 800, 1056, 2080] } else { &[256, 512, 1280, 2304] };
         for &cols in col_counts {
             for rows in [1usize, 3, 17] {
                 let values = random_blocks(&mut rng, kind, rows, cols);
@@ -642,9 +695,11 @@ fn block_activation_stays_close_to_its_input() {
         let d = a.d[c / 32];
         assert!((a.value(c) - v).abs() <= d / 2.0 + 1e-6, "column {c}");
     }
-    // The Q4_K order: each 128 values as [0..32, 64..96, 32..64, 96..128].
-    assert_eq!(a.q_k4[32], a.q[64]);
-    assert_eq!(a.q_k4[64], a.q[32]);
-    assert_eq!(a.q_k4[128 + 96], a.q[128 + 96]);
+    // The AVX-512 K-quant lane orders: dword (u, L, t) of a block at byte 64 u + 16 L + 4 t.
+    assert_eq!(a.q_k4[4], a.q[32]); // (0, 0, 1): sub-block 1
+    assert_eq!(a.q_k4[64 + 16 * 2 + 4 * 3 + 1], a.q[32 * 7 + 4 + 1]); // (1, 2, 3): sub-block 7
+    assert_eq!(a.q_q6[64 * 3 + 16 + 4 * 2], a.q[64 * 2 + 16 + 12]); // (3, 1, 2): sub-block 9
+    assert_eq!(a.offsets_q6[4 + 2], -32 * a.sums16[9]); // lane (L 1, t 2)
+    assert_eq!(a.d_k4[16 + 4 * 3 + 2], a.d[8 + 6]);
     assert_eq!(a.sums16[3], a.q[48..64].iter().map(|&v| v as i32).sum::<i32>());
 }

@@ -27,10 +27,22 @@ pub struct BlockActivation {
     /// computed once per input instead of once per matrix row.
     pub sums16_f32: Vec<f32>, // [cols / 16]
     pub scaled_sums32: Vec<f32>, // [cols / BLOCK]
-    /// `q` with each 128 values as [0..32, 64..96, 32..64, 96..128]: the order of a 64-byte load
-    /// of Q4_K nibbles (low nibbles of two 32-byte chunks, then their high nibbles). Empty
-    /// unless `cols` is a multiple of 256 (whole K-quant blocks): only Q4_K reads it.
+    /// `q` in the lane order of the AVX-512 Q4_K/Q5_K kernel: per 256-value block, 4 vectors u
+    /// of 4 lanes L of 4 dwords t of 4 values, dword (u, L, t) being values
+    /// `32 j + 16 (L % 2) + 4 u .. + 4` of sub-block `j = 4 (t / 2) + 2 (L / 2) + t % 2`. Dword
+    /// (L, t) is then in the same sub-block in all four vectors, so the kernel sums a block's four
+    /// `vpdpbusd` in one register and scales it once (the nibble loads, transposed per lane,
+    /// have that order). Empty unless `cols` is a multiple of 256: only those kernels read it.
     pub q_k4: Vec<i8>, // [cols] or []
+    /// `d` in that kernel's lane order: `d[8 b + j]` at `16 b + 4 L + t`, j as above.
+    pub d_k4: Vec<f32>, // [cols / 16] or []
+    /// `q` in the lane order of the AVX-512 Q6_K kernel: dword (u, L, t) of a block is values
+    /// `64 t + 16 L + 4 u .. + 4`, in 16-value sub-block `4 t + L`.
+    pub q_q6: Vec<i8>, // [cols] or []
+    /// `d` and `-32 * sums16` in that kernel's lane order (lane `4 L + t` is sub-block
+    /// `4 t + L`): the scale and Q6_K's offset, the offset the start of the integer sum.
+    pub d_q6: Vec<f32>, // [cols / 16] or []
+    pub offsets_q6: Vec<i32>, // [cols / 16] or []
 }
 
 impl BlockActivation {
@@ -62,12 +74,32 @@ impl BlockActivation {
         self.scaled_sums32.clear();
         self.scaled_sums32.extend(self.d.iter().zip(&self.sums32).map(|(&d, &s)| d * s as f32));
         self.q_k4.clear();
+        self.d_k4.clear();
+        self.q_q6.clear();
+        self.d_q6.clear();
+        self.offsets_q6.clear();
         if !x.len().is_multiple_of(256) {
-            return; // no Q4_K row has these columns
+            return; // no K-quant row has these columns
         }
-        for chunk in self.q.chunks_exact(128) {
-            for range in [0..32, 64..96, 32..64, 96..128] {
-                self.q_k4.extend_from_slice(&chunk[range]);
+        for (b, block) in self.q.chunks_exact(256).enumerate() {
+            for u in 0..4 {
+                for l in 0..4 {
+                    for t in 0..4 {
+                        let j = 4 * (t / 2) + 2 * (l / 2) + t % 2;
+                        let at = 32 * j + 16 * (l % 2) + 4 * u;
+                        self.q_k4.extend_from_slice(&block[at..at + 4]);
+                        let at = 64 * t + 16 * l + 4 * u;
+                        self.q_q6.extend_from_slice(&block[at..at + 4]);
+                    }
+                }
+            }
+            for l in 0..4 {
+                for t in 0..4 {
+                    self.d_k4.push(self.d[8 * b + 4 * (t / 2) + 2 * (l / 2) + t % 2]);
+                    let s = 4 * t + l;
+                    self.d_q6.push(self.d[8 * b + s / 2]);
+                    self.offsets_q6.push(-32 * self.sums16[16 * b + s]);
+                }
             }
         }
     }

@@ -202,9 +202,9 @@ impl<K: SmallBlock> TileDot for K {
     const VALUES: usize = 32;
     const BYTES: usize = K::BYTES;
     #[inline(always)]
-    unsafe fn dot<const N: usize>(row: &[u8], acts: &[BlockActivation]) -> [f32; N] {
+    unsafe fn dot<const N: usize>(row: &[u8], first: usize, acts: &[BlockActivation]) -> [f32; N] {
         // SAFETY: the caller's (the module's) contract.
-        unsafe { dot_small::<K, N>(row, acts) }
+        unsafe { dot_small::<K, N>(row, first, acts) }
     }
 }
 
@@ -220,9 +220,9 @@ unsafe fn fp16_of_step(blocks: &[u8], bytes: usize, at: usize) -> __m256 {
 /// The scalar references (`dot_q8_0_scalar` and the others) for `N` activations at once: per
 /// step of eight blocks, four 64-byte vectors of weights unpacked once for all `N`.
 #[inline(always)]
-unsafe fn dot_small<K: SmallBlock, const N: usize>(row: &[u8], acts: &[BlockActivation]) -> [f32; N] {
+unsafe fn dot_small<K: SmallBlock, const N: usize>(row: &[u8], first: usize, acts: &[BlockActivation]) -> [f32; N] {
     debug_assert_eq!(acts.len(), N);
-    debug_assert!(acts.iter().all(|a| a.cols / 32 * K::BYTES == row.len()));
+    debug_assert!(acts.iter().all(|a| (a.cols / 32 - first) * K::BYTES >= row.len()));
     let blocks = row.len() / K::BYTES;
     let steps = blocks / STEP;
     // SAFETY: the module's contract: every block loaded is one of the row's, and its 32
@@ -246,9 +246,10 @@ unsafe fn dot_small<K: SmallBlock, const N: usize>(row: &[u8], acts: &[BlockActi
             let off = K::offsets(step, d);
             let w: [__m512i; 4] = std::array::from_fn(|p| K::weights_pair(base.add(2 * p * K::BYTES)));
             for (j, act) in acts.iter().enumerate().take(N) {
-                offsets[j] = _mm256_fmadd_ps(off, _mm256_loadu_ps(act.scaled_sums32.as_ptr().add(b0)), offsets[j]);
-                let scaled = _mm512_castps256_ps512(_mm256_mul_ps(d, _mm256_loadu_ps(act.d.as_ptr().add(b0))));
-                let x = act.q.as_ptr().add(32 * b0);
+                offsets[j] =
+                    _mm256_fmadd_ps(off, _mm256_loadu_ps(act.scaled_sums32.as_ptr().add(first + b0)), offsets[j]);
+                let scaled = _mm512_castps256_ps512(_mm256_mul_ps(d, _mm256_loadu_ps(act.d.as_ptr().add(first + b0))));
+                let x = act.q.as_ptr().add(32 * (first + b0));
                 for p in 0..4 {
                     let i = _mm512_dpbusd_epi32(
                         _mm512_setzero_si512(),
@@ -266,10 +267,10 @@ unsafe fn dot_small<K: SmallBlock, const N: usize>(row: &[u8], acts: &[BlockActi
             let d = half_at(block, 0);
             let (w, off) = (K::weights(block.as_ptr()), K::offset(block, d));
             for (j, act) in acts.iter().enumerate().take(N) {
-                let x = _mm256_loadu_si256(act.q.as_ptr().add(32 * b) as *const _);
+                let x = _mm256_loadu_si256(act.q.as_ptr().add(32 * (first + b)) as *const _);
                 let i = _mm256_dpbusd_epi32(_mm256_setzero_si256(), w, x);
-                tail_acc[j] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(i), _mm256_set1_ps(d * act.d[b]), tail_acc[j]);
-                tail_offsets[j] += off * act.scaled_sums32[b];
+                tail_acc[j] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(i), _mm256_set1_ps(d * act.d[first + b]), tail_acc[j]);
+                tail_offsets[j] += off * act.scaled_sums32[first + b];
             }
         }
         std::array::from_fn(|j| {
