@@ -548,7 +548,7 @@ fn q4k_gemm_input(
     cols: usize,
 ) -> Option<crate::kernels::affine::activation::Int16Activations> {
     #[cfg(target_arch = "x86_64")]
-    if k.block_gemm(kind).is_some() && n_tokens >= GEMM_MIN_TOKENS {
+    if k.block_gemm(kind).is_some() && n_tokens >= crate::kernels::matmul::BLOCK_GEMM_MIN_TOKENS {
         use blocks::gemm_k_avx512::{levels, pair_position, BLOCK};
         let mut permuted = vec![0.0f32; x.len()];
         for t in 0..n_tokens {
@@ -576,7 +576,7 @@ fn block_kernels_match_float64_dequantization() {
             let m = Matrix { rows, cols, data: MatrixData::Blocks(BlockData { kind, values: &values }) };
             // The reference dequantization of every row, then the products in float64.
             let w = dequantized_rows(kind, &values, cols);
-            for n_tokens in [1usize, 3, 6, 13] {
+            for n_tokens in [1usize, 3, 6, 13, 50] {
                 let x = rng.vec(n_tokens * cols);
                 let exact = |x_value: &dyn Fn(usize, usize) -> f64| -> Vec<f64> {
                     (0..n_tokens)
