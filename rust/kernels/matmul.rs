@@ -13,7 +13,7 @@ use super::blocks::activation::BlockActivation;
 use super::q8_0::QuantizedVec;
 use super::Kernels;
 use crate::disjoint::DisjointSlice;
-use crate::weights::{AffineData, BlockData, BlockType, Matrix, MatrixData};
+use crate::weights::{AffineData, Matrix, MatrixData};
 
 /// Per-call working memory of `matmul`, reused across calls so decoding allocates nothing.
 #[derive(Debug, Default, Clone)]
@@ -23,7 +23,8 @@ pub struct Scratch {
     int16: Int16Activations,      // [n_tokens] inputs quantized for the int16 GEMM
     blocks: Vec<BlockActivation>, // [n_tokens] inputs quantized for block weights
     permuted: Vec<f32>,           // [n_tokens, cols] inputs in stored column order (act-order, Q4_K pairs)
-    block_sums: Vec<f32>,         // [n_tokens, cols / 32] sub-block sums of the Q4_K GEMM's input
+    #[cfg(target_arch = "x86_64")]
+    block_sums: Vec<f32>, // [n_tokens, cols / 32] sub-block sums of the Q4_K GEMM's input
     group_sums: Vec<Vec<f32>>,    // [n_tokens][n_groups] input sums per group (affine weights)
 }
 
@@ -194,7 +195,7 @@ pub fn matmul(out: &mut [f32], w: &Matrix, x: &[f32], n_tokens: usize, scratch: 
 fn block_gemm(
     gemm: super::blocks::BlockGemm,
     dst: &DisjointSlice<f32>,
-    b: &BlockData,
+    b: &crate::weights::BlockData,
     rows: usize,
     cols: usize,
     x: &[f32],
@@ -212,7 +213,7 @@ fn block_gemm(
     }
     let levels = levels(b.kind).expect("a block type with a GEMM");
     scratch.int16.quantize_to(&scratch.permuted, n_tokens, cols, BLOCK, levels);
-    if b.kind == BlockType::Q4K {
+    if b.kind == crate::weights::BlockType::Q4K {
         sub_block_sums(&scratch.int16, &mut scratch.block_sums); // its mins
     }
     let (xq, sums) = (&scratch.int16, &scratch.block_sums[..]);

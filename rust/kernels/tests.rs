@@ -539,14 +539,9 @@ fn dequantized_rows(kind: BlockType, values: &[u8], cols: usize) -> Vec<f32> {
         .collect()
 }
 
-/// The int16 activation a block GEMM multiplies, where `k` runs this batch on one.
-fn q4k_gemm_input(
-    k: &Kernels,
-    kind: BlockType,
-    x: &[f32],
-    n_tokens: usize,
-    cols: usize,
-) -> Option<crate::kernels::affine::activation::Int16Activations> {
+/// The activation a block GEMM multiplies (`[n_tokens, cols]`, as it rounds it to int16),
+/// where `k` runs this batch on one.
+fn block_gemm_input(k: &Kernels, kind: BlockType, x: &[f32], n_tokens: usize, cols: usize) -> Option<Vec<f32>> {
     #[cfg(target_arch = "x86_64")]
     if k.block_gemm(kind).is_some() && n_tokens >= crate::kernels::matmul::BLOCK_GEMM_MIN_TOKENS {
         use blocks::gemm_k_avx512::{levels, pair_position, BLOCK};
@@ -558,7 +553,7 @@ fn q4k_gemm_input(
         }
         let mut xq = crate::kernels::affine::activation::Int16Activations::default();
         xq.quantize_to(&permuted, n_tokens, cols, BLOCK, levels(kind).unwrap());
-        return Some(xq);
+        return Some((0..n_tokens * cols).map(|i| xq.value(i / cols, pair_position(kind, i % cols))).collect());
     }
     let _ = (k, kind, x, n_tokens, cols);
     None
@@ -606,10 +601,9 @@ fn block_kernels_match_float64_dequantization() {
                     let what = format!("{} {rows}x{cols} tokens {n_tokens} {:?}", kind.name(), k.isa());
                     close(&run(&m, &x, n_tokens, &exact_kernels(k.isa())), &exact_f32, &format!("exact {what}"));
                     let fast = run(&m, &x, n_tokens, &k);
-                    if let Some(xq) = q4k_gemm_input(&k, kind, &x, n_tokens, cols) {
+                    if let Some(xq) = block_gemm_input(&k, kind, &x, n_tokens, cols) {
                         // The int16 GEMM: the same products with the activation as it rounds it.
-                        use blocks::gemm_k_avx512::pair_position;
-                        let exact_i16 = exact(&|t, c| xq.value(t, pair_position(kind, c)) as f64);
+                        let exact_i16 = exact(&|t, c| xq[t * cols + c] as f64);
                         close(&fast, &exact_i16, &format!("int16 {what}"));
                     } else if k.block_rows(kind).is_some() {
                         // int8 activations: the same products with the activation as quantized.
@@ -650,7 +644,7 @@ fn block_kernels_match_the_scalar_references() {
                         if k.block_rows(kind).is_none() {
                             continue;
                         }
-                        if q4k_gemm_input(&k, kind, &x, n_tokens, cols).is_some() {
+                        if block_gemm_input(&k, kind, &x, n_tokens, cols).is_some() {
                             continue; // int16 activations: against float64 in the test above
                         }
                         let got = run(&m, &x, n_tokens, &k);
