@@ -203,14 +203,8 @@ fn block_gemm(
     scratch: &mut Scratch,
 ) {
     use super::affine::gemm_i16_avx512::I16Buffers;
-    use super::blocks::gemm_k_avx512::{levels, pair_position, sub_block_sums, BLOCK, ROWS};
-    scratch.permuted.clear();
-    scratch.permuted.resize(n_tokens * cols, 0.0);
-    for (from, to) in x.chunks_exact(cols).zip(scratch.permuted.chunks_exact_mut(cols)) {
-        for (c, &v) in from.iter().enumerate() {
-            to[pair_position(b.kind, c)] = v;
-        }
-    }
+    use super::blocks::gemm_k_avx512::{levels, sub_block_sums, to_pair_order, BLOCK, ROWS};
+    to_pair_order(b.kind, x, cols, &mut scratch.permuted);
     let levels = levels(b.kind).expect("a block type with a GEMM");
     scratch.int16.quantize_to(&scratch.permuted, n_tokens, cols, BLOCK, levels);
     if b.kind == crate::weights::BlockType::Q4K {

@@ -544,13 +544,9 @@ fn dequantized_rows(kind: BlockType, values: &[u8], cols: usize) -> Vec<f32> {
 fn block_gemm_input(k: &Kernels, kind: BlockType, x: &[f32], n_tokens: usize, cols: usize) -> Option<Vec<f32>> {
     #[cfg(target_arch = "x86_64")]
     if k.block_gemm(kind).is_some() && n_tokens >= crate::kernels::matmul::BLOCK_GEMM_MIN_TOKENS {
-        use blocks::gemm_k_avx512::{levels, pair_position, BLOCK};
-        let mut permuted = vec![0.0f32; x.len()];
-        for t in 0..n_tokens {
-            for c in 0..cols {
-                permuted[t * cols + pair_position(kind, c)] = x[t * cols + c];
-            }
-        }
+        use blocks::gemm_k_avx512::{levels, pair_position, to_pair_order, BLOCK};
+        let mut permuted = Vec::new();
+        to_pair_order(kind, x, cols, &mut permuted);
         let mut xq = crate::kernels::affine::activation::Int16Activations::default();
         xq.quantize_to(&permuted, n_tokens, cols, BLOCK, levels(kind).unwrap());
         return Some((0..n_tokens * cols).map(|i| xq.value(i / cols, pair_position(kind, i % cols))).collect());

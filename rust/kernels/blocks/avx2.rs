@@ -220,9 +220,9 @@ unsafe fn dot_u8_i8(w: __m256i, x: __m256i) -> __m256i {
     unsafe { _mm256_madd_epi16(_mm256_maddubs_epi16(w, x), _mm256_set1_epi16(1)) }
 }
 
-/// Eight unsigned bytes as eight fp32 lanes.
+/// Eight unsigned bytes as eight fp32 lanes (the AVX-512 K-quant kernels' too).
 #[inline(always)]
-unsafe fn bytes_to_f32(v: u64) -> __m256 {
+pub(super) unsafe fn bytes_to_f32(v: u64) -> __m256 {
     // SAFETY: AVX2 per the module's contract.
     unsafe { _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_cvtsi64_si128(v as i64))) }
 }
@@ -380,9 +380,10 @@ unsafe fn fp16_first(block: &[u8]) -> f32 {
 }
 
 /// A 4-bit block's 16 nibble bytes at `p` as 32 unsigned bytes in value order: the low
-/// nibbles (values 0..16), then the high ones (16..32).
+/// nibbles (values 0..16), then the high ones (16..32). The AVX-512 kernels' tail blocks use
+/// it too.
 #[inline(always)]
-unsafe fn nibbles(p: *const u8) -> __m256i {
+pub(super) unsafe fn nibbles(p: *const u8) -> __m256i {
     // SAFETY: AVX2 per the module's contract; the caller's 16 bytes at p are inside its block.
     unsafe {
         let v = _mm_loadu_si128(p as *const _);

@@ -13,6 +13,7 @@
 use std::arch::x86_64::*;
 
 use super::activation::BlockActivation;
+use super::avx2::bytes_to_f32;
 use super::dot_i8::{scales_mins_k4_words, Q4K_BYTES, Q5K_BYTES, Q6K_BYTES};
 use crate::kernels::affine::RowsOut;
 use crate::kernels::simd_x86::prefetch;
@@ -303,7 +304,6 @@ unsafe fn dot_k4<const N: usize, const FIFTH_BIT: bool>(
         let sixteenths = _mm256_setr_ps(1.0, 0.0625, 1.0, 0.0625, 1.0, 0.0625, 1.0, 0.0625);
         let mut acc = [_mm512_setzero_ps(); N];
         let mut mins = [_mm256_setzero_ps(); N];
-        let to_f32 = |v: u64| _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_cvtsi64_si128(v as i64)));
         for (b, block) in (first..).zip(row.chunks_exact(block_bytes)) {
             prefetch(block.as_ptr().wrapping_add(PREFETCH_AHEAD));
             prefetch(block.as_ptr().wrapping_add(PREFETCH_AHEAD + 64));
@@ -317,8 +317,8 @@ unsafe fn dot_k4<const N: usize, const FIFTH_BIT: bool>(
             let d = _mm256_broadcastss_ps(dd);
             let dmin = _mm256_broadcastss_ps(_mm_movehdup_ps(dd));
             let d = if FIFTH_BIT { d } else { _mm256_mul_ps(d, sixteenths) };
-            let scale = _mm512_permutexvar_ps(pick, _mm512_castps256_ps512(_mm256_mul_ps(to_f32(sc), d)));
-            let min = _mm256_mul_ps(to_f32(m), dmin);
+            let scale = _mm512_permutexvar_ps(pick, _mm512_castps256_ps512(_mm256_mul_ps(bytes_to_f32(sc), d)));
+            let min = _mm256_mul_ps(bytes_to_f32(m), dmin);
             let qh = if FIFTH_BIT {
                 _mm512_broadcast_i64x4(_mm256_loadu_si256(block.as_ptr().add(16) as *const _))
             } else {

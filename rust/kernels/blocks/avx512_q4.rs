@@ -14,6 +14,7 @@
 use std::arch::x86_64::*;
 
 use super::activation::BlockActivation;
+use super::avx2::nibbles;
 use super::avx512::{rows, TileDot, PREFETCH_AHEAD};
 use super::dot_i8::{Q4_0_BYTES, Q4_1_BYTES, Q8_0_BYTES};
 use super::half_at;
@@ -99,17 +100,6 @@ trait SmallBlock {
 struct Q80;
 struct Q40;
 struct Q41;
-
-/// A 4-bit block's 16 nibble bytes at `p` as 32 unsigned bytes in value order: the low
-/// nibbles (values 0..16), then the high ones (16..32).
-#[inline(always)]
-unsafe fn nibbles(p: *const u8) -> __m256i {
-    // SAFETY: the module's contract; the 16 bytes at p are inside the caller's block.
-    unsafe {
-        let v = _mm_loadu_si128(p as *const _);
-        _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16::<4>(v), v), _mm256_set1_epi8(0x0f))
-    }
-}
 
 /// Two blocks' nibbles (16 bytes at `p` and at `p + stride`) as 64 unsigned bytes in value
 /// order: [low(p), high(p), low(p + stride), high(p + stride)].

@@ -64,6 +64,17 @@ pub fn pair_position(kind: BlockType, c: usize) -> usize {
     }
 }
 
+/// `x` (`[n_tokens, cols]`) with each token's columns in `kind`'s pair order, into `out`.
+pub fn to_pair_order(kind: BlockType, x: &[f32], cols: usize, out: &mut Vec<f32>) {
+    out.clear();
+    out.resize(x.len(), 0.0);
+    for (from, to) in x.chunks_exact(cols).zip(out.chunks_exact_mut(cols)) {
+        for (c, &v) in from.iter().enumerate() {
+            to[pair_position(kind, c)] = v;
+        }
+    }
+}
+
 /// `BlockGemm` for Q4_K.
 ///
 /// # Safety
