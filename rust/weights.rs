@@ -120,12 +120,14 @@ impl<'a> BlockData<'a> {
         BlockData { kind, values, interleaved: std::sync::OnceLock::new() }
     }
 
-    /// The first `rows / 16 * 16` rows interleaved (a Q4_K or Q6_K matrix of `rows` x `cols`),
-    /// made the first time it is asked for, on the current rayon pool; later calls wait for
-    /// that one and share its copy.
-    pub fn interleaved(&self, rows: usize, cols: usize) -> &[u8] {
-        self.interleaved
-            .get_or_init(|| crate::kernels::blocks::interleave::interleave(self.kind, self.values, rows, cols))
+    /// The first `rows / 16 * 16` rows interleaved (a Q4_K or Q6_K matrix of `cols` columns;
+    /// its rows follow from the bytes), made the first time it is asked for, on the current
+    /// rayon pool; later calls wait for that one and share its copy.
+    pub fn interleaved(&self, cols: usize) -> &[u8] {
+        self.interleaved.get_or_init(|| {
+            let rows = self.values.len() / self.kind.row_bytes(cols).expect("whole blocks");
+            crate::kernels::blocks::interleave::interleave(self.kind, self.values, rows, cols)
+        })
     }
 }
 

@@ -249,7 +249,7 @@ fn interleaved_rows(
     acts: &[BlockActivation],
     min_len: usize,
 ) {
-    let interleaved = b.interleaved(rows, cols);
+    let interleaved = b.interleaved(cols);
     let groups = rows / ROWS;
     let per_task = min_len.div_ceil(ROWS).max(1);
     let tasks = groups.div_ceil(per_task);

@@ -123,9 +123,9 @@ fn pack_q6k(block: &[u8], r: usize, run: &mut [u8]) {
     }
 }
 
-/// Row `r` of group `g`'s block `b`, back in the file's layout, values only (the tests'
-/// check that `interleave` keeps everything): Q4_K's scales come back unpacked, `(d, dmin,
-/// scales, mins, nibbles)`; Q6_K's as `(d, scales, values)`.
+/// Row `r` of group `g`'s block `b` of an interleaved Q4_K matrix, for the test that
+/// `interleave` keeps everything: `(d and dmin bytes, scales, mins, nibble bytes)`, the scales
+/// and mins unpacked.
 #[cfg(test)]
 pub fn q4k_row_of(packed: &[u8], blocks: usize, g: usize, b: usize, r: usize) -> ([u8; 4], [u8; 8], [u8; 8], Vec<u8>) {
     let run = &packed[(g * blocks + b) * q4k::BYTES..][..q4k::BYTES];
