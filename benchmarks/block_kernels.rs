@@ -71,7 +71,7 @@ fn main() {
     println!("{:<6} {:>7} {:>6} {:>8} {:>8} {:>8}", "type", "kernels", "tokens", "GB/s", "GMAC/s", "ratio");
     for kind in kinds {
         let values = random_blocks(&mut rng, kind, rows, cols);
-        let m = Matrix { rows, cols, data: MatrixData::Blocks(BlockData::new(kind, &values)) };
+        let m = Matrix { rows, cols, data: MatrixData::Blocks(BlockData { kind, values: &values }) };
         for tokens in [1usize, 16, 128] {
             let x: Vec<f32> = (0..tokens * cols).map(|_| rng.unit()).collect();
             let mut out = vec![0.0f32; rows * tokens];

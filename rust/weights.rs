@@ -110,25 +110,6 @@ impl BlockType {
 pub struct BlockData<'a> {
     pub kind: BlockType,
     pub values: &'a [u8],
-    /// The rows interleaved 16 at a time for the AVX-512 decode kernels, made on first use
-    /// (`kernels::blocks::interleave`); empty until then, and for every other table.
-    interleaved: std::sync::OnceLock<Vec<u8>>,
-}
-
-impl<'a> BlockData<'a> {
-    pub fn new(kind: BlockType, values: &'a [u8]) -> BlockData<'a> {
-        BlockData { kind, values, interleaved: std::sync::OnceLock::new() }
-    }
-
-    /// The first `rows / 16 * 16` rows interleaved (a Q4_K or Q6_K matrix of `cols` columns;
-    /// its rows follow from the bytes), made the first time it is asked for, on the current
-    /// rayon pool; later calls wait for that one and share its copy.
-    pub fn interleaved(&self, cols: usize) -> &[u8] {
-        self.interleaved.get_or_init(|| {
-            let rows = self.values.len() / self.kind.row_bytes(cols).expect("whole blocks");
-            crate::kernels::blocks::interleave::interleave(self.kind, self.values, rows, cols)
-        })
-    }
 }
 
 /// `w[r, c] = scales[r, g] * (q[r, c] - zeros[r, g])` with `g = c / group_size`, where `c` counts

@@ -500,7 +500,7 @@ fn weights_of<'a>(meta: &Metadata, c: &Config, tensors: &mut HashMap<String, Ten
         }
         let data = match t.kind {
             None => MatrixData::F32(f32_cow(t.data)),
-            Some(kind) => MatrixData::Blocks(BlockData::new(kind, t.data)),
+            Some(kind) => MatrixData::Blocks(BlockData { kind, values: t.data }),
         };
         Ok(Matrix { rows, cols, data })
     };

@@ -10,8 +10,6 @@ use rayon::prelude::*;
 use super::affine::activation::{self, Int16Activations, Int8Activation};
 use super::affine::{with_scale_buffer, AffineRow, AffineRows, RowsOut};
 use super::blocks::activation::BlockActivation;
-#[cfg(target_arch = "x86_64")]
-use super::blocks::interleave::ROWS;
 use super::q8_0::QuantizedVec;
 use super::Kernels;
 use crate::disjoint::DisjointSlice;
@@ -119,13 +117,6 @@ pub fn matmul(out: &mut [f32], w: &Matrix, x: &[f32], n_tokens: usize, scratch: 
                     scratch.blocks[t].quantize(token(t));
                 }
                 let acts = &scratch.blocks[..n_tokens];
-                #[cfg(target_arch = "x86_64")]
-                if let (Some(x16), true) =
-                    (k.interleaved_rows(b.kind), rows >= ROWS && n_tokens < INTERLEAVED_MAX_TOKENS)
-                {
-                    interleaved_rows(x16, kernel, dst, b, rows, cols, acts, min_len);
-                    return;
-                }
                 let per_task = min_len;
                 (0..rows.div_ceil(per_task)).into_par_iter().for_each(|task| {
                     let range = task * per_task..((task + 1) * per_task).min(rows);
@@ -225,46 +216,6 @@ fn block_gemm(
         // SAFETY: each block of ROWS rows is written by exactly one task; the output is
         // [n_tokens, rows]; x and sums were made as the GEMM needs (above).
         unsafe { gemm(b, rows, cols, task * ROWS, xq, sums, buffers, out) };
-    });
-}
-
-/// Below this many tokens, Q4_K and Q6_K rows run interleaved (`interleaved_rows`); from it,
-/// the file-layout kernels unpack each block once for four tokens and were faster (in-cache
-/// benchmark, 16 tokens, GMAC/s interleaved/file layout: Q4_K 58/60, Q6_K 48/56; 1 token
-/// 51/32 and 43/30).
-#[cfg(target_arch = "x86_64")]
-const INTERLEAVED_MAX_TOKENS: usize = 4;
-
-/// A Q4_K or Q6_K matrix on the interleaved-rows kernel (made on first use): tasks of whole
-/// groups of 16 rows, and the rows past the last group on the file's layout (`tail`).
-#[cfg(target_arch = "x86_64")]
-#[allow(clippy::too_many_arguments)]
-fn interleaved_rows(
-    x16: super::blocks::avx512_x16::InterleavedRows,
-    tail: super::blocks::BlockRowsI8,
-    dst: &DisjointSlice<f32>,
-    b: &crate::weights::BlockData,
-    rows: usize,
-    cols: usize,
-    acts: &[BlockActivation],
-    min_len: usize,
-) {
-    let interleaved = b.interleaved(cols);
-    let groups = rows / ROWS;
-    let per_task = min_len.div_ceil(ROWS).max(1);
-    let tasks = groups.div_ceil(per_task);
-    (0..tasks + usize::from(!rows.is_multiple_of(ROWS))).into_par_iter().for_each(|task| {
-        let out = RowsOut { data: dst, offset: 0, stride: rows };
-        if task == tasks {
-            // SAFETY: the rows past the last group are this task's alone; the output is
-            // [n_tokens, rows], and every activation was quantized from `cols` columns.
-            unsafe { tail(b, cols, groups * ROWS..rows, acts, out) };
-        } else {
-            let range = task * per_task..((task + 1) * per_task).min(groups);
-            // SAFETY: each group is written by exactly one task; `interleaved` was made for
-            // this matrix; the output and activations as above.
-            unsafe { x16(interleaved, cols, range, acts, out) };
-        }
     });
 }
 

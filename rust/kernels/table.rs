@@ -39,12 +39,6 @@ pub struct Kernels {
     pub(crate) gemm_q4k: Option<blocks::BlockGemm>,
     #[cfg(target_arch = "x86_64")]
     pub(crate) gemm_q6k: Option<blocks::BlockGemm>,
-    /// Q4_K and Q6_K rows interleaved 16 at a time (AVX-512 VNNI; Q6_K with GFNI), for
-    /// fewer tokens than the GEMM takes.
-    #[cfg(target_arch = "x86_64")]
-    pub(crate) rows_q4k_x16: Option<blocks::avx512_x16::InterleavedRows>,
-    #[cfg(target_arch = "x86_64")]
-    pub(crate) rows_q6k_x16: Option<blocks::avx512_x16::InterleavedRows>,
     /// 4-bit rows x int8 activations; `None` where the fp32 kernels are faster (portable).
     pub(crate) rows_i8: Option<affine::RowsI8>,
     /// The fp32 GEMM for 4-bit batches (x86).
@@ -136,23 +130,6 @@ impl Kernels {
         }
     }
 
-    /// The interleaved-rows kernel for a block type, where the table has one (and integer
-    /// activations are allowed).
-    #[cfg(target_arch = "x86_64")]
-    pub(crate) fn interleaved_rows(
-        &self,
-        kind: crate::weights::BlockType,
-    ) -> Option<blocks::avx512_x16::InterleavedRows> {
-        if !self.int8_activations {
-            return None;
-        }
-        match kind {
-            crate::weights::BlockType::Q4K => self.rows_q4k_x16,
-            crate::weights::BlockType::Q6K => self.rows_q6k_x16,
-            _ => None,
-        }
-    }
-
     /// Only for an `isa` that `supported()` (the module's invariant).
     fn for_supported(isa: Isa, int8_activations: bool) -> Kernels {
         debug_assert!(isa.supported());
@@ -178,10 +155,6 @@ impl Kernels {
             gemm_q4k: None,
             #[cfg(target_arch = "x86_64")]
             gemm_q6k: None,
-            #[cfg(target_arch = "x86_64")]
-            rows_q4k_x16: None,
-            #[cfg(target_arch = "x86_64")]
-            rows_q6k_x16: None,
             f16_to_f32: fp16::f16_to_f32_scalar,
             f32_to_f16: fp16::f32_to_f16_scalar,
             attention_f32: AttentionKernels { scores: attention::scores_scalar, sum: attention::sum_scalar },
@@ -269,8 +242,6 @@ fn x86_table(isa: Isa, portable: Kernels) -> Kernels {
         gemm_i16: Some(gemm_i16_avx512::gemm),
         gemm_q4k: Some(blocks::gemm_k_avx512::gemm_q4k),
         gemm_q6k: Some(blocks::gemm_k_avx512::gemm_q6k),
-        rows_q4k_x16: Some(blocks::avx512_x16::rows_q4k_x16),
-        rows_q6k_x16: super::isa::has_gfni().then_some(blocks::avx512_x16::rows_q6k_x16 as _),
         rows_q4k: Some(blocks::avx512::rows_q4k),
         rows_q5k: Some(blocks::avx512::rows_q5k),
         rows_q6k: Some(if super::isa::has_gfni() { blocks::avx512::rows_q6k_gfni } else { blocks::avx512::rows_q6k }),

@@ -412,7 +412,7 @@ fn avx512_q6k_with_and_without_gfni_match_scalar() {
     let mut rng = Rng(0x6a6);
     for (rows, cols) in [(5usize, 256usize), (3, 2304), (33, 4096)] {
         let values = random_blocks(&mut rng, BlockType::Q6K, rows, cols);
-        let w = BlockData::new(BlockType::Q6K, &values);
+        let w = BlockData { kind: BlockType::Q6K, values: &values };
         let dequantized = dequantized_rows(BlockType::Q6K, &values, cols);
         for n_tokens in [1usize, 4, 6] {
             let acts: Vec<blocks::activation::BlockActivation> = (0..n_tokens)
@@ -564,7 +564,7 @@ fn block_kernels_match_float64_dequantization() {
                 continue; // K-quants: 224 columns are not whole blocks
             }
             let values = random_blocks(&mut rng, kind, rows, cols);
-            let m = Matrix { rows, cols, data: MatrixData::Blocks(BlockData::new(kind, &values)) };
+            let m = Matrix { rows, cols, data: MatrixData::Blocks(BlockData { kind, values: &values }) };
             // The reference dequantization of every row, then the products in float64.
             let w = dequantized_rows(kind, &values, cols);
             for n_tokens in [1usize, 3, 6, 13, 50] {
@@ -631,7 +631,7 @@ fn block_kernels_match_the_scalar_references() {
         for &cols in col_counts {
             for rows in [1usize, 3, 17] {
                 let values = random_blocks(&mut rng, kind, rows, cols);
-                let m = Matrix { rows, cols, data: MatrixData::Blocks(BlockData::new(kind, &values)) };
+                let m = Matrix { rows, cols, data: MatrixData::Blocks(BlockData { kind, values: &values }) };
                 let w = dequantized_rows(kind, &values, cols);
                 for n_tokens in [1usize, 2, 5] {
                     let x = rng.vec(n_tokens * cols);

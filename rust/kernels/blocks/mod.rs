@@ -11,12 +11,9 @@ pub(crate) mod avx2;
 pub(crate) mod avx512;
 #[cfg(target_arch = "x86_64")]
 pub(crate) mod avx512_q4;
-#[cfg(target_arch = "x86_64")]
-pub(crate) mod avx512_x16;
 pub mod dot_i8;
 #[cfg(target_arch = "x86_64")]
 pub mod gemm_k_avx512;
-pub mod interleave;
 #[cfg(target_arch = "aarch64")]
 pub(crate) mod neon_k;
 #[cfg(target_arch = "aarch64")]
