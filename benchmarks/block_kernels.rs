@@ -4,7 +4,11 @@
 //! speed on a shared machine drifts between runs. Decode (1 token), a short batch (16) and a prompt (128).
 //! The ratio column is against the scalar reference, measured in the same run.
 //!
-//!     cargo run --release --example block_kernels [-- ROWS COLS]
+//!     cargo run --release --example block_kernels [-- ROWS COLS [TOKENS [TYPE ...]]]
+//!
+//! TOKENS is a comma-separated list (default 1,16,128) and TYPE a GGUF type name (default all):
+//! a matrix larger than the caches measures the kernels against memory, where the scalar
+//! reference at 128 tokens would take minutes.
 
 use std::time::Instant;
 
@@ -62,17 +66,27 @@ fn time(mut f: impl FnMut(), calls: usize, repeats: usize) -> f64 {
 }
 
 fn main() {
-    let args: Vec<usize> = std::env::args().skip(1).map(|a| a.parse().expect("ROWS COLS")).collect();
-    let (rows, cols) = (args.first().copied().unwrap_or(512), args.get(1).copied().unwrap_or(2048));
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let number = |i: usize, default: usize| args.get(i).map_or(default, |a| a.parse().expect("ROWS COLS"));
+    let (rows, cols) = (number(0, 512), number(1, 2048));
+    let token_counts: Vec<usize> = args
+        .get(2)
+        .map_or("1,16,128", String::as_str)
+        .split(',')
+        .map(|t| t.parse().expect("TOKENS: comma-separated counts"))
+        .collect();
     let pool = rayon::ThreadPoolBuilder::new().num_threads(1).build().expect("one thread");
     let mut rng = Rng(0x6b1);
     let kinds = [BlockType::Q4K, BlockType::Q5K, BlockType::Q6K, BlockType::Q8_0, BlockType::Q4_0, BlockType::Q4_1];
     println!("{rows} x {cols}, one thread: weight GB/s (per token), G multiply-adds/s, ratio to the scalar reference");
     println!("{:<6} {:>7} {:>6} {:>8} {:>8} {:>8}", "type", "kernels", "tokens", "GB/s", "GMAC/s", "ratio");
     for kind in kinds {
+        if args.len() > 3 && !args[3..].iter().any(|name| name == kind.name()) {
+            continue;
+        }
         let values = random_blocks(&mut rng, kind, rows, cols);
         let m = Matrix { rows, cols, data: MatrixData::Blocks(BlockData { kind, values: &values }) };
-        for tokens in [1usize, 16, 128] {
+        for &tokens in &token_counts {
             let x: Vec<f32> = (0..tokens * cols).map(|_| rng.unit()).collect();
             let mut out = vec![0.0f32; rows * tokens];
             let mut scalar = 0.0;
