@@ -81,6 +81,14 @@ impl Sampler {
         if c.top_k > 0 && c.top_k < logits.len() {
             keep_top_k(logits, c.top_k);
         }
+        // A temperature so small that a logit divided by it overflows (below ~1e-38 for logits
+        // near 1) leaves a distribution with all its mass on the largest logit: that is greedy.
+        // Dividing would give inf - inf = NaN in the softmax and sample garbage. (Top-k's -inf
+        // stays -inf and weighs 0 either way.)
+        let max_abs = logits.iter().filter(|l| l.is_finite()).fold(0.0f32, |m, l| m.max(l.abs()));
+        if !(max_abs / c.temperature).is_finite() {
+            return argmax(logits);
+        }
         for l in logits.iter_mut() {
             *l /= c.temperature;
         }
@@ -182,6 +190,21 @@ mod tests {
     fn greedy_takes_first_maximum() {
         let mut s = sampler(0.0, 0.9, 0, 1);
         assert_eq!(s.sample(&mut [0.1, 3.0, 3.0, -1.0]), 1);
+    }
+
+    #[test]
+    fn a_temperature_too_small_to_divide_by_is_greedy() {
+        // 1e-40 is subnormal in f32: 3.0 / 1e-40 overflows, and sampling over NaNs would pick
+        // whatever the coin says. Top-k's -inf entries do not count as overflow.
+        for (top_p, top_k) in [(0.9, 0), (0.0, 0), (0.9, 3)] {
+            let mut s = sampler(1e-40, top_p, top_k, 7);
+            for _ in 0..20 {
+                assert_eq!(s.sample(&mut [0.1, 3.0, -1.0, 2.9, 0.5]), 1);
+            }
+        }
+        // Large enough to divide by, a small temperature keeps sampling (here: nearly greedy).
+        let mut s = sampler(1e-3, 0.0, 0, 7);
+        assert_eq!(s.sample(&mut [0.1, 3.0, -1.0, 2.9, 0.5]), 1);
     }
 
     #[test]
