@@ -2,9 +2,20 @@
 
 use crate::error::{Error, Result};
 
+/// At most this many pool threads per CPU the process may use. Past one per core they only
+/// compete for the same cores and memory; a huge count (a typo, or a value from outside) would
+/// spawn threads for tens of seconds and take as long to join when the model is dropped.
+pub const MAX_THREADS_PER_CPU: usize = 4;
+
 pub(crate) fn build_pool(n_threads: Option<usize>) -> Result<rayon::ThreadPool> {
     let n = match n_threads {
         Some(0) => return Err(Error::Argument("n_threads must be at least 1, got 0".into())),
+        Some(n) if n > max_threads() => {
+            return Err(Error::Argument(format!(
+                "n_threads must be at most {} ({MAX_THREADS_PER_CPU} per CPU this process may use), got {n}",
+                max_threads()
+            )))
+        }
         Some(n) => n,
         None => default_threads(),
     };
@@ -13,6 +24,11 @@ pub(crate) fn build_pool(n_threads: Option<usize>) -> Result<rayon::ThreadPool> 
         .thread_name(|i| format!("llama2rs-{i}"))
         .build()
         .map_err(|e| Error::Argument(format!("cannot start {n} threads: {e}")))
+}
+
+/// The largest `n_threads` a pool may have.
+pub fn max_threads() -> usize {
+    MAX_THREADS_PER_CPU * std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
 }
 
 /// Physical cores this process may use: decoding is bound by memory bandwidth, and a second
@@ -46,5 +62,14 @@ mod tests {
         let logical = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
         let n = super::default_threads();
         assert!(n >= 1 && n <= logical, "{n} of {logical}");
+    }
+
+    #[test]
+    fn a_pool_larger_than_the_cap_is_refused_before_any_thread_starts() {
+        let cap = super::max_threads();
+        assert!(super::build_pool(Some(cap)).is_ok());
+        let message = super::build_pool(Some(cap + 1)).unwrap_err().to_string();
+        assert!(message.contains(&format!("at most {cap}")) && message.contains(&format!("got {}", cap + 1)), "{message}");
+        assert!(super::build_pool(Some(usize::MAX)).is_err());
     }
 }
