@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import os
 import random
+import re
 import shutil
 import struct
+import time
 
+import numpy as np
 import pytest
 
 import llama2rs
@@ -175,6 +179,33 @@ def test_bad_thread_count():
             llama2rs.Model(STORIES, n_threads=bad)
 
 
+def test_a_huge_thread_count_is_refused_before_spawning():
+    need(STORIES)
+    cap = 4 * os.cpu_count()  # MAX_THREADS_PER_CPU of the CPUs this process may use
+    if len(os.sched_getaffinity(0)) != os.cpu_count():
+        pytest.skip("the process may not use every CPU: the cap counts the ones it may")
+    start = time.perf_counter()
+    for bad in (cap + 1, 100_000, 2**63 - 1):
+        with pytest.raises(ArgumentError, match=rf"n_threads must be at most {cap} \(4 per CPU .*\), got {bad}"):
+            llama2rs.Model(STORIES, n_threads=bad)
+    with pytest.raises(ArgumentError, match=f"n_threads must be <= {2**63 - 1}, got {2**70}"):
+        llama2rs.Model(STORIES, n_threads=2**70)
+    assert time.perf_counter() - start < 5  # nothing was spawned (10,000 threads took 34 s)
+    assert llama2rs.Model(STORIES, n_threads=cap).n_threads == cap
+
+
+def test_sampling_arguments_too_large_for_the_core(stories):
+    ids = [1, 403, 407]
+    greedy = list(stories.generate_tokens(ids, max_tokens=12, temperature=0.0))
+    # top_k past the vocabulary keeps every token, as top_k = vocab_size does (not an OverflowError).
+    assert list(stories.generate_tokens(ids, max_tokens=12, temperature=0.8, top_k=2**70, seed=5)) == list(
+        stories.generate_tokens(ids, max_tokens=12, temperature=0.8, top_k=stories.config.vocab_size, seed=5)
+    )
+    # A temperature so small that logits / temperature overflows in fp32 is greedy, whatever top_p.
+    for top_p in (0.9, 0.0):
+        assert list(stories.generate_tokens(ids, max_tokens=12, temperature=1e-40, top_p=top_p, seed=3)) == greedy
+
+
 def test_unknown_token_ids(stories):
     with pytest.raises(InvalidTokenError, match="token id 512 at index 1 is out of range for vocab_size 512"):
         stories.logits([1, 512])
@@ -184,6 +215,19 @@ def test_unknown_token_ids(stories):
         stories.generate_tokens([1, 9999])
     with pytest.raises(InvalidTokenError, match="9999"):
         stories.detokenize([1, 9999])
+    # Too large for any integer type of the core: still an invalid token, not an OverflowError.
+    for method in (stories.logits, stories.generate_tokens):
+        with pytest.raises(InvalidTokenError, match=f"token id {2**64} at index 1 is out of range"):
+            method([1, 2**64])
+
+
+@pytest.mark.parametrize("bad", [5.7, 5.0, "5", None, float("nan"), True, b"\x05"])
+def test_token_ids_that_are_not_integers(stories, bad):
+    # 5.7 used to become token 5, silently.
+    for method in (stories.logits, stories.generate_tokens):
+        with pytest.raises(InvalidTokenError, match=rf"token id at index 1 must be an integer, got {re.escape(repr(bad))}"):
+            method([1, bad])
+    assert stories.logits(np.array([1, 5], dtype=np.int64)).shape == (2, 512)  # NumPy integers are integers
 
 
 def test_sequence_longer_than_context(stories):

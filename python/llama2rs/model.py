@@ -11,7 +11,7 @@ import numpy as np
 
 from . import _core
 from .config import Config
-from .errors import ArgumentError, ContextLengthError, TokenizerError
+from .errors import ArgumentError, ContextLengthError, InvalidTokenError, TokenizerError
 from .tokenizer import BOS_ID, EOS_ID, Tokenizer
 
 __all__ = ["Model", "find_tokenizer", "available_kernels"]
@@ -40,12 +40,28 @@ def find_tokenizer(model_path: PathLike) -> Optional[Path]:
     return None
 
 
-def _check_int(name: str, value: object, minimum: int) -> int:
+def _check_int(name: str, value: object, minimum: int, maximum: Optional[int] = None) -> int:
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
         raise ArgumentError(f"{name} must be an integer, got {value!r}")
     if value < minimum:
         raise ArgumentError(f"{name} must be >= {minimum}, got {value}")
+    if maximum is not None and value > maximum:
+        raise ArgumentError(f"{name} must be <= {maximum}, got {value}")
     return int(value)
+
+
+def _token_ids(ids: Iterable[object], vocab_size: int) -> list[int]:
+    """``ids`` as a list of ints, each an integer in ``[0, vocab_size)``: a float such as 5.7 is
+    not silently truncated to 5, and an id too large for the core is an invalid token, not an
+    ``OverflowError``."""
+    checked = []
+    for index, token in enumerate(ids):
+        if isinstance(token, bool) or not isinstance(token, (int, np.integer)):
+            raise InvalidTokenError(f"token id at index {index} must be an integer, got {token!r}")
+        if not 0 <= token < vocab_size:
+            raise InvalidTokenError(f"token id {token} at index {index} is out of range for vocab_size {vocab_size}")
+        checked.append(int(token))
+    return checked
 
 
 def _check_float(name: str, value: object, low: float, high: float) -> float:
@@ -124,7 +140,8 @@ class Model:
         kv_cache: str = "auto",
     ) -> None:
         if n_threads is not None:
-            n_threads = _check_int("n_threads", n_threads, 1)
+            # Past what the binding takes (int64); the core refuses more than it will spawn.
+            n_threads = _check_int("n_threads", n_threads, 1, 2**63 - 1)
         self._core = _core.Model(os.fspath(model_path), n_threads, kernels, bool(exact), kv_cache)
         self.config = Config(**self._core.config)  # type: ignore[arg-type]
         self._tokenizer: Optional[Tokenizer] = None
@@ -230,7 +247,7 @@ class Model:
     def logits(self, ids: Sequence[int]) -> np.ndarray:
         """float32 ``[len(ids), vocab_size]``: row i is the next-token logits after ``ids[:i+1]``,
         teacher-forced from position 0."""
-        return self._core.logits([int(i) for i in ids])
+        return self._core.logits(_token_ids(ids, self.config.vocab_size))
 
     def generate_tokens(
         self,
@@ -249,13 +266,13 @@ class Model:
         max_tokens = _check_int("max_tokens", max_tokens, 0)
         temperature = _check_float("temperature", temperature, 0.0, float("inf"))
         top_p = _check_float("top_p", top_p, 0.0, 1.0)
-        top_k = _check_int("top_k", top_k, 0)
+        top_k = min(_check_int("top_k", top_k, 0), self.config.vocab_size)  # k >= vocab keeps all
         if seed is None:
             seed = secrets.randbits(63) | 1
         seed = _check_int("seed", seed, 1)
         if seed >= 1 << 64:
             raise ArgumentError(f"seed must be < 2**64, got {seed}")
-        ids = [int(i) for i in prompt_ids]
+        ids = _token_ids(prompt_ids, self.config.vocab_size)
         if not ids:
             raise ArgumentError(f"prompt_ids is empty: start it with BOS ({self.config.bos_id})")
         if len(ids) > self.config.seq_len:
