@@ -52,8 +52,22 @@ def test_missing_file(tmp_path):
 
 
 def test_directory_is_not_a_model(tmp_path):
-    with pytest.raises(ModelFileError):
+    with pytest.raises(ModelFileError, match=r"not a regular file \(a directory\)"):
         llama2rs.Model(tmp_path)
+
+
+def test_fifo_and_device_are_refused_without_blocking(tmp_path):
+    # Opening a FIFO blocks until a writer comes (SIGINT could not stop it); /dev/zero never ends.
+    fifo = tmp_path / "model.fifo"
+    os.mkfifo(fifo)
+    with pytest.raises(ModelFileError, match=r"not a regular file \(a FIFO\)"):
+        llama2rs.Model(fifo)
+    with pytest.raises(TokenizerError, match="not a regular file"):
+        llama2rs.Tokenizer(fifo)
+    with pytest.raises(ModelFileError, match=r"not a regular file \(a device\)"):
+        llama2rs.Model("/dev/zero")
+    with pytest.raises(TokenizerError, match="not a regular file"):
+        llama2rs.Tokenizer("/dev/zero")
 
 
 def test_empty_file(tmp_path):
@@ -251,3 +265,19 @@ def test_model_without_tokenizer_still_computes_logits(stories_copy):
     assert model.logits([1, 403]).shape == (2, 512)
     with pytest.raises(TokenizerError, match="no tokenizer for .*model.bin.*tokenizer_path"):
         model.generate("Once")
+
+
+def test_deeply_nested_groups_in_a_tokenizer_model(tmp_path):
+    # 5000 nested protobuf groups after an empty piece: a RecursionError before.
+    path = tmp_path / "tokenizer.model"
+    path.write_bytes(b"\x0a\x00" + b"\x1b" * 5000)
+    with pytest.raises(TokenizerError, match=r"unterminated group \(field 3\)"):
+        llama2rs.Tokenizer(path)
+
+
+def test_json_bomb_as_an_hf_config(tmp_path):
+    from llama2rs import export
+
+    (tmp_path / "config.json").write_text("[" * 100_000 + "]" * 100_000)
+    with pytest.raises(ModelFileError, match=r"config\.json: invalid JSON: nested too deeply"):
+        export.load_source("hf", tmp_path)

@@ -42,6 +42,7 @@ import codecs
 import heapq
 import operator
 import os
+import stat
 import struct
 from typing import Iterable, Sequence
 
@@ -185,16 +186,22 @@ class _ProtoReader:
             self.length_delimited()
         elif wire == 5:
             self.take(4)
-        elif wire == 3:  # start group: skip nested fields up to the matching end group
-            while True:
+        elif wire == 3:
+            # Start group: skip nested fields up to the matching end group. Groups nest as deep
+            # as the file says, so a stack, not recursion (5000 levels were a RecursionError).
+            open_groups = [field]
+            while open_groups:
                 if self.at_end():
-                    raise self.fail(f"unterminated group (field {field})")
+                    raise self.fail(f"unterminated group (field {open_groups[-1]})")
                 f, w = self.tag()
                 if w == 4:
-                    if f != field:
-                        raise self.fail(f"end group {f} does not match start group {field}")
-                    return
-                self.skip(f, w)
+                    if f != open_groups[-1]:
+                        raise self.fail(f"end group {f} does not match start group {open_groups[-1]}")
+                    open_groups.pop()
+                elif w == 3:
+                    open_groups.append(f)
+                else:
+                    self.skip(f, w)
         else:
             raise self.fail(f"invalid wire type {wire} for field {field}")
 
@@ -321,6 +328,9 @@ class Tokenizer:
         self._path = os.fspath(path)
         where = repr(self._path)
         try:
+            # Only regular files: a FIFO would block the open, and a device (/dev/zero) never ends.
+            if not stat.S_ISREG(os.stat(self._path).st_mode):
+                raise TokenizerError(f"{where}: not a regular file: a tokenizer is read from a file")
             with open(self._path, "rb") as f:
                 data = f.read()
         except FileNotFoundError:

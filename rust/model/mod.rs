@@ -75,6 +75,16 @@ impl Model {
         kv_cache: Option<KvCacheType>,
     ) -> Result<Model> {
         let path = path.as_ref();
+        // Before opening: opening a FIFO blocks until a writer comes (uninterruptibly, from
+        // Python), and a directory or device cannot be mapped or has no fixed size.
+        let kind =
+            std::fs::metadata(path).map_err(|e| Error::model_file(path, format!("cannot open: {e}")))?.file_type();
+        if !kind.is_file() {
+            return Err(Error::model_file(
+                path,
+                format!("not a regular file ({}): a model file is mapped", file_kind(kind)),
+            ));
+        }
         let file = File::open(path).map_err(|e| Error::model_file(path, format!("cannot open: {e}")))?;
         // SAFETY: the map is read-only. If another process truncates the file while it is
         // mapped, reads fault (as they would in llama.cpp or llama2.c); we cannot prevent that.
@@ -230,4 +240,26 @@ fn _assert_send_sync() {
     fn check<T: Send + Sync>() {}
     check::<Model>();
     check::<Matrix<'static>>();
+}
+
+/// What a path that is not a regular file is, for the error that refuses it.
+fn file_kind(kind: std::fs::FileType) -> &'static str {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::FileTypeExt;
+        if kind.is_fifo() {
+            return "a FIFO";
+        }
+        if kind.is_char_device() || kind.is_block_device() {
+            return "a device";
+        }
+        if kind.is_socket() {
+            return "a socket";
+        }
+    }
+    if kind.is_dir() {
+        "a directory"
+    } else {
+        "not a file"
+    }
 }

@@ -69,7 +69,10 @@ mod tests {
         let cap = super::max_threads();
         assert!(super::build_pool(Some(cap)).is_ok());
         let message = super::build_pool(Some(cap + 1)).unwrap_err().to_string();
-        assert!(message.contains(&format!("at most {cap}")) && message.contains(&format!("got {}", cap + 1)), "{message}");
+        assert!(
+            message.contains(&format!("at most {cap}")) && message.contains(&format!("got {}", cap + 1)),
+            "{message}"
+        );
         assert!(super::build_pool(Some(usize::MAX)).is_err());
     }
 }

@@ -106,6 +106,8 @@ def _read_json(path: Path) -> Any:
         raise ModelFileError(f"cannot read {path}: {exc}") from exc
     except ValueError as exc:
         raise ModelFileError(f"{path}: invalid JSON: {exc}") from exc
+    except RecursionError:
+        raise ModelFileError(f"{path}: invalid JSON: nested too deeply") from None
 
 
 def _int_field(cfg: Mapping[str, Any], key: str, default: Any = None) -> int:

@@ -102,6 +102,8 @@ def read_header(path: PathLike) -> Tuple[Dict[str, Any], int]:
         header = json.loads(header_bytes.decode("utf-8"))
     except (UnicodeDecodeError, ValueError) as exc:
         raise ModelFileError(f"{path}: corrupt safetensors header: {exc}") from exc
+    except RecursionError:
+        raise ModelFileError(f"{path}: corrupt safetensors header: JSON nested too deeply") from None
     if not isinstance(header, dict):
         raise ModelFileError(f"{path}: safetensors header is not a JSON object")
     return header, 8 + header_len
