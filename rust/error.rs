@@ -25,6 +25,11 @@ pub enum Error {
     /// An argument is outside its allowed range.
     #[error("{0}")]
     Argument(String),
+
+    /// A buffer the caller's request needs cannot be allocated (the KV cache of a huge
+    /// `seq_len`, the logits of a huge sequence): an error, where Rust would abort.
+    #[error("cannot allocate {what}: {bytes} bytes ({:.1} GiB) were refused", *bytes as f64 / (1u64 << 30) as f64)]
+    OutOfMemory { what: &'static str, bytes: usize },
 }
 
 impl Error {

@@ -20,7 +20,7 @@ impl Session {
     pub fn new(model: Arc<Model>, sampler: SamplerConfig) -> Result<Session> {
         let config = *model.config();
         let sampler = Sampler::new(sampler, config.vocab_size)?;
-        let state = model.new_state();
+        let state = model.new_state()?;
         Ok(Session { model, state, sampler, pos: 0 })
     }
 

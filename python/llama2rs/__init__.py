@@ -14,6 +14,7 @@ from .errors import (
     InvalidTokenError,
     Llama2rsError,
     ModelFileError,
+    OutOfMemoryError,
     TokenizerError,
 )
 from .model import Model, available_kernels, find_tokenizer
@@ -28,6 +29,7 @@ __all__ = [
     "available_kernels",
     "Llama2rsError",
     "ModelFileError",
+    "OutOfMemoryError",
     "ConfigError",
     "TokenizerError",
     "InvalidTokenError",

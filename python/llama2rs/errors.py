@@ -16,6 +16,7 @@ __all__ = [
     "InvalidTokenError",
     "ContextLengthError",
     "ArgumentError",
+    "OutOfMemoryError",
 ]
 
 
@@ -45,3 +46,7 @@ class ContextLengthError(Llama2rsError, ValueError):
 
 class ArgumentError(Llama2rsError, ValueError):
     """A call got an argument outside its allowed range."""
+
+
+class OutOfMemoryError(Llama2rsError, MemoryError):
+    """A buffer a call needs (e.g. the KV cache of a huge context) could not be allocated."""

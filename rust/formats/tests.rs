@@ -345,7 +345,7 @@ fn random_byte_flips_never_panic_reading_or_running() {
             for k in &kernels {
                 let ran = catch_unwind(AssertUnwindSafe(|| {
                     let model = Model::open_with(&path, Some(1), *k, None).expect("opened once already");
-                    let mut state = model.new_state();
+                    let mut state = model.new_state().unwrap();
                     for (pos, token) in [1u32, 5, 9].into_iter().enumerate() {
                         model.forward(&mut state, token, pos).unwrap();
                     }

@@ -125,7 +125,11 @@ fn fp16_cache_store_equals_the_scalar_rounding() {
             assert_eq!(s.to_bits(), f16::from_f32(*v).to_bits(), "{v} {:?}", k.isa());
         }
     }
-    assert!(f16::zeros(5).iter().all(|z| z.to_bits() == 0));
+    assert!(f16::zeros(5).unwrap().iter().all(|z| z.to_bits() == 0));
+    assert!(f32::zeros(7).unwrap().iter().all(|z| z.to_bits() == 0));
+    assert!(f32::zeros(0).unwrap().is_empty());
+    // More than any address space: refused, not an abort.
+    assert!(f32::zeros(usize::MAX / 2).is_none() && f16::zeros(1 << 62).is_none());
 }
 
 /// Each ISA's attention over a cache of `T` against the plain loops and a float64 score.

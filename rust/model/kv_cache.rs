@@ -3,6 +3,7 @@
 use half::f16;
 
 use crate::config::Config;
+use crate::error::{Error, Result};
 use crate::kernels::{CacheValue, Kernels};
 use crate::weights::{MatrixData, Weights};
 
@@ -58,9 +59,13 @@ pub struct KvRuns<T> {
 }
 
 impl<T: CacheValue> KvRuns<T> {
-    pub(crate) fn new(c: &Config) -> KvRuns<T> {
+    /// Zeroed keys and values for every position: untouched pages, so memory is taken only as
+    /// positions are used, but the address space of the whole context is asked for now (and
+    /// refused, as an error, where the system will not give it).
+    pub(crate) fn new(c: &Config) -> Result<KvRuns<T>> {
         let len = c.n_layers * c.seq_len * c.kv_dim();
-        KvRuns { keys: T::zeros(len), values: T::zeros(len) }
+        let refused = || Error::OutOfMemory { what: "the KV cache", bytes: 2 * len * std::mem::size_of::<T>() };
+        Ok(KvRuns { keys: T::zeros(len).ok_or_else(refused)?, values: T::zeros(len).ok_or_else(refused)? })
     }
 }
 
@@ -71,10 +76,10 @@ pub enum KvCache {
 }
 
 impl KvCache {
-    pub fn new(c: &Config, kind: KvCacheType) -> KvCache {
-        match kind {
-            KvCacheType::F32 => KvCache::F32(KvRuns::new(c)),
-            KvCacheType::F16 => KvCache::F16(KvRuns::new(c)),
-        }
+    pub fn new(c: &Config, kind: KvCacheType) -> Result<KvCache> {
+        Ok(match kind {
+            KvCacheType::F32 => KvCache::F32(KvRuns::new(c)?),
+            KvCacheType::F16 => KvCache::F16(KvRuns::new(c)?),
+        })
     }
 }

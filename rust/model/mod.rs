@@ -45,6 +45,8 @@ pub struct Model {
     pool: rayon::ThreadPool,
     kernels: Kernels,
     kv_cache: KvCacheType,
+    /// The process that opened the model and started its pool (see `forward_batch`).
+    pid: u32,
     _map: Mmap,
 }
 
@@ -109,6 +111,7 @@ impl Model {
             pool,
             kernels,
             kv_cache,
+            pid: std::process::id(),
             _map: map,
         })
     }
@@ -157,8 +160,9 @@ impl Model {
         self.kv_cache
     }
 
-    /// A fresh state for one sequence (positions from 0), with the model's KV cache type.
-    pub fn new_state(&self) -> State {
+    /// A fresh state for one sequence (positions from 0), with the model's KV cache type; an
+    /// error where the cache's memory is refused.
+    pub fn new_state(&self) -> Result<State> {
         State::new(&self.config, self.kv_cache)
     }
 
@@ -190,8 +194,11 @@ impl Model {
                 seq_len: self.config.seq_len,
             });
         }
-        let mut state = self.new_state();
-        let mut out = Vec::with_capacity(tokens.len() * self.config.vocab_size);
+        let mut out = Vec::new();
+        let bytes = tokens.len() * self.config.vocab_size * std::mem::size_of::<f32>();
+        out.try_reserve_exact(tokens.len() * self.config.vocab_size)
+            .map_err(|_| Error::OutOfMemory { what: "the logits", bytes })?;
+        let mut state = self.new_state()?;
         for (i, batch) in tokens.chunks(PREFILL_BATCH).enumerate() {
             out.extend_from_slice(self.forward_batch(&mut state, batch, i * PREFILL_BATCH, true)?);
         }
@@ -227,6 +234,17 @@ impl Model {
         }
         if state.config != self.config {
             return Err(Error::Argument("state was made for a model of another shape".into()));
+        }
+        if std::process::id() != self.pid {
+            // A forked child has the pool's memory but none of its threads: install would wait
+            // for them forever.
+            return Err(Error::Argument(format!(
+                "this model was opened in process {} and is used in process {} (after a fork): its thread \
+                 pool did not come along; open the model again in this process, or start workers with \
+                 'spawn' instead of 'fork'",
+                self.pid,
+                std::process::id()
+            )));
         }
         state.reserve(tokens.len(), all_logits);
         self.pool.install(|| self.forward_in_pool(state, tokens, pos, all_logits));

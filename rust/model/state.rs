@@ -2,6 +2,7 @@
 
 use super::kv_cache::{KvCache, KvCacheType};
 use crate::config::Config;
+use crate::error::Result;
 use crate::kernels::Scratch;
 
 /// Everything one sequence needs while it runs: activations and the KV cache.
@@ -25,7 +26,7 @@ pub struct State {
 }
 
 impl State {
-    pub fn new(config: &Config, kv_cache: KvCacheType) -> State {
+    pub fn new(config: &Config, kv_cache: KvCacheType) -> Result<State> {
         let c = config;
         let mut state = State {
             config: *c,
@@ -39,11 +40,11 @@ impl State {
             logits: Vec::new(),
             k_new: Vec::new(),
             v_new: Vec::new(),
-            kv: KvCache::new(c, kv_cache),
+            kv: KvCache::new(c, kv_cache)?,
             scratch: Scratch::default(),
         };
         state.reserve(1, true);
-        state
+        Ok(state)
     }
 
     /// Make the batch buffers hold `n` tokens (and `n` rows of logits if `all_logits`).

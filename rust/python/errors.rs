@@ -15,6 +15,7 @@ pub(crate) fn to_pyerr(error: Error) -> PyErr {
         Error::InvalidToken { .. } => "InvalidTokenError",
         Error::ContextLength { .. } => "ContextLengthError",
         Error::Argument(_) => "ArgumentError",
+        Error::OutOfMemory { .. } => "OutOfMemoryError",
     };
     let message = error.to_string();
     Python::attach(|py| {

@@ -31,8 +31,26 @@ pub trait CacheValue: Copy + Default + Send + Sync + std::fmt::Debug + 'static {
     fn from_f32(v: f32) -> Self;
     fn to_f32(self) -> f32;
     /// `len` zeros, from fresh (untouched) pages: a long context costs memory only as far
-    /// as it is used.
-    fn zeros(len: usize) -> Vec<Self>;
+    /// as it is used. None where the allocation is refused.
+    fn zeros(len: usize) -> Option<Vec<Self>>;
+}
+
+/// `len` zeroed values of `T` from the allocator's zeroed pages (untouched until used), or None
+/// where the allocator refuses them: `vec![0; len]` would abort the process instead.
+///
+/// # Safety
+/// Every bit of a `T` zeroed is a valid `T` (f32 0.0, u16 0).
+unsafe fn zeroed_vec<T>(len: usize) -> Option<Vec<T>> {
+    let layout = std::alloc::Layout::array::<T>(len).ok()?;
+    if layout.size() == 0 {
+        return Some(Vec::new());
+    }
+    // SAFETY: the layout's size is not zero (checked above).
+    let ptr = unsafe { std::alloc::alloc_zeroed(layout) } as *mut T;
+    // SAFETY: a non-null pointer from the global allocator with `T`'s array layout for `len`
+    // values, all zero bytes, which the caller says are valid `T`s; the Vec owns it from here
+    // and frees it with the same layout.
+    (!ptr.is_null()).then(|| unsafe { Vec::from_raw_parts(ptr, len, len) })
 }
 
 impl CacheValue for f32 {
@@ -42,8 +60,9 @@ impl CacheValue for f32 {
     fn to_f32(self) -> f32 {
         self
     }
-    fn zeros(len: usize) -> Vec<f32> {
-        vec![0.0; len] // a zeroed allocation
+    fn zeros(len: usize) -> Option<Vec<f32>> {
+        // SAFETY: all-zero bytes are the f32 0.0.
+        unsafe { zeroed_vec(len) }
     }
 }
 
@@ -54,13 +73,9 @@ impl CacheValue for f16 {
     fn to_f32(self) -> f32 {
         f16::to_f32(self)
     }
-    fn zeros(len: usize) -> Vec<f16> {
-        // `vec![f16::ZERO; len]` would write every element; a zeroed u16 allocation is not
-        // touched until used.
-        let mut bits = std::mem::ManuallyDrop::new(vec![0u16; len]);
-        // SAFETY: f16 is a `repr(transparent)` u16 (same size and alignment, and every bit
-        // pattern is valid), so the allocation is a valid Vec<f16>; ownership moves over.
-        unsafe { Vec::from_raw_parts(bits.as_mut_ptr() as *mut f16, bits.len(), bits.capacity()) }
+    fn zeros(len: usize) -> Option<Vec<f16>> {
+        // SAFETY: f16 is a `repr(transparent)` u16, and all-zero bits are its 0.0.
+        unsafe { zeroed_vec(len) }
     }
 }
 
