@@ -4,12 +4,14 @@
 //! [`config`] (shapes and their bounds) -> [`formats`] (llama2.c's files and ours, recognised
 //! by content, validated into typed views: [`weights`]) -> [`kernels`] (the per-CPU kernel
 //! table: matrix products, attention, fp16) -> [`model`] (the forward pass, KV cache, state)
-//! -> [`sampler`] (next token) -> [`generate`] (a sequence's session). [`disjoint`] is the one
+//! -> [`sampler`] (next token) -> [`generate`] (a sequence's session); [`bpe`] is the
+//! byte-level BPE tokenizer (Llama 3's). [`disjoint`] is the one
 //! way parallel tasks share an output; [`membw`] measures read bandwidth for benchmarks.
 //! The PyO3 binding lives in `python/` behind the `python` feature.
 
 #![deny(unsafe_op_in_unsafe_fn)]
 
+pub mod bpe;
 pub mod config;
 pub mod disjoint;
 pub mod error;

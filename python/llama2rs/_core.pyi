@@ -7,7 +7,7 @@ from typing import Optional, Sequence, TypedDict, Union, final
 import numpy as np
 import numpy.typing as npt
 
-__all__ = ["CONFIG_LIMITS", "KERNEL_NAMES", "Model", "Session", "__version__", "available_kernels", "read_bandwidth"]
+__all__ = ["ByteLevelBpe", "CONFIG_LIMITS", "KERNEL_NAMES", "Model", "Session", "__version__", "available_kernels", "read_bandwidth"]
 
 __version__: str
 # Upper bound of each integer Config field (every field is at least 1).
@@ -73,3 +73,19 @@ class Session:
     def pos(self) -> int: ...
     @property
     def remaining(self) -> int: ...
+
+@final
+class ByteLevelBpe:
+    def __new__(
+        cls,
+        ranks: Sequence[bytes],
+        specials: Sequence[tuple[str, int]],
+        pattern: str,
+        slicing: Optional[tuple[int, int]] = None,
+    ) -> ByteLevelBpe: ...
+    @property
+    def vocab_size(self) -> int: ...
+    def encode(self, text: str, allow_special: bool = False) -> list[int]: ...
+    def decode(self, ids: Sequence[int]) -> bytes: ...
+    def token_bytes(self, id: int) -> bytes: ...
+    def special_id(self, text: str) -> Optional[int]: ...
