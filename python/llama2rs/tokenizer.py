@@ -38,14 +38,13 @@ Deliberate choices where run.c is undefined or C-specific:
 
 from __future__ import annotations
 
-import codecs
 import heapq
 import operator
 import os
-import stat
 import struct
 from typing import Iterable, Sequence
 
+from ._tokens import StreamDecoder, looks_like_tiktoken, read_file
 from .errors import InvalidTokenError, TokenizerError
 
 __all__ = ["Tokenizer", "StreamDecoder"]
@@ -324,26 +323,23 @@ class Tokenizer:
             or does not hold ``vocab_size`` tokens.
     """
 
+    def __new__(cls, path: str | os.PathLike[str], vocab_size: int | None = None) -> Tokenizer:
+        # Recognised by content: Llama 3's tokenizer.model is tiktoken text, a byte-level BPE.
+        if cls is Tokenizer and looks_like_tiktoken(read_file(os.fspath(path), limit=256)):
+            from .bpe import ByteLevelTokenizer
+
+            return ByteLevelTokenizer(path, vocab_size)  # type: ignore[return-value]
+        return super().__new__(cls)
+
     def __init__(self, path: str | os.PathLike[str], vocab_size: int | None = None) -> None:
         self._path = os.fspath(path)
-        where = repr(self._path)
-        try:
-            # Only regular files: a FIFO would block the open, and a device (/dev/zero) never ends.
-            if not stat.S_ISREG(os.stat(self._path).st_mode):
-                raise TokenizerError(f"{where}: not a regular file: a tokenizer is read from a file")
-            with open(self._path, "rb") as f:
-                data = f.read()
-        except FileNotFoundError:
-            raise TokenizerError(f"{where}: tokenizer file not found") from None
-        except OSError as exc:
-            raise TokenizerError(f"{where}: cannot read tokenizer file: {exc}") from None
-        self._load(data, where, vocab_size)
+        self._load(read_file(self._path), repr(self._path), vocab_size)
 
     @classmethod
     def from_bytes(cls, data: bytes, vocab_size: int | None = None, name: str = "<bytes>") -> "Tokenizer":
         """A tokenizer from the contents of a tokenizer.bin or tokenizer.model file (e.g. the
         copy stored inside a llama2rs model file). ``name`` is used in error messages."""
-        self = cls.__new__(cls)
+        self = object.__new__(cls)
         self._path = name
         self._load(bytes(data), repr(name), vocab_size)
         return self
@@ -396,7 +392,7 @@ class Tokenizer:
             rounded = list(struct.unpack(f"<{len(values)}f", struct.pack(f"<{len(values)}f", *values)))
         except (struct.error, OverflowError, TypeError) as exc:
             raise TokenizerError(f"{where}: a score is not a float32 number ({exc})") from None
-        self = cls.__new__(cls)
+        self = object.__new__(cls)
         self._path = name
         self._format = format
         self._set_vocab(max((len(p) for p in mapped), default=0), mapped, rounded, where, vocab_size)
@@ -704,51 +700,3 @@ class Tokenizer:
     def stream(self, prev_id: int | None = BOS_ID) -> StreamDecoder:
         """A :class:`StreamDecoder` that starts after token ``prev_id`` (default BOS)."""
         return StreamDecoder(self, prev_id)
-
-
-class StreamDecoder:
-    """Incremental decoder for generated tokens, one token at a time.
-
-    :meth:`push` returns only complete characters: bytes of a multi-byte UTF-8
-    character split over several byte tokens are held back until the character is
-    complete; sequences that cannot become valid UTF-8 turn into U+FFFD as soon as
-    that is certain.  The concatenation of everything :meth:`push` and :meth:`flush`
-    return equals ``tokenizer.decode(ids, prev_id=prev_id)``.
-
-    Args:
-        tokenizer: the tokenizer whose pieces to use.
-        prev_id: the token before the first pushed one (e.g. the last prompt token,
-            or 1 right after BOS, which strips the first piece's leading space);
-            ``None`` for no previous token.
-    """
-
-    def __init__(self, tokenizer: Tokenizer, prev_id: int | None = BOS_ID) -> None:
-        self._tokenizer = tokenizer
-        self._prev: int | None = None if prev_id is None else operator.index(prev_id)
-        self._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
-
-    @property
-    def prev_id(self) -> int | None:
-        """The last token seen (pushed, or given to the constructor)."""
-        return self._prev
-
-    def push(self, id: int) -> str:
-        """Add one token; return the text it completes (possibly ``""``).
-
-        Raises:
-            InvalidTokenError: ``id`` is not in ``[0, vocab_size)``.
-        """
-        data = self._tokenizer.piece_bytes(self._prev, id)
-        self._prev = operator.index(id)
-        return self._decoder.decode(data)
-
-    def push_many(self, ids: Iterable[int]) -> str:
-        """Push several tokens; return the text they complete."""
-        return "".join(self.push(t) for t in ids)
-
-    def flush(self) -> str:
-        """End of stream: return held-back bytes (an incomplete character becomes U+FFFD)."""
-        text = self._decoder.decode(b"", final=True)
-        self._decoder.reset()
-        return text
-

@@ -1,0 +1,215 @@
+"""Byte-level BPE tokenizers: Llama 3's ``tokenizer.model``, which is tiktoken text (one
+``base64-token rank`` per line), not sentencepiece.
+
+:class:`ByteLevelTokenizer` is what :class:`llama2rs.Tokenizer` returns for such a file (it
+is recognised by content). It encodes exactly as Meta's reference encoder does (tiktoken with
+Meta's split pattern, its 256 special tokens after the ranks, and its cuts of very long
+texts); the merge loop runs in the Rust core with the GIL released.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import operator
+import os
+from typing import Iterable
+
+from . import _core
+from ._tokens import StreamDecoder, read_file
+from .errors import InvalidTokenError, TokenizerError
+
+__all__ = ["ByteLevelTokenizer", "LLAMA3_PATTERN", "LLAMA3_STOP_TOKENS", "llama3_special_tokens"]
+
+#: Meta's pre-tokenizer for Llama 3 (``pat_str`` of llama_models' ``llama3/tokenizer.py``).
+LLAMA3_PATTERN = (
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|"
+    r"\s*[\r\n]+|\s+(?!\S)|\s+"
+)
+#: Meta's encoder cuts a text into chunks of this many characters, then before any run of
+#: whitespace or non-whitespace longer than ``LLAMA3_MAX_RUN`` (``TIKTOKEN_MAX_ENCODE_CHARS``,
+#: ``MAX_NO_WHITESPACES_CHARS``); the cuts change the tokens there, so we cut alike.
+LLAMA3_CHUNK_CHARS = 400_000
+LLAMA3_MAX_RUN = 25_000
+_LLAMA3_NAMED_SPECIALS = (
+    "<|begin_of_text|>", "<|end_of_text|>", "<|reserved_special_token_0|>", "<|reserved_special_token_1|>",
+    "<|finetune_right_pad_id|>", "<|step_id|>", "<|start_header_id|>", "<|end_header_id|>", "<|eom_id|>",
+    "<|eot_id|>", "<|python_tag|>", "<|image|>",
+)
+_LLAMA3_SPECIALS = 256
+#: Generation ends at any of these (Llama 3 ends a turn with <|eot_id|>, a tool call with
+#: <|eom_id|>, a document with <|end_of_text|>).
+LLAMA3_STOP_TOKENS = ("<|end_of_text|>", "<|eom_id|>", "<|eot_id|>")
+
+def llama3_special_tokens(n_ranks: int) -> dict[str, int]:
+    """Meta's special tokens and their ids, right after the ``n_ranks`` ranks."""
+    reserved = [f"<|reserved_special_token_{2 + i}|>" for i in range(_LLAMA3_SPECIALS - len(_LLAMA3_NAMED_SPECIALS))]
+    return {text: n_ranks + i for i, text in enumerate(_LLAMA3_NAMED_SPECIALS + tuple(reserved))}
+
+
+def _load_tiktoken(data: bytes, where: str) -> list[bytes]:
+    """The tokens of a tiktoken file, indexed by rank (every rank 0..n-1 once)."""
+    tokens: list[bytes | None] = []
+    for number, line in enumerate(data.splitlines(), start=1):
+        if not line:
+            continue
+        fields = line.split(b" ")
+        try:
+            if len(fields) != 2:
+                raise ValueError("not 'base64-token rank'")
+            token, rank = base64.b64decode(fields[0], validate=True), int(fields[1])
+        except (ValueError, binascii.Error) as exc:
+            raise TokenizerError(f"{where}: corrupt tiktoken file: line {number}: {exc}") from None
+        if rank != len(tokens):
+            raise TokenizerError(f"{where}: corrupt tiktoken file: line {number} has rank {rank}, expected {len(tokens)}")
+        tokens.append(token)
+    if not tokens:
+        raise TokenizerError(f"{where}: tiktoken file holds no tokens")
+    return tokens  # type: ignore[return-value]
+
+
+class ByteLevelTokenizer:
+    """Llama 3's byte-level BPE tokenizer, from its tiktoken ``tokenizer.model``.
+
+    ``encode(text, bos=True, eos=False, special=False)``: with ``special=False`` (the default)
+    special tokens written in the text, such as ``"<|eot_id|>"``, are encoded as ordinary text;
+    with ``special=True`` they are their ids (for text that a chat template builds). ``decode``
+    restores the text: BOS is skipped, other special tokens come out as their text.
+    """
+
+    def __init__(self, path: str | os.PathLike[str], vocab_size: int | None = None) -> None:
+        self._path = os.fspath(path)
+        self._load(read_file(self._path), repr(self._path), vocab_size)
+
+    @classmethod
+    def from_bytes(cls, data: bytes, vocab_size: int | None = None, name: str = "<bytes>") -> "ByteLevelTokenizer":
+        self = object.__new__(cls)
+        self._path = name
+        self._load(bytes(data), repr(name), vocab_size)
+        return self
+
+    def _load(self, data: bytes, where: str, vocab_size: int | None) -> None:
+        ranks = _load_tiktoken(data, where)
+        self._specials = llama3_special_tokens(len(ranks))
+        try:
+            self._bpe = _core.ByteLevelBpe(ranks, list(self._specials.items()), LLAMA3_PATTERN,
+                                           (LLAMA3_CHUNK_CHARS, LLAMA3_MAX_RUN))
+        except ValueError as exc:
+            raise TokenizerError(f"{where}: {exc}") from None
+        self._format = "tiktoken"
+        self._bos = self._specials["<|begin_of_text|>"]
+        self._eos = self._specials["<|end_of_text|>"]
+        self._stop_ids = tuple(self._specials[t] for t in LLAMA3_STOP_TOKENS)
+        if vocab_size is not None and vocab_size != self._bpe.vocab_size:
+            raise TokenizerError(
+                f"{where}: the tokenizer has {self._bpe.vocab_size} tokens but the model's vocab_size is {vocab_size}"
+            )
+
+    # -- facts ------------------------------------------------------------
+
+    @property
+    def path(self) -> str:
+        """The file this tokenizer was loaded from."""
+        return self._path
+
+    @property
+    def format(self) -> str:
+        """``"tiktoken"``."""
+        return self._format
+
+    @property
+    def vocab_size(self) -> int:
+        """Ranks plus special tokens."""
+        return int(self._bpe.vocab_size)
+
+    @property
+    def bos_id(self) -> int:
+        """``<|begin_of_text|>``."""
+        return self._bos
+
+    @property
+    def eos_id(self) -> int:
+        """``<|end_of_text|>``."""
+        return self._eos
+
+    @property
+    def stop_ids(self) -> tuple[int, ...]:
+        """Every id that ends generation: ``<|end_of_text|>``, ``<|eom_id|>``, ``<|eot_id|>``."""
+        return self._stop_ids
+
+    @property
+    def special_tokens(self) -> dict[str, int]:
+        """Each special token's text and id."""
+        return dict(self._specials)
+
+    @property
+    def pieces(self) -> tuple[bytes, ...]:
+        """Every token's bytes, indexed by id (a special token's text)."""
+        return tuple(bytes(self._bpe.token_bytes(i)) for i in range(self.vocab_size))
+
+    @property
+    def max_token_length(self) -> int:
+        return max(len(p) for p in self.pieces)
+
+    @property
+    def scores(self) -> tuple[float, ...]:
+        raise TokenizerError(f"{self._path}: a byte-level BPE tokenizer has ranks, not sentencepiece scores")
+
+    def to_bin_bytes(self) -> bytes:
+        raise TokenizerError(
+            f"{self._path}: a byte-level BPE tokenizer has no llama2.c tokenizer.bin encoding to store in a model file"
+        )
+
+    def __len__(self) -> int:
+        return self.vocab_size
+
+    def __repr__(self) -> str:
+        return f"ByteLevelTokenizer({self._path!r}, vocab_size={self.vocab_size})"
+
+    # -- lookups ----------------------------------------------------------
+
+    def _check_id(self, token: int) -> int:
+        token = operator.index(token)
+        if not 0 <= token < self.vocab_size:
+            raise InvalidTokenError(f"token id {token} is out of range for vocab_size {self.vocab_size}")
+        return token
+
+    def id_to_piece(self, id: int) -> str:
+        return bytes(self._bpe.token_bytes(self._check_id(id))).decode("utf-8", errors="replace")
+
+    def piece_to_id(self, piece: str) -> int | None:
+        special = self._bpe.special_id(piece)
+        if special is not None:
+            return int(special)
+        ids = self._bpe.encode(piece, False)
+        return int(ids[0]) if len(ids) == 1 and self.piece_bytes(None, ids[0]) == piece.encode() else None
+
+    # -- encoding and decoding --------------------------------------------
+
+    def encode(self, text: str | bytes, bos: bool = True, eos: bool = False, special: bool = False) -> list[int]:
+        """Token ids of ``text`` (bytes are read as UTF-8), with BOS first and EOS last if asked."""
+        if isinstance(text, (bytes, bytearray)):
+            text = bytes(text).decode("utf-8", errors="replace")
+        if not isinstance(text, str):
+            raise TypeError(f"text must be str or bytes, got {type(text).__name__}")
+        try:
+            ids = self._bpe.encode(text, bool(special))
+        except UnicodeEncodeError:  # lone surrogates: as Python writes them, then replaced
+            ids = self._bpe.encode(text.encode("utf-8", errors="replace").decode("utf-8"), bool(special))
+        return ([self._bos] if bos else []) + list(ids) + ([self._eos] if eos else [])
+
+    def piece_bytes(self, prev_id: int | None, id: int) -> bytes:
+        """The bytes token ``id`` contributes to the text (BOS: none)."""
+        id = self._check_id(id)
+        return b"" if id == self._bos else bytes(self._bpe.token_bytes(id))
+
+    def decode_bytes(self, ids: Iterable[int], prev_id: int | None = None) -> bytes:
+        checked = [self._check_id(t) for t in ids]
+        return bytes(self._bpe.decode([t for t in checked if t != self._bos]))
+
+    def decode(self, ids: Iterable[int], prev_id: int | None = None) -> str:
+        """The text of ``ids``; invalid UTF-8 (a character cut by the end of ``ids``) as U+FFFD."""
+        return self.decode_bytes(ids, prev_id).decode("utf-8", errors="replace")
+
+    def stream(self, prev_id: int | None = None) -> StreamDecoder:
+        return StreamDecoder(self, prev_id)
