@@ -239,6 +239,9 @@ pub struct Weights<'a> {
     pub rms_final: Cow<'a, [f32]>, // [dim]
     /// `[vocab_size, dim]`; `None` when the classifier shares the token embedding.
     pub classifier: Option<Matrix<'a>>,
+    /// `[head_size / 2]`: each RoPE frequency is divided by its factor (Llama 3.1's long-context
+    /// scaling, as GGUF's `rope_freqs.weight` stores it); `None`: no scaling.
+    pub rope_freq_factors: Option<Cow<'a, [f32]>>,
 }
 
 impl<'a> Weights<'a> {

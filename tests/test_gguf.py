@@ -612,9 +612,56 @@ def test_vocabulary_and_embedding_disagree(tmp_path: Path, n_tokens: int) -> Non
 
 
 def test_extra_tensor(tmp_path: Path) -> None:
-    """e.g. Llama 3.1's rope_freqs.weight (RoPE scaling factors we would silently ignore)."""
-    path = write_gguf(tmp_path / "extra.gguf", _tiny(40), extra={"rope_freqs.weight": np.ones(4)})
-    _open_fails(path, "rope_freqs.weight")
+    """e.g. a bias (Qwen-style files), which we would silently ignore."""
+    path = write_gguf(tmp_path / "extra.gguf", _tiny(40), extra={"blk.0.attn_q.bias": np.ones(32)})
+    _open_fails(path, "blk.0.attn_q.bias")
+
+
+def _llama3_rope_factors(head_size: int, theta: float, factor: float = 8.0, low: float = 1.0, high: float = 4.0,
+                         original_context: int = 8192) -> np.ndarray:
+    """rope_freqs.weight as llama.cpp's convert_hf_to_gguf writes it for Llama 3.1 (its loop, not Meta's)."""
+    freqs = 1.0 / (theta ** (np.arange(0, head_size, 2, dtype=np.float64) / head_size))
+    low_wavelen, high_wavelen = original_context / low, original_context / high
+    factors = []
+    for freq in freqs:
+        wavelen = 2 * np.pi / freq
+        if wavelen < high_wavelen:
+            factors.append(1.0)
+        elif wavelen > low_wavelen:
+            factors.append(factor)
+        else:
+            smooth = (original_context / wavelen - low) / (high - low)
+            factors.append(1 / ((1 - smooth) / factor + smooth))
+    return np.array(factors, dtype=np.float32)
+
+
+def test_llama3_rope_scaling_from_rope_freqs(tmp_path: Path) -> None:
+    # Llama 3.1's head size, theta and scaling (factor 8, low/high 1/4, 8192 original context).
+    config = Config(dim=128, hidden_dim=256, n_layers=2, n_heads=2, n_kv_heads=1, vocab_size=300, seq_len=1024,
+                    rope_theta=500000.0)
+    weights = random_weights(config, 3)
+    factors = _llama3_rope_factors(config.head_size, config.rope_theta)
+    # The file's divisors are Meta's apply_scaling, as the reference implements it.
+    freqs = 1.0 / (config.rope_theta ** (np.arange(0, 64, 2) / 64))
+    np.testing.assert_allclose(freqs / reference.llama3_scaled_frequencies(freqs, 8.0, 1.0, 4.0, 8192), factors,
+                               rtol=1e-6)
+    assert factors[0] == 1.0 and factors[-1] == 8.0 and ((factors > 1) & (factors < 8)).any()  # all three cases
+    path = write_gguf(tmp_path / "llama3.gguf", weights, uniform(T.F32), extra={"rope_freqs.weight": factors})
+    tokens = [1] + np.random.default_rng(0).integers(3, 300, size=299).tolist()
+    expected = reference_logits(path, tokens)
+    ours = llama2rs.Model(path, exact=True).logits(tokens)
+    _assert_close(ours, expected)
+    # ... and the scaling matters: without it the later positions' logits are elsewhere.
+    weights.rope_freq_factors = None
+    unscaled = forward(weights, tokens)
+    assert np.abs(unscaled[200:] - expected[200:]).max() > 100 * np.abs(ours[200:] - expected[200:]).max()
+
+
+@pytest.mark.parametrize("factors, needle", [(np.ones(16), "ne [32]"), (np.r_[np.ones(31), 0.0], "holds 0")])
+def test_bad_rope_freqs(tmp_path: Path, factors: np.ndarray, needle: str) -> None:
+    config = Config(dim=128, hidden_dim=256, n_layers=1, n_heads=2, n_kv_heads=1, vocab_size=40, seq_len=64)
+    path = write_gguf(tmp_path / "bad.gguf", random_weights(config, 0), extra={"rope_freqs.weight": factors})
+    _open_fails(path, "rope_freqs.weight", needle)
 
 
 def test_wrong_shape(tmp_path: Path) -> None:

@@ -19,6 +19,7 @@ Precision (the choices to know when comparing against another implementation):
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping, Optional, Sequence
 
@@ -41,6 +42,7 @@ __all__ = [
     "softmax_rows",
     "rmsnorm",
     "rope_cos_sin",
+    "llama3_scaled_frequencies",
     "apply_rope",
     "quantize_activations",
     "linear",
@@ -71,20 +73,47 @@ def rmsnorm(x: np.ndarray, weight: np.ndarray, eps: float = RMS_EPS) -> np.ndarr
     return weight.astype(np.float64) * (x / np.sqrt(mean_square + eps))  # [T, dim]
 
 
-def rope_cos_sin(head_size: int, n_positions: int, theta: float = ROPE_THETA) -> tuple[np.ndarray, np.ndarray]:
+def rope_cos_sin(head_size: int, n_positions: int, theta: float = ROPE_THETA,
+                 freq_factors: Optional[np.ndarray] = None) -> tuple[np.ndarray, np.ndarray]:
     """cos and sin of the RoPE angles, each [T, head_size // 2], as float64.
 
     Pair ``j`` of a head (dims ``2j, 2j+1``) turns by ``pos * freq_j`` with
-    ``freq_j = 1 / 10000^(2j / head_size)``. Like run.c, the frequency and the angle are
-    computed in float32 (this matters at large positions); cos/sin are then exact-ish.
+    ``freq_j = 1 / 10000^(2j / head_size)``, divided by ``freq_factors[j]`` if given. Like
+    run.c, the frequency and the angle are computed in float32 (this matters at large
+    positions); cos/sin are then exact-ish.
     """
     head_dim_index = np.arange(0, head_size, 2, dtype=np.float32)  # [hs/2]: 0, 2, 4, ...
     exponent = head_dim_index / np.float32(head_size)  # [hs/2] float32
     freq = np.float32(1.0) / np.power(np.float32(theta), exponent)  # [hs/2] float32
+    if freq_factors is not None:
+        freq = freq / np.asarray(freq_factors, dtype=np.float32)  # [hs/2] float32
     positions = np.arange(n_positions, dtype=np.float32)  # [T]
     angle = positions[:, None] * freq[None, :]  # [T, hs/2] float32, like C's pos * freq
     angle64 = angle.astype(np.float64)  # [T, hs/2]
     return np.cos(angle64), np.sin(angle64)  # [T, hs/2] each
+
+
+def llama3_scaled_frequencies(freqs: np.ndarray, factor: float, low_freq_factor: float, high_freq_factor: float,
+                              original_max_position_embeddings: int) -> np.ndarray:
+    """Meta's ``apply_scaling`` (llama_models, Llama 3.1; HF's ``_compute_llama3_parameters``):
+    long wavelengths are slowed by ``factor``, short ones kept, those between blended.
+
+    freqs [n] -> scaled freqs [n], float64.
+    """
+    old_context_len = float(original_max_position_embeddings)
+    low_freq_wavelen = old_context_len / low_freq_factor
+    high_freq_wavelen = old_context_len / high_freq_factor
+    scaled = []
+    for freq in np.asarray(freqs, dtype=np.float64):
+        wavelen = 2 * math.pi / freq
+        if wavelen < high_freq_wavelen:
+            scaled.append(freq)
+        elif wavelen > low_freq_wavelen:
+            scaled.append(freq / factor)
+        else:
+            smooth = (old_context_len / wavelen - low_freq_factor) / (high_freq_factor - low_freq_factor)
+            scaled.append((1 - smooth) * freq / factor + smooth * freq)
+    return np.array(scaled, dtype=np.float64)
 
 
 def apply_rope(vectors: np.ndarray, cos: np.ndarray, sin: np.ndarray) -> np.ndarray:
@@ -307,7 +336,8 @@ def forward(weights: Weights, tokens: Sequence[int], kv_cache: str = "f32") -> n
         raise ArgumentError(f"kv_cache must be one of {', '.join(KV_CACHE_DTYPES)}; got {kv_cache!r}")
     config = weights.config
     token_ids = _check_tokens(config, tokens)  # [T]
-    cos, sin = rope_cos_sin(config.head_size, token_ids.size, config.rope_theta)  # [T, hs/2] each
+    cos, sin = rope_cos_sin(config.head_size, token_ids.size, config.rope_theta,
+                            weights.rope_freq_factors)  # [T, hs/2] each
 
     x = embed(weights.token_embedding, token_ids)  # [T, dim] residual stream
     for layer in weights.layers:

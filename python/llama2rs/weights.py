@@ -76,6 +76,9 @@ class Weights:
     quantization: Optional[dict] = None
     # What the file said about itself (format, version, source, ...), as strings.
     metadata: dict = field(default_factory=dict)
+    # [head_size // 2] divisors of the RoPE frequencies (Llama 3.1's scaling; GGUF's
+    # rope_freqs.weight), or None for none.
+    rope_freq_factors: Optional[np.ndarray] = None
 
     @property
     def tied(self) -> bool:

@@ -517,6 +517,22 @@ fn weights_of<'a>(meta: &Metadata, c: &Config, tensors: &mut HashMap<String, Ten
         Ok(t) => Some(matrix("output.weight", t, c.vocab_size, dim)?),
         Err(_) => None,
     };
+    // Llama 3.1+: the per-frequency divisors of its RoPE scaling, one per pair of a head.
+    let rope_freq_factors = match take("rope_freqs.weight") {
+        Ok(t) if t.kind.is_none() && t.ne == [c.head_size() / 2] => Some(f32_cow(t.data)),
+        Ok(t) => {
+            let found = t.kind.map_or("F32", |k| k.name());
+            return Err(meta.fail(format!(
+                "tensor 'rope_freqs.weight' must be F32 of ne [{}], found {found} of ne {:?}",
+                c.head_size() / 2,
+                t.ne
+            )));
+        }
+        Err(_) => None,
+    };
+    if let Some(bad) = rope_freq_factors.as_ref().and_then(|f| f.iter().find(|v| !(v.is_finite() && **v > 0.0))) {
+        return Err(meta.fail(format!("tensor 'rope_freqs.weight' holds {bad}: a RoPE divisor must be positive")));
+    }
     let mut layers = Vec::with_capacity(c.n_layers);
     for l in 0..c.n_layers {
         let mut m = |suffix: &str, rows: usize, cols: usize| {
@@ -540,5 +556,5 @@ fn weights_of<'a>(meta: &Metadata, c: &Config, tensors: &mut HashMap<String, Ten
         let list: Vec<&str> = unknown.iter().map(|s| s.as_str()).collect();
         return Err(meta.fail(format!("GGUF file has tensors llama2rs does not run: {}", list.join(", "))));
     }
-    Ok(Weights { token_embedding, layers, rms_final, classifier })
+    Ok(Weights { token_embedding, layers, rms_final, classifier, rope_freq_factors })
 }

@@ -242,7 +242,7 @@ pub fn read_model<'a>(path: &Path, bytes: &'a [u8]) -> Result<Contents<'a>> {
         unknown.sort();
         return Err(fail(format!("unexpected tensors for this config: {}", unknown.join(", "))));
     }
-    let weights = Weights { token_embedding, layers, rms_final, classifier };
+    let weights = Weights { token_embedding, layers, rms_final, classifier, rope_freq_factors: None };
     let format = FileFormat::Llama2rs { version };
     Ok(Contents { config, format, weights, tokenizer: Some(tokenizer), vocabulary: None, metadata })
 }

@@ -253,7 +253,7 @@ fn assemble<'a>(
     for ((((((((rms_att, wq), wk), wv), wo), rms_ffn), w1), w2), w3) in parts.by_ref() {
         layers.push(LayerWeights { rms_att, wq, wk, wv, wo, rms_ffn, w1, w2, w3 });
     }
-    Weights { token_embedding, layers, rms_final, classifier }
+    Weights { token_embedding, layers, rms_final, classifier, rope_freq_factors: None }
 }
 
 /// Number of bytes a file with this header must have, exactly.

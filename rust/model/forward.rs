@@ -42,7 +42,7 @@ impl Model {
             matmul_shared_input(&mut qkv, xb, n, &mut s.scratch, k);
             for t in 0..n {
                 let (q, k_new) = (&mut q[t * dim..(t + 1) * dim], &mut k_new[t * kv_dim..(t + 1) * kv_dim]);
-                rope(q, k_new, pos0 + t, hs, c.rope_theta);
+                rope(q, k_new, pos0 + t, hs, c.rope_theta, w.rope_freq_factors.as_deref());
             }
             let batch = Batch { tokens: n, pos0, q: &*q, k_new: &*k_new, v_new: &*v_new };
             match &mut s.kv {
@@ -88,10 +88,14 @@ fn rmsnorm_tokens(out: &mut [f32], x: &[f32], weight: &[f32], eps: f32, dim: usi
 /// Rotary position embedding on interleaved pairs `(2i, 2i+1)` within each head
 /// (llama2.c's layout): rotates all of `q` and the `kv_dim` entries of `k`. The angle depends
 /// only on the pair's place in its head, so each sine and cosine is computed once per position
-/// and applied to every head (the same values run.c computes per head).
-fn rope(q: &mut [f32], k: &mut [f32], pos: usize, head_size: usize, theta: f32) {
+/// and applied to every head (the same values run.c computes per head). `factors`
+/// (`[head_size / 2]`) divide the frequencies, as llama.cpp applies GGUF's `rope_freqs`.
+fn rope(q: &mut [f32], k: &mut [f32], pos: usize, head_size: usize, theta: f32, factors: Option<&[f32]>) {
     for i in (0..head_size).step_by(2) {
-        let freq = 1.0 / theta.powf(i as f32 / head_size as f32);
+        let mut freq = 1.0 / theta.powf(i as f32 / head_size as f32);
+        if let Some(f) = factors {
+            freq /= f[i / 2];
+        }
         let angle = pos as f32 * freq;
         let (sin, cos) = (angle.sin(), angle.cos());
         let rotate = |v: &mut [f32]| {

@@ -259,6 +259,8 @@ def read_gguf(path: str | Path) -> tuple[Weights, dict[str, T]]:
         layers.append({ours: matrix(f"blk.{i}.{theirs}.weight") for ours, theirs in LAYER_NAMES.items()})
     classifier = matrix("output.weight") if "output.weight" in tensors else None
     weights = Weights(config, embedding, layers, matrix("output_norm.weight"), classifier)
+    if "rope_freqs.weight" in tensors:
+        weights.rope_freq_factors = matrix("rope_freqs.weight").reshape(-1)
     weights.check()
     return weights, {name: T(t.tensor_type) for name, t in tensors.items()}
 
