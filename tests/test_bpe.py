@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import random
 
+import numpy as np
 import pytest
 
 import llama2rs
@@ -139,3 +140,86 @@ def test_corrupt_tiktoken_files(tmp_path):
     path.write_bytes(b"IQ== 0\nIg== 1\n")  # only two bytes of the 256
     with pytest.raises(TokenizerError, match="no token for the single byte 0x00"):
         llama2rs.Tokenizer(path)
+
+
+# -- the same vocabulary in a GGUF file (tokenizer.ggml.model = gpt2, pre = llama-bpe) ---------------
+
+
+def bytes_to_unicode() -> dict[int, str]:
+    """GPT-2's byte-to-character table (openai/gpt-2 encoder.py), as GGUF gpt2 vocabularies use it."""
+    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    cs = bs[:]
+    n = 0
+    for b in range(256):
+        if b not in bs:
+            bs.append(b)
+            cs.append(256 + n)
+            n += 1
+    return dict(zip(bs, map(chr, cs)))
+
+
+@pytest.fixture(scope="module")
+def llama3_gguf(tmp_path_factory, pair):
+    """A Llama-3-vocabulary GGUF whose every layer adds nothing and whose classifier favours
+    <|eot_id|>: greedy decoding's first token is <|eot_id|>, whatever the prompt."""
+    import numpy as np
+    from gguf import GGUFValueType
+
+    from llama2rs.config import Config
+    from support.fixtures import random_weights
+    from support.gguf_files import T, uniform, write_gguf
+
+    ours, meta = pair
+    to_char = bytes_to_unicode()
+    tokens, types = [], []
+    for i, raw in enumerate(ours.pieces):
+        special = i >= 128000
+        tokens.append(raw.decode() if special else "".join(to_char[b] for b in raw))
+        types.append(3 if special else 1)
+    config = Config(dim=64, hidden_dim=128, n_layers=1, n_heads=1, n_kv_heads=1, vocab_size=ours.vocab_size,
+                    seq_len=64, rope_theta=500000.0)
+    weights = random_weights(config, 0)
+    for layer in weights.layers:
+        layer["wo"][:] = 0
+        layer["w2"][:] = 0
+    weights.token_embedding[:] = 1.0
+    weights.rms_final[:] = 1.0
+    classifier = np.zeros((config.vocab_size, config.dim), dtype=np.float32)
+    classifier[128009] = 1.0
+    weights.classifier = classifier
+    path = tmp_path_factory.mktemp("llama3") / "llama3-vocab.gguf"
+    return write_gguf(path, weights, uniform(T.F16), tokens=tokens, token_types=types, tokenizer_model="gpt2",
+                      bos_eos=(128000, 128001), kv={"tokenizer.ggml.pre": ("llama-bpe", GGUFValueType.STRING)})
+
+
+def test_gguf_gpt2_vocabulary_tokenizes_as_tiktoken(pair, llama3_gguf):
+    _, meta = pair
+    model = llama2rs.Model(llama3_gguf)
+    assert model.tokenizer.format == "gguf" and model.tokenizer.vocab_size == 128256
+    for text in TEXTS[:-3] + ["a" * 100]:  # llama.cpp does not cut long runs: neither does this
+        assert model.tokenize(text) == [128000] + meta.model.encode(text, disallowed_special=()), repr(text)
+        assert model.detokenize(model.tokenize(text)) == text
+
+
+def test_generation_stops_at_eot(llama3_gguf):
+    model = llama2rs.Model(llama3_gguf)
+    assert set(model.stop_ids) >= {128000, 128001, 128008, 128009}
+    prompt = model.tokenize("Hello")
+    assert list(model.generate_tokens(prompt, max_tokens=5, ignore_eos=True)) == [128009] * 5  # what it samples
+    assert list(model.generate_tokens(prompt, max_tokens=5)) == []  # ... and where it stops
+    assert model.complete("Hello", max_tokens=5) == ""
+
+
+def test_gguf_pre_tokenizer_we_do_not_run(tmp_path, llama3_gguf):
+    import shutil
+
+    from gguf import GGUFReader
+
+    path = tmp_path / "qwen.gguf"
+    shutil.copy(llama3_gguf, path)
+    field = GGUFReader(str(path), "r+").fields["tokenizer.ggml.pre"]
+    field.parts[field.data[0]][:] = np.frombuffer(b"qwen2-bpe", dtype=np.uint8)  # as long as "llama-bpe"
+    model = llama2rs.Model(path)
+    with pytest.raises(TokenizerError, match="its GGUF pre-tokenizer is 'qwen2-bpe'; llama2rs runs"):
+        model.tokenize("Hello")
+    assert list(model.generate_tokens([128000], max_tokens=2, ignore_eos=True)) == [128009, 128009]  # ids still run

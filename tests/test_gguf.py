@@ -383,16 +383,18 @@ def test_tokenizer_problems_only_fail_text_methods(tmp_path: Path) -> None:
         m.tokenize("t1")
 
 
-def test_unsupported_tokenizer_model_only_fails_text_methods(tmp_path: Path) -> None:
-    path = write_gguf(tmp_path / "gpt2vocab.gguf", _tiny(40), tokens=[f"t{i}" for i in range(40)],
-                      tokenizer_model="gpt2")
+@pytest.mark.parametrize("model, needle", [("bert", "tokenizer model is 'bert'"),
+                                           ("gpt2", "pre-tokenizer is None")])  # a byte-level BPE without its pre
+def test_unsupported_tokenizer_model_only_fails_text_methods(tmp_path: Path, model: str, needle: str) -> None:
+    path = write_gguf(tmp_path / "othervocab.gguf", _tiny(40), tokens=[f"t{i}" for i in range(40)],
+                      tokenizer_model=model)
     m = llama2rs.Model(path)
     assert m.tokenizer is None
     expected = forward(read_gguf(path)[0], [1, 5, 7])
     _assert_close(m.logits([1, 5, 7]), expected)
     assert len(list(m.generate_tokens([1, 5], max_tokens=3, ignore_eos=True))) == 3
     for call in (lambda: m.tokenize("hi"), lambda: m.detokenize([1]), lambda: m.complete("hi")):
-        with pytest.raises(llama2rs.TokenizerError, match="'gpt2'"):
+        with pytest.raises(llama2rs.TokenizerError, match=needle):
             call()
 
 

@@ -20,6 +20,7 @@ def read_bandwidth(n_bytes: int = ..., n_threads: int = 1, repeats: int = 3) -> 
 # A GGUF file's tokenizer.ggml.* arrays (stub-only name: at run time a plain dict).
 class _Vocabulary(TypedDict):
     model: str  # tokenizer.ggml.model, e.g. "llama" (sentencepiece) or "gpt2"
+    pre: Optional[str]  # tokenizer.ggml.pre, e.g. "llama-bpe"
     tokens: list[bytes]  # the raw token strings (sentencepiece pieces, "\u2581" as UTF-8)
     scores: Optional[list[float]]
     token_type: Optional[list[int]]

@@ -13,13 +13,13 @@ import base64
 import binascii
 import operator
 import os
-from typing import Iterable
+from typing import Iterable, Optional, Sequence
 
 from . import _core
 from ._tokens import StreamDecoder, read_file
 from .errors import InvalidTokenError, TokenizerError
 
-__all__ = ["ByteLevelTokenizer", "LLAMA3_PATTERN", "LLAMA3_STOP_TOKENS", "llama3_special_tokens"]
+__all__ = ["ByteLevelTokenizer", "LLAMA3_PATTERN", "LLAMA3_STOP_TOKENS", "PRE_TOKENIZERS", "llama3_special_tokens"]
 
 #: Meta's pre-tokenizer for Llama 3 (``pat_str`` of llama_models' ``llama3/tokenizer.py``).
 LLAMA3_PATTERN = (
@@ -40,6 +40,30 @@ _LLAMA3_SPECIALS = 256
 #: Generation ends at any of these (Llama 3 ends a turn with <|eot_id|>, a tool call with
 #: <|eom_id|>, a document with <|end_of_text|>).
 LLAMA3_STOP_TOKENS = ("<|end_of_text|>", "<|eom_id|>", "<|eot_id|>")
+
+# GGUF token types (llama.cpp's llama_token_type): 1 normal, 3 control, 4 user-defined.
+_NORMAL = 1
+_SPECIAL_TYPES = (3, 4)
+#: GGUF ``tokenizer.ggml.pre`` values and the pre-tokenizer pattern each names.
+PRE_TOKENIZERS = {"llama-bpe": LLAMA3_PATTERN, "llama3": LLAMA3_PATTERN}
+
+
+def _gpt2_byte_of() -> dict[str, int]:
+    """GPT-2's ``bytes_to_unicode``, inverted: the character each byte is written as -> the byte.
+    Printable Latin-1 bytes are themselves; the other 68 are shifted to U+0100 onwards."""
+    kept = list(range(ord("!"), ord("~") + 1)) + list(range(0xA1, 0xAC + 1)) + list(range(0xAE, 0xFF + 1))
+    chars, shifted = {}, 0
+    for b in range(256):
+        if b in kept:
+            chars[chr(b)] = b
+        else:
+            chars[chr(256 + shifted)] = b
+            shifted += 1
+    return chars
+
+
+_GPT2_BYTE_OF = _gpt2_byte_of()
+
 
 def llama3_special_tokens(n_ranks: int) -> dict[str, int]:
     """Meta's special tokens and their ids, right after the ``n_ranks`` ranks."""
@@ -82,6 +106,42 @@ class ByteLevelTokenizer:
         self._load(read_file(self._path), repr(self._path), vocab_size)
 
     @classmethod
+    def from_gguf(cls, tokens: Sequence[bytes], token_types: Optional[Sequence[int]], pre: Optional[str],
+                  bos_id: Optional[int], eos_id: Optional[int], vocab_size: int, name: str) -> "ByteLevelTokenizer":
+        """A GGUF ``gpt2`` vocabulary: tokens in GPT-2's byte-to-character mapping, control and
+        user-defined tokens (types 3, 4) as special tokens after the ordinary ones, whose ids
+        are their merge ranks (as in every tiktoken-converted vocabulary). Encodes as llama.cpp
+        does: ``tokenizer.ggml.pre`` names the pre-tokenizer (``llama-bpe`` for Llama 3), and
+        there are no cuts of long runs."""
+        if pre not in PRE_TOKENIZERS:
+            raise TokenizerError(f"{name}: GGUF pre-tokenizer {pre!r} is not one llama2rs runs "
+                                 f"(it runs {', '.join(sorted(PRE_TOKENIZERS))})")
+        types = list(token_types) if token_types is not None else [_NORMAL] * len(tokens)
+        ranks: list[bytes] = []
+        specials: dict[str, int] = {}
+        for i, (token, kind) in enumerate(zip(tokens, types)):
+            text = bytes(token).decode("utf-8", errors="strict") if kind in _SPECIAL_TYPES else None
+            if text is not None:
+                specials[text] = i
+            elif specials:
+                raise TokenizerError(f"{name}: GGUF token {i} is an ordinary token after special ones; "
+                                     "llama2rs needs the merge ranks first")
+            else:
+                try:
+                    ranks.append(bytes(_GPT2_BYTE_OF[c] for c in bytes(token).decode("utf-8")))
+                except (KeyError, UnicodeDecodeError):
+                    raise TokenizerError(f"{name}: GGUF token {i} is not in GPT-2's byte-to-character mapping") from None
+        self = object.__new__(cls)
+        self._path = name
+        self._init(ranks, specials, PRE_TOKENIZERS[str(pre)], None, name, vocab_size)
+        self._format = "gguf"
+        self._bos = bos_id if bos_id is not None else self._bos
+        self._eos = eos_id if eos_id is not None else self._eos
+        stops = [self._eos] + [specials[t] for t in LLAMA3_STOP_TOKENS if t in specials]
+        self._stop_ids = tuple(dict.fromkeys(stops))
+        return self
+
+    @classmethod
     def from_bytes(cls, data: bytes, vocab_size: int | None = None, name: str = "<bytes>") -> "ByteLevelTokenizer":
         self = object.__new__(cls)
         self._path = name
@@ -90,16 +150,20 @@ class ByteLevelTokenizer:
 
     def _load(self, data: bytes, where: str, vocab_size: int | None) -> None:
         ranks = _load_tiktoken(data, where)
-        self._specials = llama3_special_tokens(len(ranks))
+        self._init(ranks, llama3_special_tokens(len(ranks)), LLAMA3_PATTERN, (LLAMA3_CHUNK_CHARS, LLAMA3_MAX_RUN),
+                   where, vocab_size)
+        self._format = "tiktoken"
+        self._stop_ids = tuple(self._specials[t] for t in LLAMA3_STOP_TOKENS)
+
+    def _init(self, ranks: list[bytes], specials: dict[str, int], pattern: str, slicing: Optional[tuple[int, int]],
+              where: str, vocab_size: int | None) -> None:
+        self._specials = specials
         try:
-            self._bpe = _core.ByteLevelBpe(ranks, list(self._specials.items()), LLAMA3_PATTERN,
-                                           (LLAMA3_CHUNK_CHARS, LLAMA3_MAX_RUN))
+            self._bpe = _core.ByteLevelBpe(ranks, list(specials.items()), pattern, slicing)
         except ValueError as exc:
             raise TokenizerError(f"{where}: {exc}") from None
-        self._format = "tiktoken"
-        self._bos = self._specials["<|begin_of_text|>"]
-        self._eos = self._specials["<|end_of_text|>"]
-        self._stop_ids = tuple(self._specials[t] for t in LLAMA3_STOP_TOKENS)
+        self._bos = specials.get("<|begin_of_text|>", -1)
+        self._eos = specials.get("<|end_of_text|>", -1)
         if vocab_size is not None and vocab_size != self._bpe.vocab_size:
             raise TokenizerError(
                 f"{where}: the tokenizer has {self._bpe.vocab_size} tokens but the model's vocab_size is {vocab_size}"

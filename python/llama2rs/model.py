@@ -77,9 +77,17 @@ def _vocabulary_problem(vocabulary: Mapping[str, Any]) -> Optional[str]:
     """Why a GGUF file's vocabulary cannot make our tokenizer (llama2.c's sentencepiece BPE), or
     None when it can."""
     kind = vocabulary.get("model")
+    if kind == "gpt2":
+        from .bpe import PRE_TOKENIZERS
+
+        pre = vocabulary.get("pre")
+        if pre not in PRE_TOKENIZERS:
+            return (f"its GGUF pre-tokenizer is {pre!r}; llama2rs runs byte-level BPE vocabularies with "
+                    f"{', '.join(repr(p) for p in sorted(PRE_TOKENIZERS))}")
+        return None
     if kind != "llama":
-        return (f"its GGUF tokenizer model is {kind!r}; llama2rs reads only 'llama' (sentencepiece) "
-                "vocabularies so far")
+        return (f"its GGUF tokenizer model is {kind!r}; llama2rs reads 'llama' (sentencepiece) and 'gpt2' "
+                "(byte-level BPE) vocabularies")
     bos, eos = vocabulary.get("bos_id"), vocabulary.get("eos_id")
     if (bos if bos is not None else BOS_ID, eos if eos is not None else EOS_ID) != (BOS_ID, EOS_ID):
         return (f"its GGUF vocabulary has BOS/EOS ids {bos}/{eos}; llama2rs's tokenizer (llama2.c's) "
@@ -92,6 +100,12 @@ def _tokenizer_from_vocabulary(vocabulary: Mapping[str, Any], vocab_size: int, n
     Without scores every piece scores 0, as llama.cpp's llama-vocab.cpp does then
     (``scores ? scores[i] : 0.0f``). Token types are not used (llama2.c's export ignores them)."""
     tokens = vocabulary["tokens"]
+    if vocabulary.get("model") == "gpt2":
+        from .bpe import ByteLevelTokenizer
+
+        return ByteLevelTokenizer.from_gguf(  # type: ignore[return-value]
+            tokens, vocabulary.get("token_type"), vocabulary.get("pre"), vocabulary.get("bos_id"),
+            vocabulary.get("eos_id"), vocab_size, name)
     pieces: list[str] = []
     for i, token in enumerate(tokens):
         try:
@@ -145,6 +159,7 @@ class Model:
         self._core = _core.Model(os.fspath(model_path), n_threads, kernels, bool(exact), kv_cache)
         self.config = Config(**self._core.config)  # type: ignore[arg-type]
         self._tokenizer: Optional[Tokenizer] = None
+        self._stop_ids: Optional[tuple[int, ...]] = None
         # A tokenizer stored in the file is parsed on first use (~25 ms for 32000 tokens), so
         # opening stays in milliseconds; a tokenizer file is checked against the model now.
         self._embedded_tokenizer: Optional[bytes] = None
@@ -179,6 +194,18 @@ class Model:
             self._tokenizer = _tokenizer_from_vocabulary(self._vocabulary, self.config.vocab_size, f"{self.path} (gguf)")
             self._vocabulary = None
         return self._tokenizer
+
+    @property
+    def stop_ids(self) -> tuple[int, ...]:
+        """The ids generation stops at: BOS and EOS (llama2.c's), and the tokenizer's own stop
+        tokens, such as Llama 3's ``<|eot_id|>`` and ``<|eom_id|>``."""
+        if self._stop_ids is None:
+            try:
+                tokenizer_stops = tuple(getattr(self.tokenizer, "stop_ids", ()))
+            except TokenizerError:  # a vocabulary we cannot read: its token ids still run
+                tokenizer_stops = ()
+            self._stop_ids = tuple(dict.fromkeys((self.config.bos_id, self.config.eos_id) + tokenizer_stops))
+        return self._stop_ids
 
     @property
     def path(self) -> Path:
@@ -260,7 +287,7 @@ class Model:
         ignore_eos: bool = False,
     ) -> Iterator[int]:
         """Sample up to ``max_tokens`` new token ids after ``prompt_ids`` (which should start with
-        BOS). Stops early at BOS or EOS (unless ``ignore_eos``) and when the context is full.
+        BOS). Stops early at any of :attr:`stop_ids` (unless ``ignore_eos``) and when the context is full.
         Arguments are checked and the prompt is run through the model when this is called (so a
         bad prompt fails here); new tokens are computed as the iterator is consumed."""
         max_tokens = _check_int("max_tokens", max_tokens, 0)
@@ -284,7 +311,7 @@ class Model:
         return self._sample_loop(session, max_tokens, ignore_eos)
 
     def _sample_loop(self, session: _core.Session, max_tokens: int, ignore_eos: bool) -> Iterator[int]:
-        stop_ids = () if ignore_eos else (self.config.bos_id, self.config.eos_id)
+        stop_ids = () if ignore_eos else self.stop_ids
         for produced in range(1, max_tokens + 1):
             token = session.sample()
             if token in stop_ids:

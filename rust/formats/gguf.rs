@@ -39,6 +39,8 @@ pub fn is_gguf(bytes: &[u8]) -> bool {
 pub struct Vocabulary<'a> {
     /// `tokenizer.ggml.model`: `llama` (sentencepiece), `gpt2` (byte-level BPE), ...
     pub model: String,
+    /// `tokenizer.ggml.pre`: a byte-level BPE's pre-tokenizer (`llama-bpe` for Llama 3).
+    pub pre: Option<String>,
     pub tokens: Vec<&'a [u8]>,
     pub scores: Option<Vec<f32>>,
     pub token_type: Option<Vec<i32>>,
@@ -300,6 +302,7 @@ impl<'a> Metadata<'a, '_> {
         };
         Ok(Some(Vocabulary {
             model: self.string("tokenizer.ggml.model")?.unwrap_or_default(),
+            pre: self.string("tokenizer.ggml.pre")?,
             tokens,
             scores,
             token_type,

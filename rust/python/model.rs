@@ -143,6 +143,7 @@ impl PyModel {
         let Some(v) = self.inner.vocabulary() else { return Ok(None) };
         let d = PyDict::new(py);
         d.set_item("model", &v.model)?;
+        d.set_item("pre", v.pre.clone())?;
         let tokens: Vec<Bound<'py, PyBytes>> = v.tokens.iter().map(|t| PyBytes::new(py, t)).collect();
         d.set_item("tokens", tokens)?;
         d.set_item("scores", v.scores.clone())?;
