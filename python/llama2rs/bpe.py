@@ -120,7 +120,10 @@ class ByteLevelTokenizer:
         ranks: list[bytes] = []
         specials: dict[str, int] = {}
         for i, (token, kind) in enumerate(zip(tokens, types)):
-            text = bytes(token).decode("utf-8", errors="strict") if kind in _SPECIAL_TYPES else None
+            try:
+                text = bytes(token).decode("utf-8") if kind in _SPECIAL_TYPES else None
+            except UnicodeDecodeError:
+                raise TokenizerError(f"{name}: GGUF special token {i} is not valid UTF-8") from None
             if text is not None:
                 specials[text] = i
             elif specials:
@@ -178,7 +181,7 @@ class ByteLevelTokenizer:
 
     @property
     def format(self) -> str:
-        """``"tiktoken"``."""
+        """``"tiktoken"`` (a tokenizer.model file) or ``"gguf"`` (a GGUF file's vocabulary)."""
         return self._format
 
     @property
@@ -260,6 +263,9 @@ class ByteLevelTokenizer:
             ids = self._bpe.encode(text, bool(special))
         except UnicodeEncodeError:  # lone surrogates: as Python writes them, then replaced
             ids = self._bpe.encode(text.encode("utf-8", errors="replace").decode("utf-8"), bool(special))
+        for wanted, id, what in ((bos, self._bos, "BOS"), (eos, self._eos, "EOS")):
+            if wanted and id < 0:
+                raise TokenizerError(f"{self._path}: this vocabulary has no {what} token")
         return ([self._bos] if bos else []) + list(ids) + ([self._eos] if eos else [])
 
     def piece_bytes(self, prev_id: int | None, id: int) -> bytes:
