@@ -125,3 +125,41 @@ def test_a_model_used_in_a_forked_child_is_an_error_not_a_hang():
     assert report.startswith("refused: this model was opened in process"), report
     assert "after a fork" in report and f"reopened: {expected}" in report, report
     assert list(model.generate_tokens([1, 403, 407], max_tokens=8)) == expected  # the parent's still works
+
+
+def test_sigterm_during_a_write_leaves_no_temporary_file(tmp_path):
+    # SIGTERM's default action killed an export where it stood, leaving a hidden .OUT.XXXX.tmp.
+    out = tmp_path / "out.l2rs.safetensors"
+    script = textwrap.dedent(f"""
+        import sys, time
+        from llama2rs.cli.common import run_guarded
+        from llama2rs.fileio import atomic_write
+
+        def slow_body(handle):
+            handle.write(b"partial")
+            handle.flush()
+            print("writing", flush=True)
+            time.sleep(60)
+
+        sys.exit(run_guarded(lambda args: atomic_write({str(out)!r}, slow_body) or 0, None))
+    """)
+    child = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    try:
+        assert child.stdout.readline().strip() == "writing"
+        assert len(list(tmp_path.iterdir())) == 1  # the temporary file, mid-write
+        child.terminate()
+        assert child.wait(timeout=30) == 128 + 15
+    finally:
+        child.kill()
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_written_files_get_the_mode_of_an_ordinary_open(tmp_path):
+    from llama2rs.fileio import atomic_write
+
+    previous = os.umask(0o027)
+    try:
+        atomic_write(tmp_path / "a.bin", lambda handle: handle.write(b"x"))
+    finally:
+        os.umask(previous)
+    assert (tmp_path / "a.bin").stat().st_mode & 0o777 == 0o640  # mkstemp alone gave 0600

@@ -4,6 +4,7 @@ and :func:`run_guarded`, which turns llama2rs errors into a message and an exit 
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 from typing import Callable, NoReturn
 
@@ -63,8 +64,18 @@ def add_kv_cache_argument(parser: argparse.ArgumentParser) -> None:
                         help="what the KV cache stores (default auto: f16 for GPTQ weights on avx2/avx512, else f32)")
 
 
+def _terminated(signum: int, frame: object) -> None:
+    raise SystemExit(128 + signum)
+
+
 def run_guarded(command: "Callable[[argparse.Namespace], int]", args: argparse.Namespace) -> int:
-    """Run a command, turning llama2rs errors into one line on stderr and an exit code."""
+    """Run a command, turning llama2rs errors into one line on stderr and an exit code. SIGTERM
+    becomes SystemExit(143), so a command cleans up as on Ctrl-C (an export removes its
+    temporary file) instead of dying where it stands."""
+    try:
+        previous = signal.signal(signal.SIGTERM, _terminated)
+    except ValueError:  # not the main thread: signals are not ours to take
+        previous = None
     try:
         return command(args)
     except Llama2rsError as error:
@@ -75,3 +86,6 @@ def run_guarded(command: "Callable[[argparse.Namespace], int]", args: argparse.N
         return 0
     except KeyboardInterrupt:
         return 130
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
