@@ -281,3 +281,28 @@ def test_json_bomb_as_an_hf_config(tmp_path):
     (tmp_path / "config.json").write_text("[" * 100_000 + "]" * 100_000)
     with pytest.raises(ModelFileError, match=r"config\.json: invalid JSON: nested too deeply"):
         export.load_source("hf", tmp_path)
+
+
+def test_our_file_cut_anywhere_says_so_with_its_sizes(tmp_path):
+    # Cut inside its JSON header it was taken for a llama2.c file ("hidden_dim must be in ...");
+    # cut in its data, the message had no byte counts.
+    need(STORIES, TOK512)
+    from llama2rs import export
+
+    path = tmp_path / "stories.l2rs.safetensors"
+    export.export(export.load_source("llama2c", STORIES, TOK512), path, progress=False)
+    data = path.read_bytes()
+    header = int.from_bytes(data[:8], "little")
+    cut = tmp_path / "cut.l2rs.safetensors"
+    for size in (10, 8 + header // 2, 8 + header - 1):
+        cut.write_bytes(data[:size])
+        with pytest.raises(ModelFileError, match=rf"truncated: its header is {header} bytes, but only {size - 8} follow"):
+            llama2rs.Model(cut)
+    for size in (8 + header, len(data) - 100, len(data) - 1):
+        cut.write_bytes(data[:size])
+        with pytest.raises(ModelFileError, match=rf"truncated: expected {len(data)} bytes \(8 \+ a {header}-byte header"
+                                                  rf" \+ \d+ of tensor data\), found {size}"):
+            llama2rs.Model(cut)
+    cut.write_bytes(data + b"xx")
+    with pytest.raises(ModelFileError, match=rf"2 trailing bytes: expected {len(data)} bytes"):
+        llama2rs.Model(cut)

@@ -43,8 +43,45 @@ pub fn is_safetensors(bytes: &[u8]) -> bool {
     if bytes.len() < 10 {
         return false;
     }
+    // The header may claim more bytes than a truncated file has: that is still a safetensors
+    // file (and an error that says so), not a llama2.c file with a strange config.
     let n = u64::from_le_bytes(bytes[..8].try_into().unwrap());
-    n >= 2 && n <= (bytes.len() - 8) as u64 && bytes[8] == b'{'
+    (2..=MAX_HEADER_BYTES).contains(&n) && bytes[8] == b'{'
+}
+
+/// The safetensors crate's own bound on a header (100 MB).
+const MAX_HEADER_BYTES: u64 = 100_000_000;
+
+/// A safetensors file's size against what its header says: the 8-byte length, the header, and
+/// the tensor data up to the largest `data_offsets` end. Names both sizes where they differ
+/// (the crate's own message has neither).
+fn check_size(bytes: &[u8]) -> std::result::Result<(), String> {
+    let n = u64::from_le_bytes(bytes[..8].try_into().unwrap());
+    let found = bytes.len() as u64;
+    if 8 + n > found {
+        return Err(format!("truncated: its header is {n} bytes, but only {} follow its 8-byte length", found - 8));
+    }
+    // An unreadable header is left to the crate's parser, which says why.
+    let Ok(serde_json::Value::Object(header)) = serde_json::from_slice(&bytes[8..8 + n as usize]) else {
+        return Ok(());
+    };
+    let data_end = header
+        .iter()
+        .filter(|(name, _)| name.as_str() != "__metadata__")
+        .filter_map(|(_, info)| info.get("data_offsets")?.get(1)?.as_u64())
+        .max()
+        .unwrap_or(0);
+    let expected = 8 + n + data_end;
+    match expected.cmp(&found) {
+        std::cmp::Ordering::Equal => Ok(()),
+        std::cmp::Ordering::Greater => Err(format!(
+            "truncated: expected {expected} bytes (8 + a {n}-byte header + {data_end} of tensor data), found {found}"
+        )),
+        std::cmp::Ordering::Less => Err(format!(
+            "{} trailing bytes: expected {expected} bytes (8 + a {n}-byte header + {data_end} of tensor data), found {found}",
+            found - expected
+        )),
+    }
 }
 
 struct Reader<'a, 'p> {
@@ -178,6 +215,7 @@ fn config_from_json(text: &str) -> std::result::Result<Config, String> {
 /// Parse and validate a llama2rs safetensors file.
 pub fn read_model<'a>(path: &Path, bytes: &'a [u8]) -> Result<Contents<'a>> {
     let fail = |m: String| Error::model_file(path, m);
+    check_size(bytes).map_err(fail)?;
     let tensors = SafeTensors::deserialize(bytes).map_err(|e| fail(format!("not a valid safetensors file: {e}")))?;
     let (_, header) =
         SafeTensors::read_metadata(bytes).map_err(|e| fail(format!("not a valid safetensors file: {e}")))?;
