@@ -17,9 +17,12 @@ if TYPE_CHECKING:
     class _PieceSource(Protocol):
         def piece_bytes(self, prev_id: Optional[int], id: int) -> bytes: ...
 
-__all__ = ["StreamDecoder", "looks_like_tiktoken", "read_file"]
+__all__ = ["BOS_ID", "EOS_ID", "StreamDecoder", "looks_like_tiktoken", "read_file"]
 
-BOS_ID = 1  # llama2.c's BOS, after which a sentencepiece piece loses its leading space
+#: Token ids fixed by the Llama 2 sentencepiece vocabulary (and hard-coded in run.c); a
+#: sentencepiece piece right after BOS loses its leading space.
+BOS_ID = 1
+EOS_ID = 2
 
 _TIKTOKEN_LINE = re.compile(rb"[A-Za-z0-9+/]+={0,2} [0-9]+\r?\n")
 

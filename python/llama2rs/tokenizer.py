@@ -44,14 +44,11 @@ import os
 import struct
 from typing import Iterable, Sequence
 
-from ._tokens import StreamDecoder, looks_like_tiktoken, read_file
+from ._tokens import BOS_ID, EOS_ID, StreamDecoder, looks_like_tiktoken, read_file
 from .errors import InvalidTokenError, TokenizerError
 
 __all__ = ["Tokenizer", "StreamDecoder"]
 
-#: Token ids fixed by the Llama 2 sentencepiece vocabulary (and hard-coded in run.c).
-BOS_ID = 1
-EOS_ID = 2
 #: Byte-fallback tokens ``<0x00>`` .. ``<0xFF>`` start at this id.
 BYTE_OFFSET = 3
 

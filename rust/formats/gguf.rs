@@ -507,13 +507,15 @@ fn weights_of<'a>(meta: &Metadata, c: &Config, tensors: &mut HashMap<String, Ten
         };
         Ok(Matrix { rows, cols, data })
     };
-    let norm = |name: &str, t: TensorInfo<'a>| -> Result<std::borrow::Cow<'a, [f32]>> {
-        if t.ne != [dim] || t.kind.is_some() {
+    // An F32 vector of `len` values: the norms, and Llama 3.1's RoPE divisors.
+    let vector = |name: &str, t: TensorInfo<'a>, len: usize| -> Result<std::borrow::Cow<'a, [f32]>> {
+        if t.ne != [len] || t.kind.is_some() {
             let found = t.kind.map_or("F32", |k| k.name());
-            return Err(meta.fail(format!("tensor '{name}' must be F32 of ne [{dim}], found {found} of ne {:?}", t.ne)));
+            return Err(meta.fail(format!("tensor '{name}' must be F32 of ne [{len}], found {found} of ne {:?}", t.ne)));
         }
         Ok(f32_cow(t.data))
     };
+    let norm = |name: &str, t: TensorInfo<'a>| vector(name, t, dim);
     let token_embedding = matrix("token_embd.weight", take("token_embd.weight")?, c.vocab_size, dim)?;
     let rms_final = norm("output_norm.weight", take("output_norm.weight")?)?;
     let classifier = match take("output.weight") {
@@ -522,15 +524,7 @@ fn weights_of<'a>(meta: &Metadata, c: &Config, tensors: &mut HashMap<String, Ten
     };
     // Llama 3.1+: the per-frequency divisors of its RoPE scaling, one per pair of a head.
     let rope_freq_factors = match take("rope_freqs.weight") {
-        Ok(t) if t.kind.is_none() && t.ne == [c.head_size() / 2] => Some(f32_cow(t.data)),
-        Ok(t) => {
-            let found = t.kind.map_or("F32", |k| k.name());
-            return Err(meta.fail(format!(
-                "tensor 'rope_freqs.weight' must be F32 of ne [{}], found {found} of ne {:?}",
-                c.head_size() / 2,
-                t.ne
-            )));
-        }
+        Ok(t) => Some(vector("rope_freqs.weight", t, c.head_size() / 2)?),
         Err(_) => None,
     };
     if let Some(bad) = rope_freq_factors.as_ref().and_then(|f| f.iter().find(|v| !(v.is_finite() && **v > 0.0))) {

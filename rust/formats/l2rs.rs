@@ -54,7 +54,8 @@ const MAX_HEADER_BYTES: u64 = 100_000_000;
 
 /// A safetensors file's size against what its header says: the 8-byte length, the header, and
 /// the tensor data up to the largest `data_offsets` end. Names both sizes where they differ
-/// (the crate's own message has neither).
+/// (the crate's own message has neither). Called only once the crate has refused the file, so
+/// a good file's header is parsed once.
 fn check_size(bytes: &[u8]) -> std::result::Result<(), String> {
     let n = u64::from_le_bytes(bytes[..8].try_into().unwrap());
     let found = bytes.len() as u64;
@@ -215,8 +216,8 @@ fn config_from_json(text: &str) -> std::result::Result<Config, String> {
 /// Parse and validate a llama2rs safetensors file.
 pub fn read_model<'a>(path: &Path, bytes: &'a [u8]) -> Result<Contents<'a>> {
     let fail = |m: String| Error::model_file(path, m);
-    check_size(bytes).map_err(fail)?;
-    let tensors = SafeTensors::deserialize(bytes).map_err(|e| fail(format!("not a valid safetensors file: {e}")))?;
+    let tensors = SafeTensors::deserialize(bytes)
+        .map_err(|e| fail(check_size(bytes).err().unwrap_or_else(|| format!("not a valid safetensors file: {e}"))))?;
     let (_, header) =
         SafeTensors::read_metadata(bytes).map_err(|e| fail(format!("not a valid safetensors file: {e}")))?;
     let metadata = header.metadata().clone().unwrap_or_default();
