@@ -1,10 +1,10 @@
 """Llama 3's tokenizer.model (tiktoken text) against Meta's reference encoder: tiktoken with the
 pattern and special tokens of llama_models 0.3.0's llama3/tokenizer.py, and its cuts of long
-texts (written out here as Meta wrote them, independently of the Rust code)."""
+texts (written out in tests/support/llama3_vocab.py as Meta wrote them, independently of the Rust
+code); the same vocabulary in a GGUF file; and the tokenizer.json fixture of
+tests/support/tokenizer_json.py against HuggingFace's tokenizers."""
 
 from __future__ import annotations
-
-import random
 
 import numpy as np
 import pytest
@@ -15,64 +15,15 @@ from llama2rs import TokenizerError
 from llama2rs.bpe import ByteLevelTokenizer
 
 tiktoken = pytest.importorskip("tiktoken")
-from tiktoken.load import load_tiktoken_bpe  # noqa: E402
+from support.llama3_vocab import MetaTokenizer, TEXTS, UNCUT_TEXTS, gguf_tokenizer_arrays, random_texts  # noqa: E402
 
 LLAMA3 = MODELS / "llama3-tokenizer" / "tokenizer.model"
-
-# Meta's, copied from llama_models/llama3/tokenizer.py (the reference, not our code).
-META_PATTERN = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"  # noqa: E501
-META_NAMED = ["<|begin_of_text|>", "<|end_of_text|>", "<|reserved_special_token_0|>", "<|reserved_special_token_1|>",
-              "<|finetune_right_pad_id|>", "<|step_id|>", "<|start_header_id|>", "<|end_header_id|>", "<|eom_id|>",
-              "<|eot_id|>", "<|python_tag|>", "<|image|>"]
-
-
-def split_whitespaces_or_nonwhitespaces(s: str, max_len: int):
-    current_len, current_is_space, start = 0, s[0].isspace() if s else False, 0
-    for i in range(len(s)):
-        is_space = s[i].isspace()
-        if current_is_space ^ is_space:
-            current_len, current_is_space = 1, is_space
-        else:
-            current_len += 1
-            if current_len > max_len:
-                yield s[start:i]
-                start, current_len = i, 1
-    yield s[start:]
-
-
-class MetaTokenizer:
-    def __init__(self, path) -> None:
-        ranks = load_tiktoken_bpe(str(path))
-        specials = META_NAMED + [f"<|reserved_special_token_{2 + i}|>" for i in range(256 - len(META_NAMED))]
-        self.special_tokens = {t: len(ranks) + i for i, t in enumerate(specials)}
-        self.model = tiktoken.Encoding(name="llama3", pat_str=META_PATTERN, mergeable_ranks=ranks,
-                                       special_tokens=self.special_tokens)
-
-    def encode(self, s: str, bos: bool, eos: bool, allowed_special=frozenset()) -> list[int]:
-        t = []
-        for i in range(0, len(s), 400_000):
-            for sub in split_whitespaces_or_nonwhitespaces(s[i:i + 400_000], 25_000):
-                t.extend(self.model.encode(sub, allowed_special=allowed_special, disallowed_special=()))
-        return ([self.special_tokens["<|begin_of_text|>"]] if bos else []) + t + (
-            [self.special_tokens["<|end_of_text|>"]] if eos else [])
 
 
 @pytest.fixture(scope="module")
 def pair():
     need(LLAMA3)
     return llama2rs.Tokenizer(LLAMA3), MetaTokenizer(LLAMA3)
-
-
-TEXTS = [
-    "", "Hello, world!", " leading and trailing spaces  ", "I'm sure you'll see they've WE'RE it's",
-    "tabs\tand\nnewlines\r\n\n\n  indented\n    code()", "1234567890 3.14159 1e-10 ½ ² ٣٤٥",
-    "Ünïcödé façade naïve — “quotes” ‘single’ …", "日本語のテキストと中文文本，还有한국어 텍스트",
-    "emoji 👍🏽 family 👨‍👩‍👧‍👦 flags 🇫🇷🇯🇵", "combining e\u0301 a\u0308 and zero\u200bwidth",
-    "control \x00\x01\x1c\x1f\x7f chars", "Ελληνικά кириллица עברית العربية हिन्दी ไทย",
-    "def f(x):\n\treturn x**2  # comment\n\n\nclass A: pass", "   \n\n   \t  ", "!!!???...,,,;;;",
-    "<|begin_of_text|>fake special<|eot_id|> <|start_header_id|>user<|end_header_id|>",
-    "a" * 30_000, " " * 30_000 + "x", "\x1c" * 26_000 + "y" * 10,
-]
 
 
 @pytest.mark.parametrize("index", range(len(TEXTS)))
@@ -86,10 +37,7 @@ def test_equals_metas_encoder(pair, index):
 
 def test_random_mixed_text(pair):
     ours, meta = pair
-    rng = random.Random(11)
-    alphabet = list("abcdefghij ABC\n\t0123456789.,'!?-") + ["é", "ß", "日", "本", "👍", "\u0301", "\r", "  ", "'s", "'LL"]
-    for _ in range(200):
-        text = "".join(rng.choice(alphabet) for _ in range(rng.randrange(0, 80)))
+    for text in random_texts(11, 200):
         assert ours.encode(text, bos=False) == meta.encode(text, bos=False, eos=False), repr(text)
         assert ours.decode(ours.encode(text)) == text
 
@@ -145,23 +93,12 @@ def test_corrupt_tiktoken_files(tmp_path):
 # -- the same vocabulary in a GGUF file (tokenizer.ggml.model = gpt2, pre = llama-bpe) ---------------
 
 
-def bytes_to_unicode() -> dict[int, str]:
-    """GPT-2's byte-to-character table (openai/gpt-2 encoder.py), as GGUF gpt2 vocabularies use it."""
-    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
-    cs = bs[:]
-    n = 0
-    for b in range(256):
-        if b not in bs:
-            bs.append(b)
-            cs.append(256 + n)
-            n += 1
-    return dict(zip(bs, map(chr, cs)))
-
-
 @pytest.fixture(scope="module")
-def llama3_gguf(tmp_path_factory, pair):
+def llama3_gguf(tmp_path_factory):
     """A Llama-3-vocabulary GGUF whose every layer adds nothing and whose classifier favours
-    <|eot_id|>: greedy decoding's first token is <|eot_id|>, whatever the prompt."""
+    <|eot_id|>: greedy decoding's first token is <|eot_id|>, whatever the prompt. Tokens and types
+    as convert_hf_to_gguf writes them, but no merges (llama2rs needs only the ranks; the file with
+    merges is test_gguf.py's Llama-3-shaped model)."""
     import numpy as np
     from gguf import GGUFValueType
 
@@ -169,14 +106,9 @@ def llama3_gguf(tmp_path_factory, pair):
     from support.fixtures import random_weights
     from support.gguf_files import T, uniform, write_gguf
 
-    ours, meta = pair
-    to_char = bytes_to_unicode()
-    tokens, types = [], []
-    for i, raw in enumerate(ours.pieces):
-        special = i >= 128000
-        tokens.append(raw.decode() if special else "".join(to_char[b] for b in raw))
-        types.append(3 if special else 1)
-    config = Config(dim=64, hidden_dim=128, n_layers=1, n_heads=1, n_kv_heads=1, vocab_size=ours.vocab_size,
+    need(LLAMA3)
+    tokens, types, _ = gguf_tokenizer_arrays(LLAMA3)
+    config = Config(dim=64, hidden_dim=128, n_layers=1, n_heads=1, n_kv_heads=1, vocab_size=len(tokens),
                     seq_len=64, rope_theta=500000.0)
     weights = random_weights(config, 0)
     for layer in weights.layers:
@@ -223,3 +155,61 @@ def test_gguf_pre_tokenizer_we_do_not_run(tmp_path, llama3_gguf):
     with pytest.raises(TokenizerError, match="its GGUF pre-tokenizer is 'qwen2-bpe'; llama2rs runs"):
         model.tokenize("Hello")
     assert list(model.generate_tokens([128000], max_tokens=2, ignore_eos=True)) == [128009, 128009]  # ids still run
+
+
+# -- the same vocabulary as HuggingFace's tokenizer.json (the fixture of tests/support/tokenizer_json.py) ---
+
+
+@pytest.fixture(scope="module", params=["lists", "strings"])
+def hf_tokenizer(request):
+    """HuggingFace's tokenizers library reading our Llama 3 tokenizer.json, with the merges in
+    either format (one session builds the vocabulary and merges once)."""
+    import json
+
+    tokenizers = pytest.importorskip("tokenizers")
+    need(LLAMA3)
+    from support.tokenizer_json import llama3_tokenizer_json
+
+    return tokenizers.Tokenizer.from_str(json.dumps(llama3_tokenizer_json(LLAMA3, request.param)))
+
+
+def test_tokenizer_json_fixture_encodes_as_tiktoken(pair, hf_tokenizer):
+    """The fixture is Llama 3's tokenizer.json: HuggingFace's own encoder, given it, gives tiktoken's
+    tokens under Meta's pattern (without Meta's cuts of long runs, which HF does not make). HF
+    splits added tokens out of any text, hence tiktoken with its specials allowed."""
+    _, meta = pair
+    hf = hf_tokenizer
+    assert hf.get_vocab_size(with_added_tokens=False) == 128000 and hf.get_vocab_size() == 128256
+    assert hf.token_to_id("<|eot_id|>") == 128009 and hf.token_to_id("Ġthe") == meta.model.encode(" the")[0]
+    for text in UNCUT_TEXTS + random_texts(12, 200):
+        ids = hf.encode(text, add_special_tokens=False).ids
+        assert ids == meta.model.encode(text, allowed_special="all"), repr(text[:80])
+        assert hf.decode(ids, skip_special_tokens=False) == text
+    assert hf.encode("Hello world").ids == [128000] + meta.model.encode("Hello world")  # the post-processor's BOS
+
+
+def test_tokenizer_directory(tmp_path):
+    import json
+
+    tokenizers = pytest.importorskip("tokenizers")
+    need(LLAMA3)
+    from support.tokenizer_json import write_llama3_tokenizer_files
+
+    folder = write_llama3_tokenizer_files(tmp_path / "llama3", LLAMA3)
+    assert sorted(p.name for p in folder.iterdir()) == ["generation_config.json", "special_tokens_map.json",
+                                                         "tokenizer.json", "tokenizer_config.json"]
+    hf = tokenizers.Tokenizer.from_file(str(folder / "tokenizer.json"))
+    assert hf.encode("Hi<|eot_id|>", add_special_tokens=False).ids == [13347, 128009]
+    config = json.loads((folder / "tokenizer_config.json").read_text(encoding="utf-8"))
+    assert (config["bos_token"], config["eos_token"]) == ("<|begin_of_text|>", "<|eot_id|>")
+    assert config["added_tokens_decoder"]["128009"]["content"] == "<|eot_id|>"
+    generation = json.loads((folder / "generation_config.json").read_text(encoding="utf-8"))
+    assert (generation["bos_token_id"], generation["eos_token_id"]) == (128000, [128001, 128008, 128009])
+    try:
+        import jinja2
+    except ImportError:
+        return
+    text = jinja2.Template(config["chat_template"]).render(
+        messages=[{"role": "user", "content": " Hi "}], bos_token=config["bos_token"], add_generation_prompt=True)
+    assert text == ("<|begin_of_text|><|start_header_id|>user<|end_header_id|>\n\nHi<|eot_id|>"
+                    "<|start_header_id|>assistant<|end_header_id|>\n\n")

@@ -9,6 +9,7 @@ ggml-quants.c's ``dequantize_row_*`` transcribed as plain loops.
 
 from __future__ import annotations
 
+import copy
 import random
 import shutil
 import struct
@@ -670,3 +671,120 @@ def test_wrong_shape(tmp_path: Path) -> None:
     weights = _tiny(40)  # attn_k is [kv_dim 16, dim 32]; write its transpose, ne [16, 32]
     path = write_gguf(tmp_path / "shape.gguf", weights, replace={"blk.0.attn_k.weight": weights.layers[0]["wk"].T})
     _open_fails(path, "blk.0.attn_k.weight")
+
+
+# ---------------------------------------------------------------------------------------
+# A Llama-3-shaped model (issue 11's acceptance): the full 128256-token vocabulary as
+# convert_hf_to_gguf writes it (gpt2 / llama-bpe, control-typed specials, merges), GQA with head
+# size 64, rope_theta 500000 and Llama 3.1's rope_freqs; small everywhere else.
+
+LLAMA3_TIKTOKEN = MODELS / "llama3-tokenizer" / "tokenizer.model"
+LLAMA3_CONFIG = Config(dim=128, hidden_dim=250, n_layers=2, n_heads=2, n_kv_heads=1, vocab_size=128256,
+                       seq_len=512, rope_theta=500000.0)
+LLAMA3_PROMPT = "The capital of France is"
+LLAMA3_TEXT = ("Llama 3 was released in April 2024; its tokenizer has 128,000 ranks.\n\n"
+               "def rope(x, θ=500_000):\n    return x  # naïve — 日本語 👍\n")
+EOT = 128009
+
+
+def _meta_rope_divisors(head_size: int, theta: float) -> np.ndarray:
+    """Each RoPE frequency over its value after Meta's apply_scaling (Llama 3.1: factor 8, low/high
+    1/4, 8192 original context): the reference's freq_factors, computed from Meta's formula."""
+    freqs = 1.0 / (theta ** (np.arange(0, head_size, 2, dtype=np.float64) / head_size))
+    return freqs / reference.llama3_scaled_frequencies(freqs, 8.0, 1.0, 4.0, 8192)
+
+
+def _final_hidden(weights, tokens: list[int]) -> np.ndarray:
+    """The reference's final normed states [T, dim] (what the classifier multiplies)."""
+    c = weights.config
+    cos, sin = reference.rope_cos_sin(c.head_size, len(tokens), c.rope_theta, weights.rope_freq_factors)
+    x = reference.embed(weights.token_embedding, np.asarray(tokens))
+    for layer in weights.layers:
+        x = reference.transformer_layer(c, layer, x, cos, sin)
+    return reference.rmsnorm(x, weights.rms_final, c.norm_eps)
+
+
+@pytest.fixture(scope="module")
+def llama3_meta():
+    pytest.importorskip("tiktoken")
+    need(LLAMA3_TIKTOKEN)
+    from support.llama3_vocab import MetaTokenizer
+
+    return MetaTokenizer(LLAMA3_TIKTOKEN)
+
+
+@pytest.fixture(scope="module")
+def llama3_model(tmp_path_factory: pytest.TempPathFactory, llama3_meta) -> tuple[Path, object, list[int]]:
+    """The file, its weights and the prompt ids. Weights random, F16 (rounded here, so the file
+    holds them exactly: they are what gguf-py reads back, which is not done here, as GGUFReader
+    takes ~10 s over 280k merges), untied classifier whose <|eot_id|> row points along the
+    prompt's last final state: greedy decoding's first token after the prompt is <|eot_id|>."""
+    from support.llama3_vocab import BOS_ID, EOS_ID, gguf_tokenizer_arrays
+    from llama2rs.weights import MATRIX_NAMES
+
+    config = LLAMA3_CONFIG
+    weights = random_weights(config, seed=31, shared_classifier=False)
+    for matrix in [weights.token_embedding, weights.classifier] + [l[n] for l in weights.layers for n in MATRIX_NAMES]:
+        matrix[:] = matrix.astype(np.float16)
+    weights.rope_freq_factors = _meta_rope_divisors(config.head_size, config.rope_theta)
+    prompt = [BOS_ID] + llama3_meta.model.encode(LLAMA3_PROMPT)
+    hidden = _final_hidden(weights, prompt)[-1]
+    weights.classifier[EOT] = (3.0 * hidden / np.linalg.norm(hidden)).astype(np.float16)  # logit 3 |h| ~ 34
+
+    tokens, types, merges = gguf_tokenizer_arrays(LLAMA3_TIKTOKEN)
+    V = gguf.GGUFValueType
+    kv = {"tokenizer.ggml.pre": ("llama-bpe", V.STRING), "tokenizer.ggml.merges": (merges, V.ARRAY),
+          "llama.vocab_size": (config.vocab_size, V.UINT32), "general.name": ("Llama-3-shaped test", V.STRING)}
+    path = tmp_path_factory.mktemp("llama3") / "llama3-shaped.gguf"
+    write_gguf(path, weights, uniform(T.F16), tokens=tokens, token_types=types, tokenizer_model="gpt2",
+               bos_eos=(BOS_ID, EOS_ID), kv=kv,
+               extra={"rope_freqs.weight": _llama3_rope_factors(config.head_size, config.rope_theta)})
+    return path, weights, prompt
+
+
+def test_llama3_shaped_gguf_logits(llama3_model, llama3_meta) -> None:
+    path, weights, _ = llama3_model
+    model = llama2rs.Model(path)
+    assert model.format == "gguf-v3"
+    c = model.config
+    assert (c.vocab_size, c.n_heads, c.n_kv_heads, c.head_size, c.rope_theta) == (128256, 2, 1, 64, 500000.0)
+    rng = np.random.default_rng(5)
+    tokens = [128000] + llama3_meta.model.encode(LLAMA3_TEXT * 4)  # past 160 positions: the scaling shows
+    tokens += rng.integers(0, 128256, size=256 - len(tokens)).tolist()  # any id, specials included
+    # The reference's frequencies come from Meta's formula, not from the file's divisors.
+    np.testing.assert_array_equal(weights.rope_freq_factors, _meta_rope_divisors(c.head_size, c.rope_theta))
+    expected = forward(weights, tokens)
+    ours = model.logits(tokens)
+    tolerance = 1e-3 * np.abs(expected).max()  # the issue's; measured: 1.1e-6 relative
+    assert np.abs(ours - expected).max() <= tolerance
+    _assert_close(ours, expected)  # and this module's bound for fp32 math over the same weights
+    # ... and the scaling matters: without it the later positions' logits are out of tolerance.
+    unscaled_weights = copy.copy(weights)
+    unscaled_weights.rope_freq_factors = None
+    unscaled = _final_hidden(unscaled_weights, tokens[:200])[150:] @ weights.classifier.T.astype(np.float64)
+    assert np.abs(unscaled - expected[150:200]).max() > 5 * tolerance  # measured: 17x
+
+
+def test_llama3_shaped_gguf_tokenizes_as_tiktoken(llama3_model, llama3_meta) -> None:
+    from support.llama3_vocab import UNCUT_TEXTS, random_texts
+
+    path, _, _ = llama3_model
+    tok = llama2rs.Model(path).tokenizer
+    assert tok.format == "gguf" and tok.vocab_size == 128256 and (tok.bos_id, tok.eos_id) == (128000, 128001)
+    for text in UNCUT_TEXTS + random_texts(13, 100):  # llama.cpp does not cut long runs: plain tiktoken
+        ids = tok.encode(text, bos=False)
+        assert ids == llama3_meta.model.encode(text, disallowed_special=()), repr(text[:80])
+        assert tok.decode(ids) == text
+    chat = "<|start_header_id|>user<|end_header_id|>\n\nHi<|eot_id|>"
+    assert tok.encode(chat, bos=False, special=True) == llama3_meta.model.encode(chat, allowed_special="all")
+
+
+def test_llama3_shaped_gguf_generation_stops_at_eot(llama3_model) -> None:
+    path, weights, prompt = llama3_model
+    model = llama2rs.Model(path)
+    assert 128009 in model.stop_ids and 128001 in model.stop_ids
+    assert model.tokenize(LLAMA3_PROMPT) == prompt
+    assert int(np.argmax(forward(weights, prompt)[-1])) == EOT  # the reference's greedy token
+    assert list(model.generate_tokens(prompt, max_tokens=3, ignore_eos=True))[0] == EOT  # what it samples
+    assert list(model.generate_tokens(prompt, max_tokens=3)) == []  # ... and where it stops
+    assert model.complete(LLAMA3_PROMPT, max_tokens=3) == ""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import random
+import re
 import struct
 import time
 from pathlib import Path
@@ -665,3 +666,114 @@ def test_literal_sentencepiece_space_marker_differs(llama2: Tokenizer) -> None:
     # with three byte tokens.
     assert llama2.encode("a▁b", bos=False) == [263, 3 + 0xE2, 3 + 0x96, 3 + 0x81, 29890]
     assert llama2.decode(llama2.encode("a▁b")) == "a▁b"
+
+
+# ----------------------------------------------------------------------------- tokenizer.json
+
+
+def _gpt2_chars() -> dict[int, str]:
+    """GPT-2's bytes_to_unicode, written out here (independently of llama2rs.bpe)."""
+    kept = list(range(ord("!"), ord("~") + 1)) + list(range(0xA1, 0xAD)) + list(range(0xAE, 0x100))
+    chars, n = {}, 0
+    for b in range(256):
+        if b in kept:
+            chars[b] = chr(b)
+        else:
+            chars[b] = chr(256 + n)
+            n += 1
+    return chars
+
+
+def _tiny_tokenizer_json(merges: list[tuple[str, str]], **changes) -> dict:
+    """A byte-level BPE tokenizer.json: the 256 bytes as ids 0..255, then one token per merge,
+    then <|end|> as an added special token; ``changes`` replace top-level entries."""
+    chars = _gpt2_chars()
+    vocab = {chars[b]: b for b in range(256)}
+    for a, b in merges:
+        vocab.setdefault(a + b, len(vocab))
+    doc = {
+        "version": "1.0", "truncation": None, "padding": None, "normalizer": None,
+        "added_tokens": [{"id": len(vocab), "content": "<|end|>", "special": True, "single_word": False,
+                          "lstrip": False, "rstrip": False, "normalized": False}],
+        "pre_tokenizer": {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True, "use_regex": True},
+        "post_processor": None,
+        "decoder": {"type": "ByteLevel", "add_prefix_space": True, "trim_offsets": True, "use_regex": True},
+        "model": {"type": "BPE", "dropout": None, "unk_token": None, "continuing_subword_prefix": None,
+                  "end_of_word_suffix": None, "fuse_unk": False, "byte_fallback": False, "ignore_merges": False,
+                  "vocab": vocab, "merges": [[a, b] for a, b in merges]},
+    }
+    doc.update(changes)
+    return doc
+
+
+TINY_MERGES = [("Ġ", "t"), ("h", "e"), ("Ġt", "he"), ("i", "n"), ("Ġ", "in")]
+
+
+def test_tokenizer_json_byte_level_bpe(tmp_path):
+    """A GPT-2-style tokenizer.json (ByteLevel with its regex) is recognised by content and
+    encodes as the `tokenizers` package does, when that is installed; and by hand otherwise."""
+    import json
+
+    path = tmp_path / "tokenizer.json"
+    doc = _tiny_tokenizer_json(TINY_MERGES)
+    path.write_text(json.dumps(doc))
+    tok = Tokenizer(path)
+    assert tok.format == "tokenizer.json" and tok.vocab_size == 256 + 5 + 1
+    # pieces " the", " in", " inthe", "in": Ġthe (258); Ġin (260); Ġin t he (260 116 257); in (259)
+    assert tok.encode(" the in inthe", bos=False) == [258, 260, 260, 116, 257]
+    assert tok.encode("in", bos=False) == [259]
+    assert tok.encode("x<|end|>", bos=False, special=True) == [120, 261]
+    assert tok.decode([258, 260, 261]) == " the in<|end|>"
+    texts = [" the in inthe", "Hello, wörld! 日本 🙂\n\n  the", "'s 's 'S 123456 \t x"]
+    try:
+        import tokenizers
+    except ImportError:
+        return
+    peer = tokenizers.Tokenizer.from_str(json.dumps(doc))
+    for text in texts:
+        assert tok.encode(text, bos=False) == peer.encode(text, add_special_tokens=False).ids, repr(text)
+
+
+@pytest.mark.parametrize("change,needle", [
+    ({"normalizer": {"type": "NFC"}}, "normalizer 'NFC'"),
+    ({"pre_tokenizer": {"type": "Metaspace", "replacement": "▁"}}, "pre_tokenizer"),
+    ({"decoder": {"type": "Metaspace"}}, "not a byte-level BPE"),
+    ({"model": {"type": "Unigram", "vocab": []}}, "not a BPE tokenizer.json"),
+])
+def test_tokenizer_json_refusals(tmp_path, change, needle):
+    import json
+
+    path = tmp_path / "tokenizer.json"
+    path.write_text(json.dumps(_tiny_tokenizer_json(TINY_MERGES, **change)))
+    with pytest.raises(TokenizerError, match=re.escape(needle)):
+        Tokenizer(path)
+
+
+def test_tokenizer_json_merges_out_of_id_order_are_refused(tmp_path):
+    """Rank merging equals HuggingFace's pair merging only when merges follow the ids."""
+    import json
+
+    doc = _tiny_tokenizer_json(TINY_MERGES)
+    doc["model"]["merges"] = doc["model"]["merges"][::-1]
+    path = tmp_path / "tokenizer.json"
+    path.write_text(json.dumps(doc))
+    with pytest.raises(TokenizerError, match="not in token-id order"):
+        Tokenizer(path)
+    doc["model"]["merges"] = [["q", "z"]]
+    path.write_text(json.dumps(doc))
+    with pytest.raises(TokenizerError, match="does not make a token"):
+        Tokenizer(path)
+
+
+def test_tokenizer_json_bos_eos_from_tokenizer_config(tmp_path):
+    import json
+
+    (tmp_path / "tokenizer.json").write_text(json.dumps(_tiny_tokenizer_json(TINY_MERGES)))
+    (tmp_path / "tokenizer_config.json").write_text(json.dumps({"bos_token": None, "eos_token": {"content": "<|end|>"}}))
+    tok = Tokenizer(tmp_path / "tokenizer.json")
+    assert tok.eos_id == 261 and tok.stop_ids == (261,) and tok.bos_id == -1
+    with pytest.raises(TokenizerError, match="no BOS token"):
+        tok.encode("the")
+    (tmp_path / "tokenizer_config.json").write_text(json.dumps({"eos_token": "<|nope|>"}))
+    with pytest.raises(TokenizerError, match="eos_token '<|nope|>' is not a token"):
+        Tokenizer(tmp_path / "tokenizer.json")

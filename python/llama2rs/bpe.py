@@ -1,31 +1,44 @@
 """Byte-level BPE tokenizers: Llama 3's ``tokenizer.model``, which is tiktoken text (one
-``base64-token rank`` per line), not sentencepiece.
+``base64-token rank`` per line), not sentencepiece; HuggingFace's byte-level BPE
+``tokenizer.json``; and GGUF's ``gpt2`` vocabularies.
 
-:class:`ByteLevelTokenizer` is what :class:`llama2rs.Tokenizer` returns for such a file (it
-is recognised by content). It encodes exactly as Meta's reference encoder does (tiktoken with
-Meta's split pattern, its 256 special tokens after the ranks, and its cuts of very long
-texts); the merge loop runs in the Rust core with the GIL released.
+:class:`ByteLevelTokenizer` is what :class:`llama2rs.Tokenizer` returns for a tiktoken file or
+a ``tokenizer.json`` (recognised by content). It encodes exactly as Meta's reference encoder
+does (tiktoken with Meta's split pattern, its 256 special tokens after the ranks, and its cuts
+of very long texts); the merge loop runs in the Rust core with the GIL released.
+
+Merging is tiktoken's: the adjacent pair whose joined bytes have the lowest rank (= token id)
+merges first. A ``tokenizer.json`` or GGUF vocabulary converted from tiktoken (Llama 3's) lists
+its merges in that order, which the readers check; HuggingFace's pair-by-pair merge gives the
+same tokens then.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
+import json
 import operator
 import os
-from typing import Iterable, Optional, Sequence
+import re
+from typing import Any, Iterable, Mapping, Optional, Sequence
 
 from . import _core
 from ._tokens import StreamDecoder, read_file
 from .errors import InvalidTokenError, TokenizerError
 
-__all__ = ["ByteLevelTokenizer", "LLAMA3_PATTERN", "LLAMA3_STOP_TOKENS", "PRE_TOKENIZERS", "llama3_special_tokens"]
+__all__ = [
+    "ByteLevelTokenizer", "GPT2_PATTERN", "LLAMA3_PATTERN", "LLAMA3_STOP_TOKENS", "PRE_TOKENIZERS",
+    "llama3_special_tokens", "looks_like_tokenizer_json",
+]
 
 #: Meta's pre-tokenizer for Llama 3 (``pat_str`` of llama_models' ``llama3/tokenizer.py``).
 LLAMA3_PATTERN = (
     r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|"
     r"\s*[\r\n]+|\s+(?!\S)|\s+"
 )
+#: GPT-2's pre-tokenizer (HuggingFace's ``ByteLevel`` with ``use_regex``).
+GPT2_PATTERN = r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"
 #: Meta's encoder cuts a text into chunks of this many characters, then before any run of
 #: whitespace or non-whitespace longer than ``LLAMA3_MAX_RUN`` (``TIKTOKEN_MAX_ENCODE_CHARS``,
 #: ``MAX_NO_WHITESPACES_CHARS``); the cuts change the tokens there, so we cut alike.
@@ -65,10 +78,68 @@ def _gpt2_byte_of() -> dict[str, int]:
 _GPT2_BYTE_OF = _gpt2_byte_of()
 
 
+def _gpt2_bytes(token: str) -> bytes:
+    """A token written in GPT-2's byte-to-character mapping, as its bytes (KeyError if not)."""
+    return bytes(_GPT2_BYTE_OF[c] for c in token)
+
+
+def looks_like_tokenizer_json(data: bytes) -> bool:
+    """Whether ``data`` starts as a JSON object does (a HuggingFace ``tokenizer.json``). A
+    tokenizer.bin starts with a little-endian int32, a tokenizer.model with a protobuf tag."""
+    return re.match(rb"\s*\{\s*\"", data[:64]) is not None
+
+
+def _json_pattern(pre: Any, where: str) -> str:
+    """The split pattern of a tokenizer.json ``pre_tokenizer``: ``Split`` by a regex then
+    ``ByteLevel`` without its own regex (Llama 3), or ``ByteLevel`` with it (GPT-2)."""
+    def byte_level(step: Any, use_regex: bool) -> bool:
+        return (isinstance(step, dict) and step.get("type") == "ByteLevel" and not step.get("add_prefix_space", False)
+                and bool(step.get("use_regex", True)) == use_regex)
+
+    steps = pre.get("pretokenizers") if isinstance(pre, dict) and pre.get("type") == "Sequence" else [pre]
+    if isinstance(steps, list) and len(steps) == 1 and byte_level(steps[0], True):
+        return GPT2_PATTERN
+    if isinstance(steps, list) and len(steps) == 2 and byte_level(steps[1], False):
+        split = steps[0]
+        regex = split.get("pattern", {}).get("Regex") if isinstance(split, dict) else None
+        if (split.get("type") == "Split" and isinstance(regex, str) and split.get("behavior") == "Isolated"
+                and not split.get("invert", False)):
+            return regex
+    raise TokenizerError(f"{where}: tokenizer.json pre_tokenizer {json.dumps(pre)[:200]} is not one llama2rs runs "
+                         "(a regex Split then ByteLevel, or ByteLevel alone, without a prefix space)")
+
+
+def _check_merge_order(merges: Any, ids: dict[bytes, int], where: str) -> None:
+    """Refuse merges that tiktoken's rule would not reproduce: each merge must make a token,
+    and the tokens they make must come in id order (as a tiktoken-converted vocabulary's do)."""
+    if not isinstance(merges, list):
+        raise TokenizerError(f"{where}: tokenizer.json model.merges must be a list")
+    last = -1
+    for i, merge in enumerate(merges):
+        pair = merge.split(" ") if isinstance(merge, str) else merge
+        try:
+            if not isinstance(pair, list) or len(pair) != 2:
+                raise KeyError(merge)
+            made = ids[_gpt2_bytes(pair[0]) + _gpt2_bytes(pair[1])]
+        except (KeyError, TypeError):
+            raise TokenizerError(f"{where}: tokenizer.json merge {i} ({merge!r}) does not make a token of the vocabulary") from None
+        if made < last:  # a token may have several merges (one per way to split it)
+            raise TokenizerError(f"{where}: tokenizer.json merges are not in token-id order (merge {i} makes token {made} "
+                                 f"after {last}); llama2rs merges by rank, as tiktoken does")
+        last = made
+
+
 def llama3_special_tokens(n_ranks: int) -> dict[str, int]:
     """Meta's special tokens and their ids, right after the ``n_ranks`` ranks."""
     reserved = [f"<|reserved_special_token_{2 + i}|>" for i in range(_LLAMA3_SPECIALS - len(_LLAMA3_NAMED_SPECIALS))]
     return {text: n_ranks + i for i, text in enumerate(_LLAMA3_NAMED_SPECIALS + tuple(reserved))}
+
+
+def _read_json(data: bytes, where: str) -> Any:
+    try:
+        return json.loads(data)
+    except (ValueError, RecursionError) as exc:
+        raise TokenizerError(f"{where}: invalid JSON: {exc}") from None
 
 
 def _load_tiktoken(data: bytes, where: str) -> list[bytes]:
@@ -103,7 +174,76 @@ class ByteLevelTokenizer:
 
     def __init__(self, path: str | os.PathLike[str], vocab_size: int | None = None) -> None:
         self._path = os.fspath(path)
-        self._load(read_file(self._path), repr(self._path), vocab_size)
+        data = read_file(self._path)
+        if looks_like_tokenizer_json(data):
+            config_path = os.path.join(os.path.dirname(self._path), "tokenizer_config.json")
+            config = _read_json(read_file(config_path), config_path) if os.path.isfile(config_path) else None
+            self._load_json(_read_json(data, self._path), repr(self._path), vocab_size, config)
+        else:
+            self._load(data, repr(self._path), vocab_size)
+
+    @classmethod
+    def from_tokenizer_json(cls, document: Mapping[str, Any], vocab_size: int | None = None,
+                            tokenizer_config: Optional[Mapping[str, Any]] = None,
+                            name: str = "tokenizer.json") -> "ByteLevelTokenizer":
+        """A HuggingFace byte-level BPE ``tokenizer.json`` (parsed), with its
+        ``tokenizer_config.json`` if there is one (which names BOS and EOS)."""
+        self = object.__new__(cls)
+        self._path = name
+        self._load_json(document, repr(name), vocab_size, tokenizer_config)
+        return self
+
+    def _load_json(self, doc: Any, where: str, vocab_size: int | None,
+                   tokenizer_config: Optional[Mapping[str, Any]]) -> None:
+        model = doc.get("model") if isinstance(doc, dict) else None
+        if not isinstance(model, dict) or model.get("type") != "BPE" or not isinstance(model.get("vocab"), dict):
+            raise TokenizerError(f"{where}: not a BPE tokenizer.json (model.type must be 'BPE' with a vocab)")
+        if model.get("byte_fallback") or (doc.get("decoder") or {}).get("type") != "ByteLevel":
+            raise TokenizerError(f"{where}: not a byte-level BPE tokenizer.json (llama2rs reads byte-level ones; "
+                                 "a sentencepiece-style one comes with a tokenizer.model: use that)")
+        if doc.get("normalizer") is not None:
+            raise TokenizerError(f"{where}: tokenizer.json normalizer {doc['normalizer'].get('type')!r} is not supported")
+        pattern = _json_pattern(doc.get("pre_tokenizer"), where)
+        vocab: dict[str, Any] = model["vocab"]
+        ranks: list[Optional[bytes]] = [None] * len(vocab)
+        ids: dict[bytes, int] = {}
+        for token, id in vocab.items():
+            if isinstance(id, bool) or not isinstance(id, int) or not 0 <= id < len(vocab) or ranks[id] is not None:
+                raise TokenizerError(f"{where}: tokenizer.json vocab ids must be 0..{len(vocab) - 1}, each once "
+                                     f"(token {token!r} has {id!r})")
+            try:
+                ranks[id] = _gpt2_bytes(token)
+            except KeyError:
+                raise TokenizerError(f"{where}: tokenizer.json token {token!r} is not in GPT-2's byte-to-character "
+                                     "mapping") from None
+            ids[ranks[id]] = id  # type: ignore[index]
+        _check_merge_order(model.get("merges", []), ids, where)
+        specials: dict[str, int] = {}
+        for added in doc.get("added_tokens") or []:
+            content, id = (added.get("content"), added.get("id")) if isinstance(added, dict) else (None, None)
+            if not isinstance(content, str) or isinstance(id, bool) or not isinstance(id, int):
+                raise TokenizerError(f"{where}: bad tokenizer.json added token {added!r}")
+            if id < len(vocab):
+                if ranks[id] != content.encode():
+                    raise TokenizerError(f"{where}: added token {content!r} reuses id {id} of another token")
+                continue  # an ordinary token also listed as added: nothing to add
+            specials[content] = id
+        self._init(ranks, specials, pattern, None, where, vocab_size)  # type: ignore[arg-type]
+        self._format = "tokenizer.json"
+        config = tokenizer_config or {}
+
+        def named(key: str, default: int) -> int:
+            token = config.get(key)
+            text = token.get("content") if isinstance(token, dict) else token
+            if text is None:
+                return default
+            if text not in specials and text.encode() not in ids:
+                raise TokenizerError(f"{where}: tokenizer_config {key} {text!r} is not a token")
+            return specials[text] if text in specials else ids[text.encode()]
+
+        self._bos, self._eos = named("bos_token", self._bos), named("eos_token", self._eos)
+        stops = [self._eos] + [specials[t] for t in LLAMA3_STOP_TOKENS if t in specials]
+        self._stop_ids = tuple(t for t in dict.fromkeys(stops) if t >= 0)
 
     @classmethod
     def from_gguf(cls, tokens: Sequence[bytes], token_types: Optional[Sequence[int]], pre: Optional[str],
@@ -161,6 +301,7 @@ class ByteLevelTokenizer:
     def _init(self, ranks: list[bytes], specials: dict[str, int], pattern: str, slicing: Optional[tuple[int, int]],
               where: str, vocab_size: int | None) -> None:
         self._specials = specials
+        self._pattern, self._slicing, self._n_ranks = pattern, slicing, len(ranks)
         try:
             self._bpe = _core.ByteLevelBpe(ranks, list(specials.items()), pattern, slicing)
         except ValueError as exc:
@@ -181,7 +322,8 @@ class ByteLevelTokenizer:
 
     @property
     def format(self) -> str:
-        """``"tiktoken"`` (a tokenizer.model file) or ``"gguf"`` (a GGUF file's vocabulary)."""
+        """``"tiktoken"`` (a tokenizer.model file), ``"tokenizer.json"`` or ``"gguf"`` (a GGUF
+        file's vocabulary): where the vocabulary came from."""
         return self._format
 
     @property
@@ -191,17 +333,18 @@ class ByteLevelTokenizer:
 
     @property
     def bos_id(self) -> int:
-        """``<|begin_of_text|>``."""
+        """``<|begin_of_text|>`` (or what the file names instead; -1 for none)."""
         return self._bos
 
     @property
     def eos_id(self) -> int:
-        """``<|end_of_text|>``."""
+        """``<|end_of_text|>`` (or what the file names instead; -1 for none)."""
         return self._eos
 
     @property
     def stop_ids(self) -> tuple[int, ...]:
-        """Every id that ends generation: ``<|end_of_text|>``, ``<|eom_id|>``, ``<|eot_id|>``."""
+        """Every id that ends generation: EOS, and Llama 3's ``<|end_of_text|>``, ``<|eom_id|>``
+        and ``<|eot_id|>`` where the vocabulary has them."""
         return self._stop_ids
 
     @property
@@ -224,8 +367,41 @@ class ByteLevelTokenizer:
 
     def to_bin_bytes(self) -> bytes:
         raise TokenizerError(
-            f"{self._path}: a byte-level BPE tokenizer has no llama2.c tokenizer.bin encoding to store in a model file"
+            f"{self._path}: a byte-level BPE tokenizer has no llama2.c tokenizer.bin encoding (a llama2rs file stores "
+            "it with to_file_parts)"
         )
+
+    def to_file_parts(self) -> tuple[bytes, dict[str, Any]]:
+        """This tokenizer as a llama2rs file stores it: its ranks as tiktoken text, and the rest
+        (pattern, special tokens, cuts, BOS/EOS, stop ids) as a JSON-able dict."""
+        lines = [base64.b64encode(bytes(self._bpe.token_bytes(i))) + b" %d\n" % i for i in range(self._n_ranks)]
+        spec = {"type": "byte_level_bpe", "pattern": self._pattern, "special_tokens": dict(self._specials),
+                "cuts": list(self._slicing) if self._slicing else None, "bos_id": self._bos, "eos_id": self._eos,
+                "stop_ids": list(self._stop_ids), "source_format": self._format}
+        return b"".join(lines), spec
+
+    @classmethod
+    def from_file_parts(cls, ranks: bytes, spec: Mapping[str, Any], vocab_size: int | None = None,
+                        name: str = "<model file>") -> "ByteLevelTokenizer":
+        """The inverse of :meth:`to_file_parts`."""
+        where = repr(name)
+        try:
+            specials = {str(k): int(v) for k, v in spec["special_tokens"].items()}
+            cuts = spec.get("cuts")
+            slicing = (int(cuts[0]), int(cuts[1])) if cuts else None
+            pattern, bos, eos = str(spec["pattern"]), int(spec["bos_id"]), int(spec["eos_id"])
+            stop_ids = tuple(int(t) for t in spec["stop_ids"])
+        except (KeyError, TypeError, ValueError, AttributeError, IndexError) as exc:
+            raise TokenizerError(f"{where}: bad byte-level BPE tokenizer description: {exc!r}") from None
+        self = object.__new__(cls)
+        self._path = name
+        self._init(_load_tiktoken(ranks, where), specials, pattern, slicing, where, vocab_size)
+        self._format = str(spec.get("source_format", "tiktoken"))
+        for id in (bos, eos, *stop_ids):
+            if id != -1:
+                self._check_id(id)
+        self._bos, self._eos, self._stop_ids = bos, eos, stop_ids
+        return self
 
     def __len__(self) -> int:
         return self.vocab_size

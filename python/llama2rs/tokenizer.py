@@ -310,8 +310,11 @@ def _parse_byte_piece(piece: bytes) -> int | None:
 class Tokenizer:
     """llama2.c's BPE tokenizer, loaded from a ``tokenizer.bin`` or ``tokenizer.model``.
 
+    ``Tokenizer(path)`` of a byte-level BPE file (Llama 3's tiktoken ``tokenizer.model``, or a
+    HuggingFace ``tokenizer.json``) returns a :class:`llama2rs.bpe.ByteLevelTokenizer` instead.
+
     Args:
-        path: the tokenizer file, in either format (detected by content).
+        path: the tokenizer file, in any of these formats (detected by content).
         vocab_size: if given, the file must hold exactly this many tokens
             (e.g. the model's ``vocab_size``); otherwise all tokens in the file are read.
 
@@ -321,11 +324,14 @@ class Tokenizer:
     """
 
     def __new__(cls, path: str | os.PathLike[str], vocab_size: int | None = None) -> Tokenizer:
-        # Recognised by content: Llama 3's tokenizer.model is tiktoken text, a byte-level BPE.
-        if cls is Tokenizer and looks_like_tiktoken(read_file(os.fspath(path), limit=256)):
-            from .bpe import ByteLevelTokenizer
+        # Recognised by content: Llama 3's tokenizer.model is tiktoken text, and HuggingFace's
+        # tokenizer.json is JSON, both byte-level BPEs.
+        if cls is Tokenizer:
+            head = read_file(os.fspath(path), limit=256)
+            from .bpe import ByteLevelTokenizer, looks_like_tokenizer_json
 
-            return ByteLevelTokenizer(path, vocab_size)  # type: ignore[return-value]
+            if looks_like_tiktoken(head) or looks_like_tokenizer_json(head):
+                return ByteLevelTokenizer(path, vocab_size)  # type: ignore[return-value]
         return super().__new__(cls)
 
     def __init__(self, path: str | os.PathLike[str], vocab_size: int | None = None) -> None:
