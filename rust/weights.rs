@@ -244,6 +244,12 @@ pub struct Weights<'a> {
     pub rope_freq_factors: Option<Cow<'a, [f32]>>,
 }
 
+/// The first RoPE divisor that is not a positive finite number, if any (a file holding one is
+/// corrupt: it would turn the rotation into NaN or infinity).
+pub fn bad_rope_divisor(factors: &[f32]) -> Option<f32> {
+    factors.iter().copied().find(|v| !(v.is_finite() && *v > 0.0))
+}
+
 impl<'a> Weights<'a> {
     pub fn classifier(&self) -> &Matrix<'a> {
         self.classifier.as_ref().unwrap_or(&self.token_embedding)

@@ -19,7 +19,7 @@ use std::path::Path;
 use super::{f32_cow, Contents, FileFormat};
 use crate::config::Config;
 use crate::error::{Error, Result};
-use crate::weights::{BlockData, BlockType, LayerWeights, Matrix, MatrixData, Weights};
+use crate::weights::{bad_rope_divisor, BlockData, BlockType, LayerWeights, Matrix, MatrixData, Weights};
 
 pub const MAGIC: &[u8; 4] = b"GGUF";
 pub const VERSION: u32 = 3;
@@ -527,7 +527,7 @@ fn weights_of<'a>(meta: &Metadata, c: &Config, tensors: &mut HashMap<String, Ten
         Ok(t) => Some(vector("rope_freqs.weight", t, c.head_size() / 2)?),
         Err(_) => None,
     };
-    if let Some(bad) = rope_freq_factors.as_ref().and_then(|f| f.iter().find(|v| !(v.is_finite() && **v > 0.0))) {
+    if let Some(bad) = rope_freq_factors.as_deref().and_then(bad_rope_divisor) {
         return Err(meta.fail(format!("tensor 'rope_freqs.weight' holds {bad}: a RoPE divisor must be positive")));
     }
     let mut layers = Vec::with_capacity(c.n_layers);

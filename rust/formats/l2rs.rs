@@ -2,17 +2,26 @@
 //! the tensors, read in place from the memory map (zero-copy).
 //!
 //! `__metadata__` (all values are strings, as safetensors requires):
-//! - `format` = `"llama2rs"`, `format_version` = `"2"` (a newer version is refused; version 1
-//!   files, whose affine scales are all F32, read as before);
+//! - `format` = `"llama2rs"`, `format_version` = `"3"` (a newer version is refused; files of
+//!   versions 1 and 2 read as before). Writers state the lowest version whose features they use:
+//!   2 added F16 affine scales; 3 added `rope_freqs`, `stop_ids` and byte-level BPE tokenizers;
 //! - `config` = JSON: dim, hidden_dim, n_layers, n_heads, n_kv_heads, vocab_size, seq_len,
 //!   norm_eps, rope_theta, rope_layout (`"interleaved"`: llama2.c's pairs; HF checkpoints are
 //!   permuted to it on export), bos_id, eos_id;
 //! - `affine_group_size` = columns per group of the affine-quantized matrices (`-1`: one group
 //!   per row), when there are any;
-//! - anything else (`source`, `quantization`, ...) is informational.
+//! - `stop_ids` (version 3) = JSON list of token ids that end generation besides `eos_id`
+//!   (Llama 3's `<|eot_id|>`, ...), read by the Python API;
+//! - `tokenizer_spec` (version 3) = JSON describing a byte-level BPE tokenizer (`type`
+//!   `"byte_level_bpe"`, `pattern`, `special_tokens`, `cuts`, `bos_id`, `eos_id`, `stop_ids`);
+//!   without it the `tokenizer` tensor is llama2.c's tokenizer.bin;
+//! - anything else (`source`, `quantization`, `chat_template`, ...) is informational.
 //!
 //! Tensors (row-major; matrices are `[out_features, in_features]`):
-//! - `tokenizer` U8: the tokenizer in llama2.c's tokenizer.bin encoding;
+//! - `tokenizer` U8: the tokenizer in llama2.c's tokenizer.bin encoding, or with a
+//!   `tokenizer_spec` the ranks of a byte-level BPE as tiktoken text (`base64-token rank` lines);
+//! - `rope_freqs` F32 `[head_size / 2]` (version 3, optional): the divisor of each RoPE
+//!   frequency (Llama 3.1's scaling), as GGUF's `rope_freqs.weight`;
 //! - `rms_final` F32 `[dim]`, `layers.{i}.rms_att` / `layers.{i}.rms_ffn` F32 `[dim]`;
 //! - every matrix `M` in `token_embedding`, `classifier` (absent when tied to the embedding),
 //!   `layers.{i}.{wq,wk,wv,wo,w1,w2,w3}`, in exactly one encoding:
@@ -33,10 +42,10 @@ use serde_json::Value;
 use super::{f32_cow, i8_view, Contents, FileFormat};
 use crate::config::Config;
 use crate::error::{Error, Result};
-use crate::weights::{AffineData, LayerWeights, Matrix, MatrixData, Q8Data, Scales, Weights};
+use crate::weights::{bad_rope_divisor, AffineData, LayerWeights, Matrix, MatrixData, Q8Data, Scales, Weights};
 
 pub const FORMAT_NAME: &str = "llama2rs";
-pub const FORMAT_VERSION: u64 = 2;
+pub const FORMAT_VERSION: u64 = 3;
 
 /// True when `bytes` look like a safetensors file (u64 header length, then a JSON object).
 pub fn is_safetensors(bytes: &[u8]) -> bool {
@@ -275,13 +284,18 @@ pub fn read_model<'a>(path: &Path, bytes: &'a [u8]) -> Result<Contents<'a>> {
             w3: r.matrix(&format!("{p}.w3"), hidden, dim, affine_group)?,
         });
     }
+    // Format 3: Llama 3.1's RoPE scaling, as the divisor of each frequency (GGUF's rope_freqs).
+    let rope_freq_factors = if r.has("rope_freqs") { Some(r.f32s("rope_freqs", &[c.head_size() / 2])?) } else { None };
+    if let Some(bad) = rope_freq_factors.as_deref().and_then(bad_rope_divisor) {
+        return Err(fail(format!("tensor 'rope_freqs' holds {bad}: a RoPE divisor must be positive")));
+    }
     let mut unknown: Vec<String> =
         r.tensors.names().into_iter().filter(|n| !r.used.contains(*n)).map(String::from).collect();
     if !unknown.is_empty() {
         unknown.sort();
         return Err(fail(format!("unexpected tensors for this config: {}", unknown.join(", "))));
     }
-    let weights = Weights { token_embedding, layers, rms_final, classifier, rope_freq_factors: None };
+    let weights = Weights { token_embedding, layers, rms_final, classifier, rope_freq_factors };
     let format = FileFormat::Llama2rs { version };
     Ok(Contents { config, format, weights, tokenizer: Some(tokenizer), vocabulary: None, metadata })
 }
