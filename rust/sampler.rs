@@ -34,6 +34,101 @@ impl SamplerConfig {
     }
 }
 
+/// What reshapes the logits before sampling, as llama.cpp's samplers do (all off by default,
+/// which keeps llama2.c's results): penalties on the tokens of the last `repeat_last_n`
+/// positions (prompt included), then min-p.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Penalties {
+    /// Above 1 it discourages repeats: a repeated token's logit is divided by it if positive and
+    /// multiplied by it if negative (llama.cpp's `repeat_penalty`); 1 = off.
+    pub repeat_penalty: f32,
+    /// How many of the latest tokens the penalties look at.
+    pub repeat_last_n: usize,
+    /// Subtracted once from the logit of every token seen (OpenAI's `presence_penalty`).
+    pub presence_penalty: f32,
+    /// Subtracted from a token's logit once per time it was seen (`frequency_penalty`).
+    pub frequency_penalty: f32,
+    /// Keep only tokens at least `min_p` times as likely as the most likely one (0 = off).
+    pub min_p: f32,
+}
+
+impl Default for Penalties {
+    fn default() -> Self {
+        Penalties { repeat_penalty: 1.0, repeat_last_n: 64, presence_penalty: 0.0, frequency_penalty: 0.0, min_p: 0.0 }
+    }
+}
+
+impl Penalties {
+    pub fn validate(&self) -> Result<()> {
+        if !(self.repeat_penalty.is_finite() && self.repeat_penalty > 0.0) {
+            return Err(Error::Argument(format!(
+                "repeat_penalty must be a positive number, got {}",
+                self.repeat_penalty
+            )));
+        }
+        for (name, value) in
+            [("presence_penalty", self.presence_penalty), ("frequency_penalty", self.frequency_penalty)]
+        {
+            if !(value.is_finite() && (-2.0..=2.0).contains(&value)) {
+                return Err(Error::Argument(format!("{name} must be in [-2, 2], got {value}")));
+            }
+        }
+        if !(self.min_p.is_finite() && (0.0..=1.0).contains(&self.min_p)) {
+            return Err(Error::Argument(format!("min_p must be in [0, 1], got {}", self.min_p)));
+        }
+        Ok(())
+    }
+
+    fn is_off(&self) -> bool {
+        self.repeat_penalty == 1.0 && self.presence_penalty == 0.0 && self.frequency_penalty == 0.0 && self.min_p == 0.0
+    }
+
+    /// Apply to `logits` given the sequence's tokens so far (`history`, oldest first).
+    pub fn apply(&self, logits: &mut [f32], history: &[u32]) {
+        if self.is_off() {
+            return;
+        }
+        let recent = &history[history.len().saturating_sub(self.repeat_last_n)..];
+        let mut counts: Vec<(u32, u32)> = Vec::with_capacity(recent.len());
+        for &t in recent {
+            match counts.iter_mut().find(|(token, _)| *token == t) {
+                Some((_, n)) => *n += 1,
+                None => counts.push((t, 1)),
+            }
+        }
+        for &(token, n) in &counts {
+            let Some(l) = logits.get_mut(token as usize) else { continue };
+            *l = if *l > 0.0 { *l / self.repeat_penalty } else { *l * self.repeat_penalty };
+            *l -= self.presence_penalty + self.frequency_penalty * n as f32;
+        }
+        if self.min_p > 0.0 {
+            // p_i / p_max = exp(l_i - l_max): compare logits, no softmax needed.
+            let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+            let floor = max + self.min_p.ln();
+            for l in logits.iter_mut() {
+                if *l < floor {
+                    *l = f32::NEG_INFINITY;
+                }
+            }
+        }
+    }
+}
+
+/// The log-probabilities of `logits` (`[vocab_size]`, the model's own distribution): the
+/// chosen token's, and the `n` most likely tokens', best first.
+pub fn logprobs(logits: &[f32], chosen: usize, n: usize) -> (f32, Vec<(u32, f32)>) {
+    let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let log_sum = max + logits.iter().map(|&l| (l - max).exp()).sum::<f32>().ln();
+    let mut order: Vec<usize> = (0..logits.len()).collect();
+    let n = n.min(logits.len());
+    if n > 0 && n < logits.len() {
+        order.select_nth_unstable_by(n - 1, |&a, &b| logits[b].total_cmp(&logits[a]));
+    }
+    order.truncate(n);
+    order.sort_by(|&a, &b| logits[b].total_cmp(&logits[a]).then(a.cmp(&b)));
+    (logits[chosen] - log_sum, order.into_iter().map(|i| (i as u32, logits[i] - log_sum)).collect())
+}
+
 /// One entry of the candidate list used by top-p sampling.
 #[derive(Debug, Clone, Copy)]
 struct ProbIndex {
@@ -228,6 +323,45 @@ mod tests {
         // Renormalised nucleus: 2/3 and 1/3.
         let frac = seen[0] as f64 / 2000.0;
         assert!((frac - 2.0 / 3.0).abs() < 0.05, "{frac}");
+    }
+
+    #[test]
+    fn penalties_follow_llama_cpp_and_openai() {
+        let p = Penalties {
+            repeat_penalty: 2.0,
+            repeat_last_n: 3,
+            presence_penalty: 0.5,
+            frequency_penalty: 0.25,
+            min_p: 0.0,
+        };
+        // History: token 4 is outside the last 3; token 1 twice, token 2 once inside.
+        let mut logits = [1.0f32, 3.0, -1.0, 0.5, 2.0];
+        p.apply(&mut logits, &[4, 1, 2, 1]);
+        // 1: 3/2 - 0.5 - 2*0.25 = 0.5; 2: -1*2 - 0.5 - 0.25 = -2.75; others untouched.
+        assert_eq!(logits, [1.0, 0.5, -2.75, 0.5, 2.0]);
+        let mut off = [1.0f32, 3.0, -1.0];
+        Penalties::default().apply(&mut off, &[0, 1, 2]);
+        assert_eq!(off, [1.0, 3.0, -1.0]);
+    }
+
+    #[test]
+    fn min_p_keeps_tokens_at_least_that_likely_relative_to_the_best() {
+        let p = Penalties { min_p: 0.2, ..Penalties::default() };
+        // Relative probabilities exp(l - 2): 1, e^-1 = 0.37, e^-2 = 0.14, e^-1.5 = 0.22.
+        let mut logits = [2.0f32, 1.0, 0.0, 0.5];
+        p.apply(&mut logits, &[]);
+        assert_eq!(logits, [2.0, 1.0, f32::NEG_INFINITY, 0.5]);
+    }
+
+    #[test]
+    fn logprobs_are_log_softmax_best_first() {
+        let logits = [0.0f32, 2.0, 1.0, 2.0];
+        let (chosen, top) = logprobs(&logits, 2, 3);
+        let log_sum = (1.0f32 + 2.0 * 2f32.exp() + 1f32.exp()).ln();
+        assert!((chosen - (1.0 - log_sum)).abs() < 1e-6);
+        let ids: Vec<u32> = top.iter().map(|t| t.0).collect();
+        assert_eq!(ids, vec![1, 3, 2]); // ties by id
+        assert!((top[0].1 - (2.0 - log_sum)).abs() < 1e-6);
     }
 
     #[test]

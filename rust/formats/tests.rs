@@ -359,3 +359,45 @@ fn random_byte_flips_never_panic_reading_or_running() {
     // Both outcomes happen: flips in the data are accepted, flips in the header are not.
     assert!(accepted > 20 && refused > 20, "accepted {accepted}, refused {refused}");
 }
+
+#[test]
+fn sequences_run_together_give_the_logits_each_gives_alone() {
+    // Three sequences at different positions, some feeding two tokens and some one, in one
+    // pass; against each sequence run alone from the same cache. Every file, every kernel set.
+    let dir = std::env::temp_dir().join(format!("llama2rs-batch-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let kernels: Vec<Kernels> = Isa::available().into_iter().map(|isa| Kernels::new(isa, true).unwrap()).collect();
+    for (what, bytes) in files() {
+        let path = dir.join("model.bin");
+        std::fs::write(&path, &bytes).unwrap();
+        for k in &kernels {
+            let model = Model::open_with(&path, Some(2), *k, None).unwrap();
+            let vocab = model.config().vocab_size;
+            let prompts: [&[u32]; 3] = [&[1, 5], &[2], &[3, 4, 6]];
+            let next: [&[u32]; 3] = [&[7], &[8, 9], &[0]];
+            let mut alone = Vec::new();
+            let mut states = Vec::new();
+            for (prompt, next) in prompts.iter().zip(next) {
+                let mut state = model.new_state().unwrap();
+                model.forward_batch(&mut state, prompt, 0, false).unwrap();
+                states.push(state.clone());
+                alone.push(model.forward_batch(&mut state, next, prompt.len(), false).unwrap().to_vec());
+            }
+            let mut acts = crate::model::Activations::new(model.config());
+            let mut refs: Vec<&mut crate::model::State> = states.iter_mut().collect();
+            let positions: Vec<usize> = prompts.iter().map(|p| p.len()).collect();
+            let together = model.forward_sequences(&mut acts, &mut refs, &positions, &next).unwrap();
+            for (i, expected) in alone.iter().enumerate() {
+                let got = &together[i * vocab..(i + 1) * vocab];
+                let scale = expected.iter().fold(1e-3f32, |m, v| m.max(v.abs()));
+                let worst = got.iter().zip(expected).map(|(a, b)| (a - b).abs()).fold(0.0, f32::max);
+                assert!(
+                    worst <= 1e-3 * scale,
+                    "{what} on {:?}: sequence {i} differs by {worst} (scale {scale})",
+                    k.isa()
+                );
+            }
+        }
+    }
+    std::fs::remove_dir_all(&dir).ok();
+}

@@ -5,7 +5,7 @@ use rayon::prelude::*;
 
 use super::attention::{attend, Batch};
 use super::kv_cache::KvCache;
-use super::state::State;
+use super::state::Activations;
 use super::Model;
 use crate::kernels::{embedding, matmul, matmul_shared_input};
 use crate::math::{rmsnorm, rmsnorm_in_place, swiglu};
@@ -13,21 +13,41 @@ use crate::math::{rmsnorm, rmsnorm_in_place, swiglu};
 /// Element-wise passes over activations run in parallel pieces of this many values.
 const ELEMENTWISE_PIECE: usize = 2048;
 
+/// One sequence's share of a forward pass: its KV cache and attention scores, the position of
+/// its first token, and how many of the batch's tokens are its own (consecutive rows, in the
+/// order of the parts).
+pub(crate) struct SequencePart<'s> {
+    pub kv: &'s mut KvCache,
+    pub att: &'s mut [f32], // [n_heads, seq_len]
+    pub pos0: usize,
+    pub tokens: usize,
+}
+
 impl Model {
-    /// `tokens` at positions `pos0..`, inside the model's pool; `s` holds room for them.
-    pub(super) fn forward_in_pool(&self, s: &mut State, tokens: &[u32], pos0: usize, all_logits: bool) {
+    /// `tokens` of one or more sequences (`parts`, in order) inside the model's pool: every
+    /// weight matrix is read once for all of them; attention runs per sequence over its own
+    /// cache. Writes the logits of every token (`all_logits`) or of each part's last token, in
+    /// order, to `acts.logits`; `acts` holds room for them.
+    pub(super) fn forward_in_pool(
+        &self,
+        acts: &mut Activations,
+        parts: &mut [SequencePart<'_>],
+        tokens: &[u32],
+        all_logits: bool,
+    ) {
         let c = &self.config;
         let w = &self.weights;
         let k = &self.kernels;
         let n = tokens.len();
+        debug_assert_eq!(parts.iter().map(|p| p.tokens).sum::<usize>(), n, "parts must cover the batch");
         let (dim, hidden, hs, kv_dim) = (c.dim, c.hidden_dim, c.head_size(), c.kv_dim());
         let eps = c.norm_eps;
-        let x = &mut s.x[..n * dim];
-        let xb = &mut s.xb[..n * dim];
-        let xb2 = &mut s.xb2[..n * dim];
-        let q = &mut s.q[..n * dim];
-        let hb = &mut s.hb[..n * hidden];
-        let hb2 = &mut s.hb2[..n * hidden];
+        let x = &mut acts.x[..n * dim];
+        let xb = &mut acts.xb[..n * dim];
+        let xb2 = &mut acts.xb2[..n * dim];
+        let q = &mut acts.q[..n * dim];
+        let hb = &mut acts.hb[..n * hidden];
+        let hb2 = &mut acts.hb2[..n * hidden];
 
         for (t, &token) in tokens.iter().enumerate() {
             embedding::row_into(&w.token_embedding, token as usize, &mut x[t * dim..(t + 1) * dim], k);
@@ -36,27 +56,45 @@ impl Model {
         for (l, layer) in w.layers.iter().enumerate() {
             // Attention: x -> xb (normed) -> q, and k, v straight into the cache rows.
             rmsnorm_tokens(xb, x, &layer.rms_att, eps, dim);
-            let k_new = &mut s.k_new[..n * kv_dim];
-            let v_new = &mut s.v_new[..n * kv_dim];
+            let k_new = &mut acts.k_new[..n * kv_dim];
+            let v_new = &mut acts.v_new[..n * kv_dim];
             let mut qkv = [(&mut q[..], &layer.wq), (&mut k_new[..], &layer.wk), (&mut v_new[..], &layer.wv)];
-            matmul_shared_input(&mut qkv, xb, n, &mut s.scratch, k);
-            for t in 0..n {
-                let (q, k_new) = (&mut q[t * dim..(t + 1) * dim], &mut k_new[t * kv_dim..(t + 1) * kv_dim]);
-                rope(q, k_new, pos0 + t, hs, c.rope_theta, w.rope_freq_factors.as_deref());
+            matmul_shared_input(&mut qkv, xb, n, &mut acts.scratch, k);
+            let mut row = 0;
+            for part in parts.iter_mut() {
+                for t in row..row + part.tokens {
+                    let (q, k_new) = (&mut q[t * dim..(t + 1) * dim], &mut k_new[t * kv_dim..(t + 1) * kv_dim]);
+                    rope(q, k_new, part.pos0 + t - row, hs, c.rope_theta, w.rope_freq_factors.as_deref());
+                }
+                let rows = row..row + part.tokens;
+                let batch = Batch {
+                    tokens: part.tokens,
+                    pos0: part.pos0,
+                    q: &q[rows.start * dim..rows.end * dim],
+                    k_new: &k_new[rows.start * kv_dim..rows.end * kv_dim],
+                    v_new: &v_new[rows.start * kv_dim..rows.end * kv_dim],
+                };
+                let out = &mut xb[rows.start * dim..rows.end * dim];
+                match &mut *part.kv {
+                    KvCache::F32(cache) => attend(c, l, cache, &batch, part.att, out, k),
+                    KvCache::F16(cache) => attend(c, l, cache, &batch, part.att, out, k),
+                }
+                row = rows.end;
             }
-            let batch = Batch { tokens: n, pos0, q: &*q, k_new: &*k_new, v_new: &*v_new };
-            match &mut s.kv {
-                KvCache::F32(cache) => attend(c, l, cache, &batch, &mut s.att, xb, k),
-                KvCache::F16(cache) => attend(c, l, cache, &batch, &mut s.att, xb, k),
-            }
-            matmul(xb2, &layer.wo, xb, n, &mut s.scratch, k);
+            matmul(xb2, &layer.wo, xb, n, &mut acts.scratch, k);
             for (xi, &d) in x.iter_mut().zip(xb2.iter()) {
                 *xi += d;
             }
 
             // Feed-forward: w2(silu(w1 x) * w3 x).
             rmsnorm_tokens(xb, x, &layer.rms_ffn, eps, dim);
-            matmul_shared_input(&mut [(&mut hb[..], &layer.w1), (&mut hb2[..], &layer.w3)], xb, n, &mut s.scratch, k);
+            matmul_shared_input(
+                &mut [(&mut hb[..], &layer.w1), (&mut hb2[..], &layer.w3)],
+                xb,
+                n,
+                &mut acts.scratch,
+                k,
+            );
             // SwiGLU, element-wise, in parallel pieces even for one token: a serial pass of
             // `hidden` expf calls would leave the other threads idle (~2% of 7B decode, 2 threads).
             hb.par_chunks_mut(ELEMENTWISE_PIECE).zip(hb2.par_chunks(ELEMENTWISE_PIECE)).for_each(|(h, h2)| {
@@ -64,19 +102,27 @@ impl Model {
                     *h = swiglu(*h, h2);
                 }
             });
-            matmul(xb, &layer.w2, hb, n, &mut s.scratch, k);
+            matmul(xb, &layer.w2, hb, n, &mut acts.scratch, k);
             for (xi, &d) in x.iter_mut().zip(xb.iter()) {
                 *xi += d;
             }
         }
 
-        // In place, as run.c does; only the rows whose logits are wanted.
-        let first = if all_logits { 0 } else { n - 1 };
-        for t in first..n {
-            rmsnorm_in_place(&mut x[t * dim..(t + 1) * dim], &w.rms_final, eps);
+        // The rows whose logits are wanted, gathered into xb (free now) and normed in place,
+        // as run.c norms x.
+        let mut m = 0;
+        let mut row = 0;
+        for part in parts.iter() {
+            let wanted = if all_logits { row..row + part.tokens } else { row + part.tokens - 1..row + part.tokens };
+            for t in wanted {
+                let out = &mut xb[m * dim..(m + 1) * dim];
+                out.copy_from_slice(&x[t * dim..(t + 1) * dim]);
+                rmsnorm_in_place(out, &w.rms_final, eps);
+                m += 1;
+            }
+            row += part.tokens;
         }
-        let m = n - first;
-        matmul(&mut s.logits[..m * c.vocab_size], w.classifier(), &x[first * dim..], m, &mut s.scratch, k);
+        matmul(&mut acts.logits[..m * c.vocab_size], w.classifier(), &xb[..m * dim], m, &mut acts.scratch, k);
     }
 }
 

@@ -14,8 +14,9 @@ use std::path::{Path, PathBuf};
 
 use memmap2::Mmap;
 
+use forward::SequencePart;
 pub use kv_cache::{KvCache, KvCacheType, KvRuns};
-pub use state::State;
+pub use state::{Activations, State};
 pub use threads::default_threads;
 
 use crate::config::Config;
@@ -221,9 +222,59 @@ impl Model {
         pos: usize,
         all_logits: bool,
     ) -> Result<&'s [f32]> {
+        self.check_pass(state, tokens, pos)?;
+        let n_logits = if all_logits { tokens.len() } else { 1 };
+        let State { acts, att, kv, .. } = state;
+        acts.reserve(tokens.len(), n_logits);
+        let mut parts = [SequencePart { kv, att, pos0: pos, tokens: tokens.len() }];
+        self.pool.install(|| self.forward_in_pool(acts, &mut parts, tokens, all_logits));
+        Ok(&acts.logits[..n_logits * self.config.vocab_size])
+    }
+
+    /// Advance several sequences in one pass over the weights: sequence `i` runs `chunks[i]`
+    /// (one sampled token, or a piece of its prompt) at positions `positions[i]..` over the
+    /// cache in `states[i]`. Attention runs per sequence; every matrix is read once for all
+    /// the tokens. Returns the logits of each sequence's last token (`[len, vocab_size]`), which
+    /// equal what `forward_batch` gives each sequence alone, within the kernels' rounding.
+    pub fn forward_sequences<'a>(
+        &self,
+        acts: &'a mut Activations,
+        states: &mut [&mut State],
+        positions: &[usize],
+        chunks: &[&[u32]],
+    ) -> Result<&'a [f32]> {
+        if states.len() != chunks.len() || positions.len() != chunks.len() || chunks.is_empty() {
+            return Err(Error::Argument("forward_sequences needs one state, position and chunk per sequence".into()));
+        }
+        for ((state, &pos), chunk) in states.iter().zip(positions).zip(chunks) {
+            self.check_pass(state, chunk, pos)?;
+        }
+        if acts.config != self.config {
+            return Err(Error::Argument("activations were made for a model of another shape".into()));
+        }
+        let tokens: Vec<u32> = chunks.concat();
+        acts.reserve(tokens.len(), chunks.len());
+        let mut parts: Vec<SequencePart<'_>> = states
+            .iter_mut()
+            .zip(positions)
+            .zip(chunks)
+            .map(|((state, &pos0), chunk)| SequencePart {
+                kv: &mut state.kv,
+                att: &mut state.att,
+                pos0,
+                tokens: chunk.len(),
+            })
+            .collect();
+        self.pool.install(|| self.forward_in_pool(acts, &mut parts, &tokens, false));
+        Ok(&acts.logits[..chunks.len() * self.config.vocab_size])
+    }
+
+    /// What every forward pass checks before it runs: valid tokens, room in the context, a
+    /// state of this model's shape, and the process that owns the pool.
+    fn check_pass(&self, state: &State, tokens: &[u32], pos: usize) -> Result<()> {
         self.check_tokens(tokens)?;
         if tokens.is_empty() {
-            return Err(Error::Argument("forward_batch needs at least one token".into()));
+            return Err(Error::Argument("a forward pass needs at least one token".into()));
         }
         if pos + tokens.len() > self.config.seq_len {
             return Err(Error::ContextLength {
@@ -246,10 +297,7 @@ impl Model {
                 std::process::id()
             )));
         }
-        state.reserve(tokens.len(), all_logits);
-        self.pool.install(|| self.forward_in_pool(state, tokens, pos, all_logits));
-        let n_logits = if all_logits { tokens.len() } else { 1 };
-        Ok(&state.logits[..n_logits * self.config.vocab_size])
+        Ok(())
     }
 }
 

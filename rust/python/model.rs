@@ -17,7 +17,7 @@ use crate::model::{KvCacheType, Model};
 use crate::sampler::SamplerConfig;
 
 /// Python ints to token ids; a negative or huge id is an invalid token, not an OverflowError.
-fn token_ids(tokens: &[i64], vocab_size: usize) -> Result<Vec<u32>, Error> {
+pub(crate) fn token_ids(tokens: &[i64], vocab_size: usize) -> Result<Vec<u32>, Error> {
     tokens
         .iter()
         .enumerate()
@@ -31,7 +31,7 @@ fn token_ids(tokens: &[i64], vocab_size: usize) -> Result<Vec<u32>, Error> {
         .collect()
 }
 
-fn non_negative(name: &str, value: i64) -> Result<usize, Error> {
+pub(crate) fn non_negative(name: &str, value: i64) -> Result<usize, Error> {
     usize::try_from(value).map_err(|_| Error::Argument(format!("{name} must be >= 0, got {value}")))
 }
 
@@ -39,6 +39,13 @@ fn non_negative(name: &str, value: i64) -> Result<usize, Error> {
 #[pyclass(name = "Model", module = "llama2rs._core", frozen)]
 pub(crate) struct PyModel {
     inner: Arc<Model>,
+}
+
+impl PyModel {
+    /// The core model, shared with what runs over it.
+    pub(crate) fn shared(&self) -> Arc<Model> {
+        Arc::clone(&self.inner)
+    }
 }
 
 #[pymethods]
