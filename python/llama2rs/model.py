@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import secrets
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Mapping, Optional, Sequence, Union
+from typing import TYPE_CHECKING, Any, Iterable, Iterator, Mapping, Optional, Sequence, Union
 
 import numpy as np
 
@@ -13,6 +13,9 @@ from . import _core
 from .config import Config
 from .errors import ArgumentError, ContextLengthError, InvalidTokenError, TokenizerError
 from .tokenizer import BOS_ID, EOS_ID, Tokenizer
+
+if TYPE_CHECKING:
+    from .chat import ChatTemplate
 
 __all__ = ["Model", "find_tokenizer", "available_kernels"]
 
@@ -359,3 +362,104 @@ class Model:
     def complete(self, prompt: str, **kwargs: object) -> str:
         """The whole generated text at once (``generate`` joined)."""
         return "".join(self.generate(prompt, **kwargs))  # type: ignore[arg-type]
+
+    # -- completions in llama-cpp-python's and OpenAI's shape ------------------------------------
+
+    def _prompt_ids(self, prompt: Union[str, Sequence[int]]) -> list[int]:
+        if isinstance(prompt, str):
+            return self._require_tokenizer().encode(prompt, bos=True)
+        if isinstance(prompt, (bytes, bytearray)) or not isinstance(prompt, Sequence):
+            raise ArgumentError(f"prompt must be a str or a list of token ids, got {type(prompt).__name__}")
+        return _token_ids(prompt, self.config.vocab_size)
+
+    def chat_template(self, choice: Optional[str] = None) -> "ChatTemplate":
+        """The chat template: ``choice`` (``"llama2"``, ``"llama3"`` or a Jinja2 file), else
+        the model's own (GGUF ``tokenizer.chat_template``, or the exported checkpoint's), else
+        ``llama3`` or ``llama2`` by vocabulary."""
+        from .chat import resolve_template
+
+        return resolve_template(choice, self.metadata.get("chat_template"), self._require_tokenizer())
+
+    def _complete(self, ids: list[int], max_tokens: Any, stop: Any, sampling: dict[str, Any]) -> tuple[Any, Any]:
+        from .completion import TextAssembler, check_max_tokens, check_stop, sampling_params
+        from .engine import solo_events
+
+        tokenizer = self._require_tokenizer()
+        params = sampling_params(**sampling)
+        stops = check_stop(stop)
+        max_new = check_max_tokens(max_tokens, len(ids), self.config.seq_len)
+        events = solo_events(self._core, ids, params, max_new, frozenset(self.stop_ids))
+        return TextAssembler(tokenizer, ids[-1], stops), events
+
+    def create_completion(
+        self,
+        prompt: Union[str, Sequence[int]],
+        max_tokens: Optional[int] = 16,
+        temperature: float = 0.8,
+        top_p: float = 0.95,
+        top_k: int = 40,
+        min_p: float = 0.05,
+        repeat_penalty: float = 1.0,
+        presence_penalty: float = 0.0,
+        frequency_penalty: float = 0.0,
+        seed: Optional[int] = None,
+        stop: Union[str, Sequence[str], None] = None,
+        logprobs: Optional[int] = None,
+        echo: bool = False,
+        stream: bool = False,
+        model: Optional[str] = None,
+    ) -> Any:
+        """A completion as llama-cpp-python's ``Llama.create_completion`` returns it (its
+        defaults too): an OpenAI-shaped dict (``choices[0].text``, ``finish_reason`` ``"stop"``
+        or ``"length"``, ``usage``, ``logprobs`` for the ``logprobs`` likeliest tokens), or with
+        ``stream=True`` an iterator of chunk dicts. ``prompt`` is text (BOS is added) or token
+        ids. Text that could still become one of the ``stop`` sequences is held back while
+        streaming, and the text ends before the first one. With ``top_k=0, min_p=0`` and the
+        same ``seed`` and ``temperature``/``top_p``, the text is :meth:`generate`'s."""
+        from .completion import completion_chunks, completion_result, new_id
+
+        ids = self._prompt_ids(prompt)
+        assembler, events = self._complete(ids, max_tokens, stop, dict(
+            temperature=temperature, top_p=top_p, top_k=top_k, min_p=min_p, repeat_penalty=repeat_penalty,
+            presence_penalty=presence_penalty, frequency_penalty=frequency_penalty, seed=seed, logprobs=logprobs))
+        echo_text = self._require_tokenizer().decode(ids) if echo else ""
+        cid, name = new_id("cmpl"), model or self.path.name
+        if stream:
+            return completion_chunks(cid, name, assembler.run(events), echo_text, bool(logprobs))
+        pieces = list(assembler.run(events))
+        return completion_result(cid, name, pieces, len(ids), assembler.completion_tokens, echo_text, bool(logprobs))
+
+    def create_chat_completion(
+        self,
+        messages: Sequence[Mapping[str, Any]],
+        max_tokens: Optional[int] = None,
+        temperature: float = 0.2,
+        top_p: float = 0.95,
+        top_k: int = 40,
+        min_p: float = 0.05,
+        repeat_penalty: float = 1.0,
+        presence_penalty: float = 0.0,
+        frequency_penalty: float = 0.0,
+        seed: Optional[int] = None,
+        stop: Union[str, Sequence[str], None] = None,
+        stream: bool = False,
+        model: Optional[str] = None,
+        chat_template: Optional[str] = None,
+    ) -> Any:
+        """A chat completion as llama-cpp-python's ``create_chat_completion`` returns it:
+        ``choices[0].message`` (or, streamed, chunks with ``delta``s). The prompt is
+        :meth:`chat_template` applied to ``messages``; ``max_tokens=None`` runs to a stop id or
+        the end of the context."""
+        from .completion import chat_chunks, chat_completion_dict, new_id
+
+        ids = self.chat_template(chat_template).apply(self._require_tokenizer(), messages)
+        assembler, events = self._complete(ids, max_tokens, stop, dict(
+            temperature=temperature, top_p=top_p, top_k=top_k, min_p=min_p, repeat_penalty=repeat_penalty,
+            presence_penalty=presence_penalty, frequency_penalty=frequency_penalty, seed=seed, logprobs=0))
+        cid, name = new_id("chatcmpl"), model or self.path.name
+        if stream:
+            return chat_chunks(cid, name, assembler.run(events))
+        pieces = list(assembler.run(events))
+        reason = pieces[-1].finish_reason if pieces else "length"
+        return chat_completion_dict(cid, name, "".join(p.text for p in pieces), reason, len(ids),
+                                    assembler.completion_tokens)

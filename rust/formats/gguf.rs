@@ -416,14 +416,14 @@ pub fn read_model<'a>(path: &Path, bytes: &'a [u8]) -> Result<Contents<'a>> {
     }
     let (config, vocabulary) = config_of(&meta, &tensors)?;
     let weights = weights_of(&meta, &config, &mut tensors)?;
-    Ok(Contents {
-        config,
-        format: FileFormat::Gguf { version },
-        weights,
-        tokenizer: None,
-        vocabulary,
-        metadata: HashMap::new(),
-    })
+    // The strings a front end shows or uses: the model's name and its chat template.
+    let mut metadata = HashMap::new();
+    for (key, ours) in [("general.name", "name"), ("tokenizer.chat_template", "chat_template")] {
+        if let Some(value) = meta.string(key)? {
+            metadata.insert(ours.to_string(), value.to_string());
+        }
+    }
+    Ok(Contents { config, format: FileFormat::Gguf { version }, weights, tokenizer: None, vocabulary, metadata })
 }
 
 fn config_of<'a>(

@@ -1,7 +1,8 @@
 """The ``llama2rs`` command line: ``generate`` streams text, ``info`` describes a model file,
-``export`` / ``quantize`` convert checkpoints, ``perplexity`` and ``bench`` measure.
+``export`` / ``quantize`` convert checkpoints, ``perplexity`` and ``bench`` measure, ``chat`` and
+``serve`` talk.
 
-One module per group of commands (:mod:`.run`, :mod:`.export`) plus what they share
+One module per group of commands (:mod:`.run`, :mod:`.export`, :mod:`.serve`) plus what they share
 (:mod:`.common`). The CLI imports the library; nothing in the library imports the CLI.
 """
 
@@ -11,7 +12,7 @@ import argparse
 import sys
 from typing import Optional, Sequence
 
-from . import export, run
+from . import export, run, serve
 from .common import Parser, run_guarded
 
 __all__ = ["main", "build_parser"]
@@ -23,10 +24,11 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_model_commands(commands)  # generate, info
     export.add_export_commands(commands)  # export, quantize
     run.add_measure_commands(commands)  # perplexity, bench
+    serve.add_chat_commands(commands)  # chat, serve
     return parser
 
 
-COMMANDS = {**run.COMMANDS, "export": export.run_export, "quantize": export.run_export}
+COMMANDS = {**run.COMMANDS, **serve.COMMANDS, "export": export.run_export, "quantize": export.run_export}
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

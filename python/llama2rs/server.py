@@ -1,0 +1,337 @@
+"""``llama2rs serve``: an OpenAI-compatible HTTP server over one mapped model, with batched
+decoding (``pip install "llama2rs[server]"``: FastAPI, uvicorn, sse-starlette, jinja2).
+
+Routes: ``POST /v1/completions``, ``POST /v1/chat/completions`` (server-sent events when
+``stream``), ``GET /v1/models``, ``GET /health``, ``GET /metrics`` (Prometheus text) and ``GET /``
+(a chat page). Requests share one :class:`~llama2rs.engine.Engine`: up to ``parallel`` are
+decoded together, ``queue`` more wait, and past that a request gets 503 with ``Retry-After``.
+Bad input gets 400 with OpenAI's error body ``{"error": {"message", "type", "param", "code"}}``.
+A streaming client that disconnects frees its slot at the next token.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import time
+from importlib import resources
+from typing import Any, AsyncIterator, List, Optional, Union
+
+from .completion import (
+    TextAssembler, chat_chunks, chat_completion_dict, check_max_tokens, check_stop, chunk_dict, completion_chunks,
+    completion_result, new_id, sampling_params,
+)
+from .engine import Engine, QueueFullError, Request, TokenEvent
+from .errors import ArgumentError, ContextLengthError, Llama2rsError
+
+try:
+    from fastapi import FastAPI, Request as HttpRequest
+    from fastapi.exceptions import RequestValidationError
+    from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse
+    from pydantic import BaseModel, ConfigDict, Field
+    from sse_starlette.sse import EventSourceResponse
+    from starlette.exceptions import HTTPException as StarletteHTTPException
+except ImportError as exc:  # pragma: no cover - exercised only without the extra
+    raise ImportError(f"llama2rs serve needs the server extra: pip install 'llama2rs[server]' ({exc})") from None
+
+__all__ = ["create_app", "serve"]
+
+#: Seconds a client is told to wait (Retry-After) when the queue is full.
+RETRY_AFTER_SECONDS = 1
+
+
+# ---------------------------------------------------------------------------------------------
+# request bodies: types only; ranges are checked by the library, as for Python callers
+
+
+class _Sampling(BaseModel):
+    model_config = ConfigDict(extra="ignore", strict=True)
+
+    model: Optional[str] = None
+    temperature: float = 0.8
+    top_p: float = 0.95
+    top_k: int = 40
+    min_p: float = 0.05
+    repeat_penalty: float = 1.0
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    seed: Optional[int] = None
+    stop: Union[str, List[str], None] = None
+    stream: bool = False
+    n: int = 1
+    user: Optional[str] = None
+
+
+class CompletionBody(_Sampling):
+    prompt: Union[str, List[int], List[str]]
+    max_tokens: Optional[int] = 16
+    logprobs: Optional[int] = None
+    echo: bool = False
+
+
+class ChatMessage(BaseModel):
+    model_config = ConfigDict(extra="ignore", strict=True)
+
+    role: str
+    content: Union[str, List[dict]]
+
+
+class ChatBody(_Sampling):
+    messages: List[ChatMessage] = Field(min_length=1)
+    max_tokens: Optional[int] = None
+    max_completion_tokens: Optional[int] = None
+    temperature: float = 0.2
+
+
+# ---------------------------------------------------------------------------------------------
+# errors in OpenAI's shape
+
+
+def _error(status: int, message: str, kind: str = "invalid_request_error", param: Optional[str] = None,
+           headers: Optional[dict[str, str]] = None) -> JSONResponse:
+    body = {"error": {"message": message, "type": kind, "param": param, "code": None}}
+    return JSONResponse(body, status_code=status, headers=headers)
+
+
+class _HttpError(Exception):
+    def __init__(self, status: int, message: str, param: Optional[str] = None, kind: str = "invalid_request_error",
+                 headers: Optional[dict[str, str]] = None) -> None:
+        super().__init__(message)
+        self.status, self.message, self.param, self.kind, self.headers = status, message, param, kind, headers
+
+
+def _library_error(exc: Llama2rsError, param: Optional[str]) -> _HttpError:
+    if isinstance(exc, QueueFullError):
+        return _HttpError(503, f"the server is busy: {exc}", None, "server_busy",
+                          {"Retry-After": str(RETRY_AFTER_SECONDS)})
+    if isinstance(exc, ContextLengthError):
+        return _HttpError(400, str(exc), param, "context_length_exceeded")
+    return _HttpError(400, str(exc), param)
+
+
+# ---------------------------------------------------------------------------------------------
+# the app
+
+
+class _Metrics:
+    """Token throughput over the last ``window`` seconds, from the engine's counters."""
+
+    def __init__(self, engine: Engine, window: float = 10.0) -> None:
+        self.engine, self.window = engine, window
+        self.samples: list[tuple[float, int]] = []
+
+    def tokens_per_second(self) -> float:
+        now = time.monotonic()
+        self.samples.append((now, self.engine.tokens_total))
+        self.samples = [s for s in self.samples if now - s[0] <= self.window]
+        (t0, n0), (t1, n1) = self.samples[0], self.samples[-1]
+        return (n1 - n0) / (t1 - t0) if t1 > t0 else 0.0
+
+
+def create_app(model: Any, model_name: Optional[str] = None, parallel: int = 8, queue: int = 64,
+               api_key: Optional[str] = None, chat_template: Optional[str] = None,
+               prefill_chunk: int = 64) -> "FastAPI":
+    """The server's ASGI app over ``model`` (a :class:`llama2rs.Model` with a tokenizer)."""
+    tokenizer = model._require_tokenizer()
+    template = model.chat_template(chat_template)  # a bad --chat-template fails at start
+    name = model_name or model.path.name
+    engine = Engine(model._core, parallel=parallel, queue=queue, prefill_chunk=prefill_chunk)
+    metrics = _Metrics(engine)
+    http_requests = {"total": 0, "errors": 0}
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        yield
+        engine.close()
+
+    app = FastAPI(title="llama2rs", version="1", lifespan=lifespan)
+    app.state.engine = engine
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(request: HttpRequest, exc: RequestValidationError) -> JSONResponse:
+        http_requests["errors"] += 1
+        first = exc.errors()[0] if exc.errors() else {}
+        loc = [str(p) for p in first.get("loc", ()) if p != "body"]
+        if first.get("type") == "json_invalid":
+            return _error(400, f"the request body is not valid JSON: {first.get('msg')}")
+        where = ".".join(loc) or None
+        return _error(400, f"{where or 'body'}: {first.get('msg', 'invalid request')}", param=where)
+
+    @app.exception_handler(_HttpError)
+    async def _http_error(request: HttpRequest, exc: _HttpError) -> JSONResponse:
+        http_requests["errors"] += 1
+        return _error(exc.status, exc.message, exc.kind, exc.param, exc.headers)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _starlette_error(request: HttpRequest, exc: StarletteHTTPException) -> JSONResponse:
+        return _error(exc.status_code, str(exc.detail), "invalid_request_error" if exc.status_code < 500 else "server_error")
+
+    @app.middleware("http")
+    async def _authorize(request: HttpRequest, call_next: Any) -> Any:
+        http_requests["total"] += 1
+        if api_key and request.url.path.startswith("/v1/"):
+            if request.headers.get("authorization", "") != f"Bearer {api_key}":
+                http_requests["errors"] += 1
+                return _error(401, "invalid or missing API key (Authorization: Bearer KEY)", "authentication_error")
+        return await call_next(request)
+
+    def _check_common(body: _Sampling) -> None:
+        if body.n != 1:
+            raise _HttpError(400, "n must be 1 (one choice per request)", "n")
+        if body.model is not None and body.model != name:
+            raise _HttpError(404, f"the model {body.model!r} does not exist; this server runs {name!r}", "model",
+                             "not_found_error")
+
+    def _prepare(ids: List[int], body: _Sampling, max_tokens: Optional[int], logprobs: int,
+                 prompt_param: str) -> tuple[TextAssembler, Any, int]:
+        try:
+            params = sampling_params(body.temperature, body.top_p, body.top_k, body.min_p, body.repeat_penalty,
+                                     body.presence_penalty, body.frequency_penalty, body.seed, logprobs)
+            stops = check_stop(body.stop)
+            if len(ids) >= model.config.seq_len:
+                raise ContextLengthError(f"the prompt is {len(ids)} tokens but the context length is "
+                                         f"{model.config.seq_len}, which leaves no room to generate")
+            max_new = check_max_tokens(max_tokens, len(ids), model.config.seq_len)
+        except ContextLengthError as exc:
+            raise _library_error(exc, prompt_param) from None
+        except Llama2rsError as exc:
+            param = str(exc).split(" ", 1)[0] if isinstance(exc, ArgumentError) else None
+            raise _library_error(exc, param) from None
+        return TextAssembler(tokenizer, ids[-1], stops), params, max_new
+
+    def _submit(ids: List[int], params: Any, max_new: int) -> tuple[Request, asyncio.Queue]:
+        loop = asyncio.get_running_loop()
+        events: asyncio.Queue[TokenEvent] = asyncio.Queue()
+        try:
+            handle = engine.submit(ids, params, max_new, model.stop_ids,
+                                   sink=lambda event: loop.call_soon_threadsafe(events.put_nowait, event))
+        except Llama2rsError as exc:
+            raise _library_error(exc, None) from None
+        return handle, events
+
+    async def _pieces(assembler: TextAssembler, events: asyncio.Queue, handle: Request,
+                      http: HttpRequest) -> AsyncIterator[Any]:
+        """The request's pieces; a client that leaves cancels it (checked while waiting)."""
+        try:
+            while assembler.finish_reason is None:
+                try:
+                    event = await asyncio.wait_for(events.get(), timeout=0.5)
+                except asyncio.TimeoutError:
+                    if await http.is_disconnected():
+                        return
+                    continue
+                piece = assembler.feed(event)
+                if piece is not None:
+                    yield piece
+        finally:
+            if assembler.finish_reason is None:
+                handle.cancel()
+
+    def _sse(chunks: AsyncIterator[dict]) -> EventSourceResponse:
+        async def events() -> AsyncIterator[str]:
+            async for chunk in chunks:
+                yield json.dumps(chunk)
+            yield "[DONE]"
+
+        return EventSourceResponse(events(), ping=15)
+
+    @app.post("/v1/completions")
+    async def completions(body: CompletionBody, http: HttpRequest) -> Any:
+        _check_common(body)
+        prompt = body.prompt
+        if isinstance(prompt, list) and prompt and isinstance(prompt[0], str):
+            if len(prompt) != 1:
+                raise _HttpError(400, "only one prompt per request", "prompt")
+            prompt = prompt[0]
+        try:
+            ids = model._prompt_ids(prompt)
+        except Llama2rsError as exc:
+            raise _library_error(exc, "prompt") from None
+        logprobs = body.logprobs or 0
+        assembler, params, max_new = _prepare(ids, body, body.max_tokens, logprobs, "prompt")
+        handle, events = _submit(ids, params, max_new)
+        echo_text = tokenizer.decode(ids) if body.echo else ""
+        cid = new_id("cmpl")
+        pieces = _pieces(assembler, events, handle, http)
+        if body.stream:
+            async def chunks() -> AsyncIterator[dict]:
+                if echo_text:
+                    yield chunk_dict(cid, name, echo_text, None)
+                async for piece in pieces:
+                    for chunk in completion_chunks(cid, name, [piece], "", bool(logprobs)):
+                        yield chunk
+
+            return _sse(chunks())
+        collected = [piece async for piece in pieces]
+        return completion_result(cid, name, collected, len(ids), assembler.completion_tokens, echo_text,
+                                 bool(logprobs))
+
+    @app.post("/v1/chat/completions")
+    async def chat_completions(body: ChatBody, http: HttpRequest) -> Any:
+        _check_common(body)
+        messages = [m.model_dump() for m in body.messages]
+        try:
+            ids = template.apply(tokenizer, messages)
+        except Llama2rsError as exc:
+            raise _library_error(exc, "messages") from None
+        max_tokens = body.max_completion_tokens if body.max_completion_tokens is not None else body.max_tokens
+        assembler, params, max_new = _prepare(ids, body, max_tokens, 0, "messages")
+        handle, events = _submit(ids, params, max_new)
+        cid = new_id("chatcmpl")
+        pieces = _pieces(assembler, events, handle, http)
+        if body.stream:
+            async def chunks() -> AsyncIterator[dict]:
+                first = True
+                async for piece in pieces:
+                    for chunk in chat_chunks(cid, name, [piece]):
+                        if chunk["choices"][0]["delta"] == {"role": "assistant"} and not first:
+                            continue  # the role goes in the first chunk only
+                        first = False
+                        yield chunk
+
+            return _sse(chunks())
+        collected = [piece async for piece in pieces]
+        reason = collected[-1].finish_reason if collected else "length"
+        return chat_completion_dict(cid, name, "".join(p.text for p in collected), reason, len(ids),
+                                    assembler.completion_tokens)
+
+    @app.get("/v1/models")
+    async def models() -> Any:
+        return {"object": "list", "data": [{"id": name, "object": "model", "created": int(time.time()),
+                                            "owned_by": "llama2rs"}]}
+
+    @app.get("/health")
+    async def health() -> Any:
+        return {"status": "ok", "model": name, "active": engine.active, "waiting": engine.waiting}
+
+    @app.get("/metrics")
+    async def prometheus() -> PlainTextResponse:
+        lines = []
+        for metric, kind, help_text, value in (
+            ("llama2rs_http_requests_total", "counter", "HTTP requests received", http_requests["total"]),
+            ("llama2rs_http_errors_total", "counter", "HTTP requests answered with an error", http_requests["errors"]),
+            ("llama2rs_requests_total", "counter", "Generation requests accepted", engine.requests_total),
+            ("llama2rs_tokens_generated_total", "counter", "Tokens generated", engine.tokens_total),
+            ("llama2rs_steps_total", "counter", "Batched decoding steps", engine.steps_total),
+            ("llama2rs_queue_depth", "gauge", "Requests waiting for a slot", engine.waiting),
+            ("llama2rs_active_sequences", "gauge", "Sequences in the batch", engine.active),
+            ("llama2rs_batch_size", "gauge", "Sequences in the last step", engine.last_batch_size),
+            ("llama2rs_tokens_per_second", "gauge", "Tokens generated per second over the last 10 s",
+             round(metrics.tokens_per_second(), 3)),
+        ):
+            lines += [f"# HELP {metric} {help_text}", f"# TYPE {metric} {kind}", f"{metric} {value}"]
+        return PlainTextResponse("\n".join(lines) + "\n", media_type="text/plain; version=0.0.4")
+
+    @app.get("/", response_class=HTMLResponse)
+    async def chat_page() -> Any:
+        return HTMLResponse(resources.files("llama2rs").joinpath("static/chat.html").read_text(encoding="utf-8"))
+
+    return app
+
+
+def serve(model: Any, host: str = "127.0.0.1", port: int = 8000, **options: Any) -> None:
+    """Run the server until interrupted (loopback only unless ``host`` says otherwise)."""
+    import uvicorn
+
+    app = create_app(model, **options)
+    uvicorn.run(app, host=host, port=port, log_level="info")

@@ -1,0 +1,230 @@
+"""``llama2rs serve`` through the official ``openai`` client, on loopback: completions, streams,
+chat, stop sequences, errors, the queue, disconnects and metrics. Bounded in count and time."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import threading
+import time
+from typing import Any, Iterator
+
+import pytest
+
+import llama2rs
+from conftest import STORIES, TOK512, need
+
+openai = pytest.importorskip("openai")
+try:  # the openai client's own HTTP library (httpx2 in openai 3, httpx before)
+    import httpx2 as httpx
+except ImportError:
+    httpx = pytest.importorskip("httpx")
+uvicorn = pytest.importorskip("uvicorn")
+pytest.importorskip("fastapi")
+pytest.importorskip("sse_starlette")
+
+from llama2rs.server import create_app  # noqa: E402
+
+PROMPT = "Once upon a time"
+# llama2.c's sampling: no top-k and no min-p (the API's defaults follow llama-cpp-python's).
+PLAIN = {"top_k": 0, "min_p": 0}
+
+
+@contextlib.contextmanager
+def running(app: Any) -> Iterator[str]:
+    """Serve ``app`` on a free loopback port in a thread; yields its base URL."""
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 20
+    while not server.started:
+        assert time.monotonic() < deadline, "the server did not start"
+        time.sleep(0.02)
+    port = server.servers[0].sockets[0].getsockname()[1]
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=20)
+
+
+@pytest.fixture(scope="module")
+def model() -> llama2rs.Model:
+    need(STORIES, TOK512)
+    return llama2rs.Model(STORIES, tokenizer_path=TOK512)
+
+
+@pytest.fixture(scope="module")
+def url(model: llama2rs.Model) -> Iterator[str]:
+    with running(create_app(model, parallel=4, queue=16)) as base:
+        yield base
+
+
+@pytest.fixture(scope="module")
+def client(url: str) -> "openai.OpenAI":
+    return openai.OpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0, timeout=60)
+
+
+def test_greedy_and_seeded_completions_equal_model_generate(client, model):
+    """The same text as Model.generate, and so as llama2.c (whose runs Model.generate matches
+    in test_llama2c_parity.py)."""
+    result = client.completions.create(model="stories260K.bin", prompt=PROMPT, max_tokens=60, temperature=0,
+                                       extra_body=PLAIN)
+    assert result.choices[0].text == model.complete(PROMPT, max_tokens=60, temperature=0.0)
+    assert result.choices[0].finish_reason == "length"
+    assert result.usage.prompt_tokens == len(model.tokenize(PROMPT)) and result.usage.completion_tokens == 60
+    for seed in (1, 42, 1234):
+        result = client.completions.create(model="stories260K.bin", prompt=PROMPT, max_tokens=80, temperature=0.9,
+                                           top_p=0.9, seed=seed, extra_body=PLAIN)
+        expected = model.complete(PROMPT, max_tokens=80, temperature=0.9, top_p=0.9, seed=seed)
+        assert result.choices[0].text == expected, seed
+
+
+def test_streamed_completion_is_the_same_text(client, model):
+    stream = client.completions.create(model="stories260K.bin", prompt=PROMPT, max_tokens=50, temperature=0.8,
+                                       top_p=0.9, seed=7, stream=True, extra_body=PLAIN)
+    chunks = list(stream)
+    assert "".join(c.choices[0].text for c in chunks) == model.complete(PROMPT, max_tokens=50, temperature=0.8, seed=7)
+    assert [c.choices[0].finish_reason for c in chunks][-1] == "length"
+    assert all(c.choices[0].finish_reason is None for c in chunks[:-1])
+
+
+@pytest.mark.parametrize("stop", [["Lily"], ["girl named", "zzz"], [" "], ["d L", "ed"]])
+def test_stop_sequences_hold_under_streaming(client, model, stop):
+    """Streamed pieces join to exactly the text cut before the first stop sequence: nothing
+    is emitted and then taken back, and no stop sequence shows."""
+    full = model.complete(PROMPT, max_tokens=80, temperature=0.0)
+    cut = min((full.find(s) for s in stop if s in full), default=len(full))
+    expected = full[:cut]
+    plain = client.completions.create(model="stories260K.bin", prompt=PROMPT, max_tokens=80, temperature=0,
+                                      stop=stop, extra_body=PLAIN)
+    assert plain.choices[0].text == expected
+    assert plain.choices[0].finish_reason == ("stop" if cut < len(full) else "length")
+    pieces = [c.choices[0].text for c in client.completions.create(
+        model="stories260K.bin", prompt=PROMPT, max_tokens=80, temperature=0, stop=stop, stream=True, extra_body=PLAIN)]
+    assert "".join(pieces) == expected
+    assert not any(s in "".join(pieces) for s in stop)
+
+
+def test_chat_completion_and_stream(client, model):
+    messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Tell me a story."}]
+    result = client.chat.completions.create(model="stories260K.bin", messages=messages, max_tokens=30,
+                                            temperature=0, extra_body=PLAIN)
+    expected = model.create_chat_completion(messages, max_tokens=30, temperature=0, **PLAIN)
+    assert result.choices[0].message.role == "assistant"
+    assert result.choices[0].message.content == expected["choices"][0]["message"]["content"]
+    assert result.usage.prompt_tokens == expected["usage"]["prompt_tokens"]
+    chunks = list(client.chat.completions.create(model="stories260K.bin", messages=messages, max_tokens=30,
+                                                 temperature=0, stream=True, extra_body=PLAIN))
+    assert chunks[0].choices[0].delta.role == "assistant"
+    assert "".join(c.choices[0].delta.content or "" for c in chunks) == result.choices[0].message.content
+    assert chunks[-1].choices[0].finish_reason == "length"
+
+
+def test_models_health_and_metrics(client, url):
+    assert [m.id for m in client.models.list().data] == ["stories260K.bin"]
+    assert httpx.get(f"{url}/health").json()["status"] == "ok"
+    from prometheus_client.parser import text_string_to_metric_families
+
+    text = httpx.get(f"{url}/metrics").text
+    families = {f.name: f for f in text_string_to_metric_families(text)}
+    assert {"llama2rs_requests", "llama2rs_tokens_generated", "llama2rs_queue_depth", "llama2rs_batch_size",
+            "llama2rs_tokens_per_second"} <= set(families)
+    assert families["llama2rs_tokens_generated"].samples[0].value > 0
+
+
+@pytest.mark.parametrize("body,param", [
+    ({"prompt": PROMPT, "max_tokens": "many"}, "max_tokens"),
+    ({"prompt": PROMPT, "temperature": -1}, "temperature"),
+    ({"prompt": PROMPT, "top_p": 1.5}, "top_p"),
+    ({"prompt": PROMPT, "stop": [""]}, "stop"),
+    ({"prompt": [1, 99999]}, "prompt"),
+    ({"prompt": "x " * 600}, "prompt"),  # longer than the 512-token context
+    ({"prompt": PROMPT, "n": 2}, "n"),
+    ({"max_tokens": 3}, "prompt"),
+])
+def test_bad_completion_requests_get_400(url, body, param):
+    response = httpx.post(f"{url}/v1/completions", json=body)
+    assert response.status_code == 400, response.text
+    error = response.json()["error"]
+    assert error["param"] == param and error["message"] and error["type"]
+
+
+def test_bad_json_and_bad_chat_get_400(url):
+    response = httpx.post(f"{url}/v1/completions", content=b"{not json", headers={"content-type": "application/json"})
+    assert response.status_code == 400 and "JSON" in response.json()["error"]["message"]
+    for messages in ([], [{"role": "robot", "content": "hi"}], [{"role": "user", "content": 5}],
+                     [{"role": "assistant", "content": "first"}]):
+        response = httpx.post(f"{url}/v1/chat/completions", json={"messages": messages})
+        assert response.status_code == 400, (messages, response.text)
+        assert "error" in response.json()
+    response = httpx.post(f"{url}/v1/completions", json={"prompt": PROMPT, "model": "gpt-4"})
+    assert response.status_code == 404 and response.json()["error"]["param"] == "model"
+
+
+def test_the_chat_page(url):
+    page = httpx.get(f"{url}/")
+    assert page.status_code == 200 and "/v1/chat/completions" in page.text and "<form" in page.text
+
+
+def _slow_engine(app: Any, delay: float) -> None:
+    """Make each generated token take ``delay`` seconds more, so a test can act mid-stream."""
+    engine = app.state.engine
+    submit = engine.submit
+
+    def slow_submit(*args: Any, sink: Any = None, **kwargs: Any) -> Any:
+        def slow_sink(event: Any) -> None:
+            time.sleep(delay)
+            sink(event)
+
+        return submit(*args, sink=slow_sink if sink else None, **kwargs)
+
+    engine.submit = slow_submit
+
+
+def test_a_full_queue_gets_503_and_a_disconnect_frees_its_slot(model):
+    app = create_app(model, parallel=1, queue=0)
+    _slow_engine(app, 0.01)
+    with running(app) as base:
+        with httpx.Client(base_url=base, timeout=30) as http:
+            body = {"prompt": PROMPT, "max_tokens": 400, "stream": True, "temperature": 0}
+            with http.stream("POST", "/v1/completions", json=body) as stream:
+                lines = stream.iter_lines()
+                assert next(line for line in lines if line.startswith("data:"))
+                busy = http.post("/v1/completions", json={"prompt": PROMPT, "max_tokens": 2})
+                assert busy.status_code == 503 and busy.headers["retry-after"]
+                assert busy.json()["error"]["type"] == "server_busy"
+            # The client left after one chunk: its slot is free within a few tokens.
+            deadline = time.monotonic() + 10
+            while http.get("/health").json()["active"]:
+                assert time.monotonic() < deadline, "the slot was not freed"
+                time.sleep(0.05)
+            tokens = app.state.engine.tokens_total
+            assert tokens < 200, tokens  # far fewer than the 400 asked for
+            done = http.post("/v1/completions", json={"prompt": PROMPT, "max_tokens": 3})
+            assert done.status_code == 200
+
+
+def test_api_key(model):
+    with running(create_app(model, api_key="s3cret")) as base:
+        denied = httpx.get(f"{base}/v1/models")
+        assert denied.status_code == 401 and denied.json()["error"]["type"] == "authentication_error"
+        client = openai.OpenAI(base_url=f"{base}/v1", api_key="s3cret", max_retries=0)
+        assert client.models.list().data[0].id == "stories260K.bin"
+
+
+def test_concurrent_clients_on_loopback(url, model):
+    """16 clients, 64 requests (the load benchmark runs 200), all answered, each with the text
+    it would get alone."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    client = openai.OpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0, timeout=120)
+
+    def one(i: int) -> bool:
+        result = client.completions.create(model="stories260K.bin", prompt=PROMPT, max_tokens=20 + i % 7,
+                                           temperature=0.8, top_p=0.9, seed=i + 1, extra_body=PLAIN)
+        expected = model.complete(PROMPT, max_tokens=20 + i % 7, temperature=0.8, top_p=0.9, seed=i + 1)
+        return result.choices[0].text == expected
+
+    with ThreadPoolExecutor(16) as pool:
+        assert all(pool.map(one, range(64)))
