@@ -7,7 +7,8 @@ from typing import Optional, Sequence, TypedDict, Union, final
 import numpy as np
 import numpy.typing as npt
 
-__all__ = ["ByteLevelBpe", "CONFIG_LIMITS", "KERNEL_NAMES", "Model", "Session", "__version__", "available_kernels", "read_bandwidth"]
+__all__ = ["BatchDecoder", "ByteLevelBpe", "CONFIG_LIMITS", "KERNEL_NAMES", "Model", "Session", "__version__", "available_kernels",
+           "read_bandwidth"]
 
 __version__: str
 # Upper bound of each integer Config field (every field is at least 1).
@@ -90,3 +91,27 @@ class ByteLevelBpe:
     def decode(self, ids: Sequence[int]) -> bytes: ...
     def token_bytes(self, id: int) -> bytes: ...
     def special_id(self, text: str) -> Optional[int]: ...
+
+@final
+class BatchDecoder:
+    def __new__(cls, model: Model, prefill_chunk: int = 64) -> BatchDecoder: ...
+    def add(
+        self,
+        prompt: Sequence[int],
+        temperature: float,
+        top_p: float,
+        top_k: int,
+        seed: int,
+        repeat_penalty: float = 1.0,
+        repeat_last_n: int = 64,
+        presence_penalty: float = 0.0,
+        frequency_penalty: float = 0.0,
+        min_p: float = 0.0,
+        logprobs: int = 0,
+    ) -> int: ...
+    def remove(self, id: int) -> bool: ...
+    # Per sequence that sampled: (id, token, logprob, top logprobs, context_full).
+    def step(self) -> list[tuple[int, int, Optional[float], Optional[list[tuple[int, float]]], bool]]: ...
+    def __len__(self) -> int: ...
+    @property
+    def prefilling(self) -> int: ...

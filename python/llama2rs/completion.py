@@ -72,7 +72,7 @@ class Piece:
     log-probabilities, when asked for); ``finish_reason`` on the last piece."""
 
     text: str
-    tokens: list[int] = field(default_factory=list)
+    tokens: list[str] = field(default_factory=list)
     logprobs: list[Optional[float]] = field(default_factory=list)
     top_logprobs: list[Optional[dict[str, float]]] = field(default_factory=list)
     finish_reason: Optional[str] = None
@@ -87,15 +87,19 @@ class TextAssembler:
         self.matcher = StopMatcher(stops)
         self.completion_tokens = 0
         self.text_so_far = ""  # emitted text
-        # Tokens whose text is not all emitted yet: (token, end offset in the decoded text, lp, top).
-        self._pending: list[tuple[int, int, Optional[float], Optional[dict[str, float]]]] = []
+        # Tokens whose text is not all emitted yet: (token's text, end offset in the decoded text, lp, top).
+        self._pending: list[tuple[str, int, Optional[float], Optional[dict[str, float]]]] = []
         self._decoded = 0  # characters decoded so far
         self.finish_reason: Optional[str] = None
+
+    def _text_of(self, token: int) -> str:
+        """A token's own text, as OpenAI's logprobs name tokens."""
+        return bytes(self.tokenizer.piece_bytes(None, token)).decode("utf-8", errors="replace")
 
     def _top(self, top: Optional[list[tuple[int, float]]]) -> Optional[dict[str, float]]:
         if top is None:
             return None
-        return {self.tokenizer.decode_bytes([t]).decode("utf-8", errors="replace"): lp for t, lp in top}
+        return {self._text_of(t): lp for t, lp in top}
 
     def _release(self, text: str, final: bool) -> Piece:
         self.text_so_far += text
@@ -113,7 +117,8 @@ class TextAssembler:
             self.completion_tokens += 1
             decoded = self.decoder.push(event.token)
             self._decoded += len(decoded)
-            self._pending.append((event.token, self._decoded, event.logprob, self._top(event.top_logprobs)))
+            self._pending.append((self._text_of(event.token), self._decoded, event.logprob,
+                                  self._top(event.top_logprobs)))
             text = self.matcher.push(decoded)
             if self.matcher.stopped:
                 piece = self._release(text, final=False)
@@ -153,7 +158,7 @@ def logprobs_dict(pieces: Sequence[Piece], offset0: int) -> dict[str, Any]:
     offset = offset0
     for piece in pieces:
         for token, lp, top in zip(piece.tokens, piece.logprobs, piece.top_logprobs):
-            tokens.append(str(token))
+            tokens.append(token)
             offsets.append(offset)
             token_logprobs.append(lp)
             tops.append(top)

@@ -251,9 +251,10 @@ class Engine:
             self.steps_total += 1
             self.last_batch_size = len(self._active)
             for seq, token, logprob, top, context_full in rows:
-                request = self._active.get(seq)
-                if request is None:
+                running = self._active.get(seq)
+                if running is None:
                     continue
+                request = running
                 request.generated += 1
                 self.tokens_total += 1
                 reason = _finish(request, token, context_full)

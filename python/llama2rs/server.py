@@ -202,9 +202,12 @@ def create_app(model: Any, model_name: Optional[str] = None, parallel: int = 8, 
     def _submit(ids: List[int], params: Any, max_new: int) -> tuple[Request, asyncio.Queue]:
         loop = asyncio.get_running_loop()
         events: asyncio.Queue[TokenEvent] = asyncio.Queue()
+
+        def sink(event: TokenEvent) -> None:  # called on the engine's thread
+            loop.call_soon_threadsafe(events.put_nowait, event)
+
         try:
-            handle = engine.submit(ids, params, max_new, model.stop_ids,
-                                   sink=lambda event: loop.call_soon_threadsafe(events.put_nowait, event))
+            handle = engine.submit(ids, params, max_new, model.stop_ids, sink=sink)
         except Llama2rsError as exc:
             raise _library_error(exc, None) from None
         return handle, events
