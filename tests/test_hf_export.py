@@ -237,3 +237,16 @@ def test_older_files_still_open(tmp_path):
     weights = random_weights(_config("gqa2"), seed=5)
     directory = write_hf_checkpoint(tmp_path / "hf", weights, tokenizer_model=TOK512_MODEL)
     assert _export(tmp_path, directory).metadata["format_version"] == "1"
+
+
+def test_mistral_checkpoint_without_sliding_window(tmp_path):
+    """Mistral v0.2+ is Llama's architecture (GQA, theta 1e6, no window): it exports and runs."""
+    need(TOK512_MODEL)
+    config = _config("gqa2", rope_theta=1000000.0)
+    weights = random_weights(config, seed=6, shared_classifier=False)
+    directory = write_hf_checkpoint(tmp_path / "hf", weights, dtype="bfloat16", tied=False, tokenizer_model=TOK512_MODEL,
+                                    extra_config={"model_type": "mistral", "architectures": ["MistralForCausalLM"],
+                                                  "sliding_window": None})
+    model = _export(tmp_path, directory)
+    tokens = _tokens(40)
+    np.testing.assert_allclose(model.logits(tokens), hf_forward(*_hf(directory)[:2], tokens), rtol=0, atol=1e-4)
