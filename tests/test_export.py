@@ -7,17 +7,23 @@ import json
 import os
 import subprocess
 import sys
+import tracemalloc
 
 import numpy as np
 import pytest
 
 import llama2rs
 from llama2rs import export, reference
-from llama2rs.formats import l2rs, llama2c, safetensors
-from llama2rs.quantize import calibrate
+from llama2rs.config import Config
+from llama2rs.formats import hf, l2rs, llama2c, safetensors
+from llama2rs.quantize import calibrate, gptq
 from llama2rs.errors import ArgumentError, ModelFileError
 from llama2rs.quantize.affine import AffineQuantized
-from conftest import REPO_ROOT, STORIES, STORIES_Q80, TOK512, assert_q80_close, need
+from llama2rs.quantize.q80 import Q8Tensor, q8_group_size, quantize_q80
+from llama2rs.weights import Weights
+from conftest import REPO_ROOT, STORIES, STORIES_Q80, TOK512, TOK512_MODEL, assert_q80_close, need
+from support.fixtures import random_weights
+from support.hf_writers import write_hf_checkpoint
 
 IDS = [1, 403, 407, 261, 378, 432, 383, 286, 261, 376, 298, 315]
 
@@ -159,7 +165,7 @@ def _rewrite_header(path, edit):
 @pytest.mark.parametrize(
     "edit, message",
     [
-        (lambda h: h["__metadata__"].update(format_version="3"), "format version 3 is newer than this llama2rs reads"),
+        (lambda h: h["__metadata__"].update(format_version="4"), "format version 4 is newer than this llama2rs reads"),
         (lambda h: h["__metadata__"].update(format="other"), "not a llama2rs model"),
         (lambda h: h["__metadata__"].update(config="{"), "bad config in __metadata__"),
         (lambda h: h["__metadata__"].update(config=json.dumps({**json.loads(h["__metadata__"]["config"]), "n_heads": 7})),
@@ -176,6 +182,51 @@ def test_bad_llama2rs_files(tmp_path, edit, message):
     _rewrite_header(out, edit)
     with pytest.raises(ModelFileError, match=message):
         llama2rs.Model(out)
+
+
+def _format3_file(tmp_path, metadata=None, factors=None):
+    """A format-3 file (RoPE divisors and stop ids) written by hand, with what is given instead."""
+    need(TOK512)
+    config = Config(dim=64, hidden_dim=96, n_layers=1, n_heads=4, n_kv_heads=2, vocab_size=512, seq_len=32)
+    weights = random_weights(config, 3)
+    weights.rope_freq_factors = np.linspace(1.0, 8.0, config.head_size // 2, dtype=np.float32)
+    path = tmp_path / "v3.l2rs.safetensors"
+    l2rs.write_model(path, weights, llama2rs.Tokenizer(TOK512).to_bin_bytes(), stop_ids=[7, 9])
+    if metadata or factors is not None:
+        def edit(header):
+            header["__metadata__"].update(metadata or {})
+        _rewrite_header(path, edit)
+        if factors is not None:
+            arrays = safetensors.read(path)
+            header, _ = safetensors.read_header(path)
+            arrays["rope_freqs"] = factors
+            safetensors.write(path, arrays, header["__metadata__"], align=64)
+    return path
+
+
+def test_format_3_keeps_rope_divisors_and_stop_ids(tmp_path):
+    path = _format3_file(tmp_path)
+    model = llama2rs.Model(path)
+    assert model.metadata["format_version"] == "3" and {7, 9} <= set(model.stop_ids)
+    weights, _ = l2rs.read_model(path)
+    np.testing.assert_array_equal(weights.rope_freq_factors, np.linspace(1.0, 8.0, 8, dtype=np.float32))
+    tokens = [1, 5, 9, 30, 2, 17]
+    np.testing.assert_allclose(model.logits(tokens), reference.forward(weights, tokens), rtol=0, atol=1e-4)
+
+
+@pytest.mark.parametrize("metadata, factors, error, message", [
+    ({"stop_ids": "[7, 512]"}, None, ModelFileError, r"stop_ids \[7, 512\] holds ids outside"),
+    ({"stop_ids": "7"}, None, ModelFileError, "stop_ids must be a JSON list"),
+    ({"tokenizer_spec": "{"}, None, llama2rs.TokenizerError, "tokenizer_spec is not valid JSON"),
+    ({"tokenizer_spec": '{"type": "wordpiece"}'}, None, llama2rs.TokenizerError, "unknown tokenizer_spec type"),
+    (None, np.full(8, -1.0, dtype=np.float32), ModelFileError, "'rope_freqs' holds -1: a RoPE divisor must be positive"),
+    (None, np.ones(5, dtype=np.float32), ModelFileError, r"'rope_freqs' has shape \[5\], expected \[8\]"),
+])
+def test_bad_format_3_files(tmp_path, metadata, factors, error, message):
+    path = _format3_file(tmp_path, metadata, factors)
+    with pytest.raises(error, match=message):
+        model = llama2rs.Model(path)
+        model.stop_ids, model.tokenizer
 
 
 def test_truncated_llama2rs_file(tmp_path):
@@ -277,3 +328,145 @@ def test_embeddings_flags_on_the_command_line(tmp_path):
     bad = subprocess.run(base + ["-o", str(tmp_path / "x"), "--quantize-embeddings", "--embeddings", "float"],
                          capture_output=True, text=True)
     assert bad.returncode == 2 and "--quantize-embeddings contradicts --embeddings float" in bad.stderr
+
+
+# -- streamed export: one matrix at a time ------------------------------------------------------
+
+
+def _bf16_checkpoint(tmp_path, config, seed=0, tiny_w3_layer=None):
+    """A bf16 checkpoint in 2 shards with a separate lm_head (``tiny_w3_layer``: that layer's
+    w3 scaled by 1e-6, so its 4-bit scales are below fp16's normal range and stay F32)."""
+    need(TOK512_MODEL)
+    weights = random_weights(config, seed=seed, shared_classifier=False)
+    if tiny_w3_layer is not None:
+        weights.layers[tiny_w3_layer]["w3"] = weights.layers[tiny_w3_layer]["w3"] * np.float32(1e-6)
+    return write_hf_checkpoint(tmp_path / "hf", weights, dtype="bfloat16", shards=2, tied=False,
+                               tokenizer_model=TOK512_MODEL)
+
+
+def _expected(directory, config, quantize, group, embeddings="q8") -> Weights:
+    """What an export of the checkpoint must hold, computed independently of the streaming
+    path: every tensor read at once (bf16 -> float32 by ``safetensors.read``), q/k rows put in
+    llama2.c's order, and the quantizers called on whole matrices."""
+    t = {}
+    for f in sorted(directory.glob("*.safetensors")):
+        t.update(safetensors.read(f))
+    rows = {"wq": hf.interleave_rows(config.n_heads, config.head_size),
+            "wk": hf.interleave_rows(config.n_kv_heads, config.head_size)}
+
+    def quantized(w, embedding=False):
+        if quantize == "none" or embedding and embeddings == "float":
+            return w
+        if embedding and embeddings == "q8":
+            return quantize_q80(w, q8_group_size(w.shape[1], 32))
+        if quantize == "q8":
+            return quantize_q80(w, q8_group_size(w.shape[1], group))
+        return gptq.quantize_rtn(w, bits=4, group_size=group)
+
+    layers = []
+    for i in range(config.n_layers):
+        p = f"model.layers.{i}."
+        layer = {"rms_att": t[p + "input_layernorm.weight"], "rms_ffn": t[p + "post_attention_layernorm.weight"]}
+        for name, hf_name in hf.HF_LINEAR_NAMES.items():
+            w = t[p + hf_name + ".weight"]
+            layer[name] = quantized(w[rows[name]] if name in rows else w)
+        layers.append(layer)
+    return Weights(config, quantized(t["model.embed_tokens.weight"], True), layers, t["model.norm.weight"],
+                   quantized(t["lm_head.weight"], True))
+
+
+def _assert_same_tensors(got: Weights, expected: Weights) -> None:
+    pairs = list(zip(got.named_tensors(), expected.named_tensors(), strict=True))
+    for (name, a), (name_b, b) in pairs:
+        assert name == name_b and type(a) is type(b) or isinstance(a, np.ndarray) and isinstance(b, np.ndarray), name
+        if isinstance(b, Q8Tensor):
+            assert a.group_size == b.group_size, name
+            np.testing.assert_array_equal(a.q, b.q, err_msg=name)
+            np.testing.assert_array_equal(a.scale, b.scale, err_msg=name)
+        elif isinstance(b, AffineQuantized):
+            assert (a.group_size, a.bits, a.perm) == (b.group_size, b.bits, None), name
+            for part in ("q", "scales", "zeros"):
+                np.testing.assert_array_equal(getattr(a, part), getattr(b, part), err_msg=f"{name}.{part}")
+        else:
+            np.testing.assert_array_equal(np.asarray(a, dtype=np.float32), b, err_msg=name)
+
+
+def _layout(path):
+    """The tensors of a file as (begin, name, dtype) in file order."""
+    header, _ = safetensors.read_header(path)
+    return sorted((v["data_offsets"][0], k, v["dtype"]) for k, v in header.items() if k != "__metadata__")
+
+
+def _check_order(path) -> None:
+    """The order rule (see formats/l2rs.py): 4-byte tensors first (all aligned), except affine
+    scales made on the way, then matrix by matrix, the tokenizer last."""
+    layout = _layout(path)
+    front = [(b, n) for b, n, d in layout if d in ("F32", "I32") and not n.endswith(".scales")]
+    assert [n for _, n in front] == [n for _, n, _ in layout[: len(front)]]
+    assert all(b % 4 == 0 for b, _ in front)
+    assert layout[-1][1] == "tokenizer"
+
+
+@pytest.mark.parametrize("quantize, group, embeddings", [("none", 128, "q8"), ("q8", 32, "q8"), ("q4", 32, "q8"),
+                                                         ("q4", -1, "same"), ("q4", 64, "float")])
+def test_streamed_bf16_export_holds_exactly_the_rounded_weights(tmp_path, quantize, group, embeddings):
+    """A bf16 checkpoint exported matrix by matrix holds exactly what quantizing the whole
+    bf16-rounded float32 matrices gives, and runs as the reference does on those."""
+    config = Config(64, 172, 2, 8, 4, vocab_size=512, seq_len=64)
+    directory = _bf16_checkpoint(tmp_path, config)
+    out = export.export(export.load_source("hf", directory), tmp_path / "out.l2rs.safetensors", quantize=quantize,
+                        group_size=group, embeddings=embeddings, progress=False)
+    expected = _expected(directory, config, quantize, group, embeddings)
+    got, _ = l2rs.read_model(out)
+    _assert_same_tensors(got, expected)
+    _check_order(out)
+    tokens = IDS
+    ours = llama2rs.Model(out, exact=True).logits(tokens)
+    want = reference.forward(expected, tokens)
+    if quantize == "q8":
+        assert_q80_close(ours, want, max_abs=0.3, max_mean=0.02)  # Q8_0 rounds activations too
+    else:
+        np.testing.assert_allclose(ours, want, rtol=0, atol=1e-4)
+
+
+def test_streamed_export_odd_shapes_and_unaligned_scales(tmp_path):
+    """Odd row counts (hidden 45) and odd row bytes (dim 42: 21 bytes of 4-bit values, 2 groups)
+    put F16 scales at odd offsets, and a matrix whose scales are below fp16's range stores F32
+    scales, unaligned here: both readers (the Rust core and l2rs.read_model) read them right."""
+    config = Config(dim=42, hidden_dim=45, n_layers=2, n_heads=3, n_kv_heads=1, vocab_size=512, seq_len=64)
+    directory = _bf16_checkpoint(tmp_path, config, seed=3, tiny_w3_layer=1)
+    out = export.export(export.load_source("hf", directory), tmp_path / "out.l2rs.safetensors", quantize="q4",
+                        group_size=32, progress=False)
+    layout = {n: (b, d) for b, n, d in _layout(out)}
+    assert any(d == "F16" and b % 2 for n, (b, d) in layout.items() if n.endswith(".scales"))
+    begin, dtype = layout["layers.1.w3.scales"]
+    assert dtype == "F32" and begin % 4 != 0
+    _check_order(out)
+    expected = _expected(directory, config, "q4", 32)
+    got, _ = l2rs.read_model(out)
+    _assert_same_tensors(got, expected)
+    want = reference.forward(expected, IDS)
+    np.testing.assert_allclose(llama2rs.Model(out, exact=True).logits(IDS), want, rtol=0, atol=1e-4)
+    fast = llama2rs.Model(out).logits(IDS)  # the 4-bit kernels read the scales too
+    assert np.linalg.norm(fast - want) < 3e-3 * np.linalg.norm(want)
+
+
+@pytest.mark.parametrize("quantize", ["none", "q8", "q4"])
+def test_streamed_export_holds_one_matrix_at_a_time(tmp_path, quantize):
+    """Exporting a bf16 checkpoint allocates about one matrix's worth, not the model's: the
+    peak of everything allocated (tracemalloc sees NumPy's arrays) during the export stays
+    within a few times the largest matrix in float32, a small part of the whole model."""
+    config = Config(dim=128, hidden_dim=344, n_layers=32, n_heads=4, n_kv_heads=4, vocab_size=512, seq_len=64)
+    directory = _bf16_checkpoint(tmp_path, config)
+    source = export.load_source("hf", directory)
+    sizes = [4 * int(np.prod(np.shape(m))) for _, m in source.weights.named_tensors()]
+    tracemalloc.start()
+    try:
+        export.export(source, tmp_path / "out.l2rs.safetensors", quantize=quantize, progress=False)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    # Measured: 0.8 MB (none), 1.6 MB (q8), 2.0 MB (q4) against a 0.26 MB largest matrix and a
+    # 26 MB model; holding every matrix before writing, as export did, took 33 MB.
+    assert peak < 12 * max(sizes), (peak, max(sizes))
+    assert peak < sum(sizes) / 8, (peak, sum(sizes))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import struct
 from pathlib import Path
 
@@ -275,22 +276,71 @@ def test_checkpoint_errors(tmp_path):
         hf.load_hf(empty)
 
 
-@pytest.mark.parametrize("change", [
-    {"rope_scaling": {"rope_type": "llama3", "factor": 8.0}},
-    {"rope_parameters": {"rope_type": "yarn", "factor": 2.0}},
-    {"head_dim": 16},
-    {"attention_bias": True},
-    {"mlp_bias": True},
-    {"hidden_act": "gelu"},
-    {"model_type": "mistral", "architectures": ["MistralForCausalLM"]},
-    {"hidden_size": 50},  # not a multiple of 6 heads
-    {"num_hidden_layers": None},
+LLAMA3_SCALING = {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+                  "original_max_position_embeddings": 8192}
+
+
+@pytest.mark.parametrize("change,needle", [
+    ({"rope_scaling": {"rope_type": "llama3", "factor": 8.0}}, "low_freq_factor"),  # incomplete
+    ({"rope_scaling": {**LLAMA3_SCALING, "high_freq_factor": 1.0}}, "must exceed"),
+    ({"rope_scaling": {"type": "linear", "factor": 2.0}}, "'linear'"),
+    ({"rope_parameters": {"rope_type": "yarn", "factor": 2.0}}, "'yarn'"),
+    ({"head_dim": 16}, "head_dim"),
+    ({"attention_bias": True}, "attention_bias"),
+    ({"mlp_bias": True}, "mlp_bias"),
+    ({"hidden_act": "gelu"}, "gelu"),
+    # Mistral v0.1: a 4096-position window in a longer context
+    ({"model_type": "mistral", "architectures": ["MistralForCausalLM"], "sliding_window": 4096,
+      "max_position_embeddings": 32768}, "sliding-window"),
+    ({"model_type": "qwen2", "architectures": ["Qwen2ForCausalLM"]}, "not a Llama or Mistral"),
+    ({"architectures": ["GemmaForCausalLM"]}, "unsupported architecture"),
+    ({"hidden_size": 50}, "(50 / 6)"),  # not a multiple of 6 heads
+    ({"num_hidden_layers": None}, "num_hidden_layers"),
 ])
-def test_config_refusals(change):
+def test_config_refusals(change, needle):
     hf_cfg = hf.config_to_hf_config(make_config())
     hf_cfg.update(change)
-    with pytest.raises(ConfigError):
+    with pytest.raises(ConfigError, match=re.escape(needle)):
         hf.hf_config_to_config(hf_cfg)
+
+
+@pytest.mark.parametrize("change", [
+    {"model_type": "mistral", "architectures": ["MistralForCausalLM"], "sliding_window": None},  # v0.2+
+    {"model_type": "mistral", "architectures": ["MistralForCausalLM"], "sliding_window": 4096,
+     "max_position_embeddings": 4096},  # a window as long as the context never applies
+    {"rope_scaling": LLAMA3_SCALING},
+    {"rope_parameters": {**LLAMA3_SCALING, "rope_theta": 500000.0}},  # transformers 5
+])
+def test_config_accepts(change):
+    hf_cfg = hf.config_to_hf_config(make_config())
+    hf_cfg.update(change)
+    config = hf.hf_config_to_config(hf_cfg)
+    factors = hf.hf_rope_freq_factors(hf_cfg, config)
+    scaled = "rope_scaling" in change or "rope_parameters" in change
+    assert (factors is not None) == scaled
+    if "rope_parameters" in change:
+        assert config.rope_theta == 500000.0
+
+
+def test_llama3_rope_factors_follow_meta():
+    """The divisors the exporter stores give Meta's apply_scaling frequencies (written
+    independently in the reference), for Llama 3.1 8B's head size and theta."""
+    factors = hf.llama3_rope_freq_factors(128, 500000.0, 8.0, 1.0, 4.0, 8192)
+    freqs = 1.0 / (500000.0 ** (np.arange(0, 128, 2) / 128))
+    expected = reference.llama3_scaled_frequencies(freqs, 8.0, 1.0, 4.0, 8192)
+    np.testing.assert_allclose(freqs / factors, expected, rtol=1e-6)
+    assert factors[0] == 1.0 and factors[-1] == 8.0 and np.any((factors > 1) & (factors < 8))  # all three regimes
+
+
+def test_stop_ids_from_config_and_generation_config(tmp_path):
+    config = make_config()
+    hf_cfg = {**hf.config_to_hf_config(config), "eos_token_id": [2, 5]}
+    (tmp_path / "generation_config.json").write_text(json.dumps({"eos_token_id": [5, 7]}))
+    assert hf.hf_stop_ids(tmp_path, hf_cfg, config) == [2, 5, 7]
+    assert hf.hf_config_to_config(hf_cfg).eos_id == 2
+    (tmp_path / "generation_config.json").write_text(json.dumps({"eos_token_id": [config.vocab_size]}))
+    with pytest.raises(ConfigError, match="generation_config.json eos_token_id"):
+        hf.hf_stop_ids(tmp_path, hf_cfg, config)
 
 
 def test_config_defaults():

@@ -164,13 +164,17 @@ def _load_tiktoken(data: bytes, where: str) -> list[bytes]:
 
 
 class ByteLevelTokenizer:
-    """Llama 3's byte-level BPE tokenizer, from its tiktoken ``tokenizer.model``.
+    """A byte-level BPE tokenizer: Llama 3's tiktoken ``tokenizer.model``, a HuggingFace
+    ``tokenizer.json``, or a GGUF ``gpt2`` vocabulary.
 
     ``encode(text, bos=True, eos=False, special=False)``: with ``special=False`` (the default)
     special tokens written in the text, such as ``"<|eot_id|>"``, are encoded as ordinary text;
     with ``special=True`` they are their ids (for text that a chat template builds). ``decode``
     restores the text: BOS is skipped, other special tokens come out as their text.
     """
+
+    _bos: int  # -1: none
+    _eos: int
 
     def __init__(self, path: str | os.PathLike[str], vocab_size: int | None = None) -> None:
         self._path = os.fspath(path)

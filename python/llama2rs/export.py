@@ -1,7 +1,8 @@
 """Convert checkpoints into llama2rs model files, optionally quantizing on the way.
 
-Sources: a llama2.c file (+ its tokenizer), a HuggingFace Llama directory (fp32/fp16/bf16, or a
-GPTQ checkpoint from AutoGPTQ or GPTQModel), or a llama2rs file (to quantize it). The output is
+Sources: a llama2.c file (+ its tokenizer), a HuggingFace Llama or Mistral directory
+(fp32/fp16/bf16, or a GPTQ checkpoint from AutoGPTQ or GPTQModel; Llama 3's tokenizer.json or
+tiktoken file, its stop ids and RoPE scaling), or a llama2rs file (to quantize it). The output is
 one self-contained file (config, tokenizer, tensors) that ``llama2rs.Model(path)`` opens alone.
 """
 
@@ -40,11 +41,20 @@ class Source:
         """What the source already was, e.g. a GPTQ config."""
         return self.weights.quantization
 
+    @property
+    def stop_ids(self) -> tuple[int, ...]:
+        """The ids generation stops at: the checkpoint's (every ``eos_token_id`` of an HF
+        config and generation config) and the tokenizer's (Llama 3's <|eot_id|>, ...)."""
+        listed = l2rs.stop_ids(self.weights.metadata, self.config.vocab_size, self.description)
+        own = tuple(getattr(self.tokenizer, "stop_ids", ()))
+        return tuple(dict.fromkeys(listed + own))
+
 
 def _resolve_tokenizer(explicit: Optional[os.PathLike], found: Optional[Path], vocab_size: int, what: str) -> Tokenizer:
     path = explicit or found
     if path is None:
-        raise TokenizerError(f"no tokenizer for {what}: pass --tokenizer (tokenizer.bin or tokenizer.model)")
+        raise TokenizerError(f"no tokenizer for {what}: pass --tokenizer (tokenizer.bin, tokenizer.model or "
+                             "tokenizer.json)")
     return Tokenizer(path, vocab_size=vocab_size)
 
 
@@ -68,7 +78,7 @@ def load_source(kind: str, path: os.PathLike, tokenizer: Optional[os.PathLike] =
     if kind == "llama2rs":
         weights, tokenizer_bin = l2rs.read_model(path)
         vocab = weights.config.vocab_size
-        tok = Tokenizer(tokenizer) if tokenizer else Tokenizer.from_bytes(tokenizer_bin, vocab, str(path))
+        tok = Tokenizer(tokenizer) if tokenizer else l2rs.read_tokenizer(tokenizer_bin, weights.metadata, vocab, str(path))
         return Source(weights, tok, f"llama2rs file {path.name}")
     raise ArgumentError(f"unknown source kind {kind!r}")
 
@@ -108,7 +118,11 @@ def export(
     progress: bool = True,
 ) -> Path:
     """Write ``source`` to ``output`` as a llama2rs file, quantized as asked (see ``--help``).
-    Returns the path. Nothing is left behind when it fails."""
+    Returns the path. Nothing is left behind when it fails.
+
+    Matrices are read (a HuggingFace checkpoint's only now), rounded to nearest (RTN, Q8_0)
+    and written one at a time, so memory holds about one matrix; GPTQ quantizes every layer
+    first (``calibrate.quantize_model``)."""
     output = Path(output)
     if quantize not in ("none", "q8", "q4"):
         raise ArgumentError(f"--quantize must be none, q8 or q4, got {quantize!r}")
@@ -141,6 +155,9 @@ def export(
     metadata = {"source": source.description}
     if quant_meta is not None:
         metadata["quantization"] = json.dumps(quant_meta)
-    l2rs.write_model(output, weights, source.tokenizer.to_bin_bytes(), metadata,
-                     ProgressBar("write", progress))
+    if "chat_template" in source.weights.metadata:
+        metadata["chat_template"] = source.weights.metadata["chat_template"]
+    tokenizer_bytes, tokenizer_spec = l2rs.tokenizer_parts(source.tokenizer)
+    l2rs.write_model(output, weights, tokenizer_bytes, metadata, ProgressBar("write", progress),
+                     tokenizer_spec=tokenizer_spec, stop_ids=source.stop_ids)
     return output

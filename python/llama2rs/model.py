@@ -122,19 +122,20 @@ def _tokenizer_from_vocabulary(vocabulary: Mapping[str, Any], vocab_size: int, n
 
 
 class Model:
-    """A Llama-2-style model: a llama2rs file (``*.l2rs.safetensors``, written by ``export.py``,
-    format version 1 or 2: fp32, Q8_0 or 4/8-bit GPTQ weights, tokenizer inside), a llama2.c
-    file (legacy, version 1 fp32, version 2 Q8_0) or a GGUF file (version 3, architecture
-    ``llama``; F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q4_K, Q5_K and Q6_K tensors).
+    """A Llama-family model (Llama 2 and 3, Mistral): a llama2rs file (``*.l2rs.safetensors``,
+    written by ``llama2rs export``, format version 1 to 3: fp32, Q8_0 or 4/8-bit GPTQ weights,
+    tokenizer inside), a llama2.c file (legacy, version 1 fp32, version 2 Q8_0) or a GGUF file
+    (version 3, architecture ``llama``; F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q4_K, Q5_K and Q6_K
+    tensors).
 
     The file is memory-mapped, not read: opening costs milliseconds whatever the size. A Model
     is read-only and can be shared by threads; every :meth:`generate` call owns its own state
     (KV cache, sampler) and computes with the GIL released.
 
     ``tokenizer_path`` defaults to the tokenizer stored in a llama2rs file or a GGUF file (its
-    ``tokenizer.ggml.*`` sentencepiece vocabulary), else the one found beside the model (see
-    :func:`find_tokenizer`); without one (or with a GGUF tokenizer other than sentencepiece's),
-    only the token-id methods work.
+    ``tokenizer.ggml.*`` sentencepiece or ``gpt2`` byte-level BPE vocabulary), else the one found
+    beside the model (see :func:`find_tokenizer`); without one (or with a GGUF tokenizer llama2rs
+    does not run), only the token-id methods work.
     ``n_threads`` defaults to the number of physical cores.
     ``kernels`` picks the implementation (``"auto"``: the fastest this CPU runs, chosen at run
     time; or ``"avx512"``, ``"avx2"``, ``"neon"``, ``"portable"``, ``"scalar"`` from
@@ -190,8 +191,10 @@ class Model:
     def tokenizer(self) -> Optional[Tokenizer]:
         """The model's tokenizer, or None when it has none."""
         if self._tokenizer is None and self._embedded_tokenizer is not None:
+            from .formats import l2rs  # a llama2rs file: its format's reader
+
             name = f"{self.path} (embedded)"
-            self._tokenizer = Tokenizer.from_bytes(self._embedded_tokenizer, self.config.vocab_size, name=name)
+            self._tokenizer = l2rs.read_tokenizer(self._embedded_tokenizer, self.metadata, self.config.vocab_size, name)
             self._embedded_tokenizer = None
         if self._tokenizer is None and self._vocabulary is not None:
             self._tokenizer = _tokenizer_from_vocabulary(self._vocabulary, self.config.vocab_size, f"{self.path} (gguf)")
@@ -200,14 +203,20 @@ class Model:
 
     @property
     def stop_ids(self) -> tuple[int, ...]:
-        """The ids generation stops at: BOS and EOS (llama2.c's), and the tokenizer's own stop
-        tokens, such as Llama 3's ``<|eot_id|>`` and ``<|eom_id|>``."""
+        """The ids generation stops at: BOS and EOS (llama2.c's), those a llama2rs file lists
+        (every ``eos_token_id`` of its checkpoint), and the tokenizer's own stop tokens, such as
+        Llama 3's ``<|eot_id|>`` and ``<|eom_id|>``."""
         if self._stop_ids is None:
             try:
                 tokenizer_stops = tuple(getattr(self.tokenizer, "stop_ids", ()))
             except TokenizerError:  # a vocabulary we cannot read: its token ids still run
                 tokenizer_stops = ()
-            self._stop_ids = tuple(dict.fromkeys((self.config.bos_id, self.config.eos_id) + tokenizer_stops))
+            listed: tuple[int, ...] = ()
+            if "stop_ids" in self.metadata:
+                from .formats import l2rs
+
+                listed = l2rs.stop_ids(self.metadata, self.config.vocab_size, str(self.path))
+            self._stop_ids = tuple(dict.fromkeys((self.config.bos_id, self.config.eos_id) + listed + tokenizer_stops))
         return self._stop_ids
 
     @property

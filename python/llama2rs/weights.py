@@ -2,8 +2,11 @@
 returns, every writer takes, the quantizers transform and :mod:`llama2rs.reference` runs.
 
 Matrices are ``[out_features, in_features]`` (``y = W @ x``), each a float array (float32, or
-float16 left memory-mapped from a checkpoint), a :class:`~llama2rs.quantize.q80.Q8Tensor` or an
-:class:`~llama2rs.quantize.affine.AffineQuantized`. The q/k rows are in llama2.c's
+float16 left memory-mapped from a file), a :class:`~llama2rs.quantize.q80.Q8Tensor` or an
+:class:`~llama2rs.quantize.affine.AffineQuantized`; or, so that export holds one matrix at a
+time, something ``np.asarray`` reads as a float matrix when it is used: a HuggingFace tensor not
+yet read (:class:`~llama2rs.formats.safetensors.StoredTensor`) or a matrix to be rounded when
+written (:class:`~llama2rs.quantize.rounded.Rounded`). The q/k rows are in llama2.c's
 *interleaved* RoPE layout (pairs ``2i, 2i+1`` of a head rotate together); importers of
 rotate-half checkpoints reorder them. Per layer (``hs = head_size``)::
 

@@ -25,6 +25,8 @@ from typing import Any, Mapping, Optional, Sequence
 
 import numpy as np
 
+from llama2rs.reference import llama3_scaled_frequencies
+
 __all__ = ["hf_forward", "dequantize_gptq", "hf_linear_weight"]
 
 
@@ -130,9 +132,15 @@ def hf_forward(
     def linear(x: np.ndarray, prefix: str, in_f: int, out_f: int) -> np.ndarray:
         return x @ hf_linear_weight(hf_tensors, prefix, in_f, out_f, quant).T
 
-    # LlamaRotaryEmbedding (default rope type), float32 like transformers.
+    # LlamaRotaryEmbedding, float32 like transformers; rope type "llama3" rescales inv_freq by
+    # Meta's apply_scaling (transformers' _compute_llama3_parameters).
     exponent = np.arange(0, head_dim, 2, dtype=np.int64).astype(np.float32) / np.float32(head_dim)
     inv_freq = np.float32(1.0) / np.power(np.float32(theta), exponent)  # [hd/2] float32
+    scaling = hf_config.get("rope_scaling")
+    if scaling and scaling.get("rope_type", scaling.get("type")) == "llama3":
+        inv_freq = llama3_scaled_frequencies(
+            inv_freq, scaling["factor"], scaling["low_freq_factor"], scaling["high_freq_factor"],
+            scaling["original_max_position_embeddings"]).astype(np.float32)
     freqs = np.arange(n, dtype=np.float32)[:, None] * inv_freq[None, :]  # [T, hd/2] float32
     emb = np.concatenate([freqs, freqs], axis=-1).astype(np.float64)  # [T, hd]
     cos, sin = np.cos(emb)[:, None, :], np.sin(emb)[:, None, :]  # [T, 1, hd]

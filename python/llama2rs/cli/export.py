@@ -38,10 +38,10 @@ def add_export_arguments(parser: argparse.ArgumentParser, positional_input: bool
     else:
         parser.set_defaults(input_kind="llama2rs")
         src = parser.add_mutually_exclusive_group(required=True)
-        src.add_argument("--hf", metavar="DIR", help="HuggingFace Llama directory (config.json, *.safetensors)")
+        src.add_argument("--hf", metavar="DIR", help="HuggingFace Llama or Mistral directory (config.json, *.safetensors)")
         src.add_argument("--llama2c", metavar="FILE", help="llama2.c model file (legacy, v1 or v2 Q8_0)")
         src.add_argument("--input", metavar="FILE", help="a llama2rs file (to quantize it)")
-    parser.add_argument("--tokenizer", metavar="TOK", help="tokenizer.bin or tokenizer.model (default: found beside the source)")
+    parser.add_argument("--tokenizer", metavar="TOK", help="tokenizer.bin, tokenizer.model or tokenizer.json (default: found with the source)")
     parser.add_argument("-o", "--output", required=True, help="output file (e.g. model.l2rs.safetensors)")
     parser.add_argument("--quantize", choices=["none", "q8", "q4"], default="q4" if positional_input else "none",
                         help="none: keep the weights as they are; q8: llama2.c's Q8_0; q4: 4-bit groups")

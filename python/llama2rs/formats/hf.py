@@ -1,4 +1,4 @@
-"""Import HuggingFace Llama checkpoints (safetensors; float or GPTQ), numpy only.
+"""Import HuggingFace Llama and Mistral checkpoints (safetensors; float or GPTQ), numpy only.
 
 Reading
     :func:`load_hf` reads a checkpoint directory (``config.json`` plus ``model.safetensors``,
@@ -7,8 +7,11 @@ Reading
 
 Layout (``llama2rs.weights``)
     llama2.c's names and ``[out_features, in_features]`` matrices, one dict per layer;
-    w1 is gate_proj, w2 down_proj, w3 up_proj. Each matrix is a float array (fp16 left
-    memory-mapped) or an :class:`~llama2rs.quantize.affine.AffineQuantized`.
+    w1 is gate_proj, w2 down_proj, w3 up_proj. Each float matrix (fp32, fp16 or bf16) is a
+    :class:`~llama2rs.formats.safetensors.StoredTensor`, read from its file (bf16 converted to
+    float32) only where it is used, e.g. as export writes it: converting a 7B checkpoint holds
+    one matrix at a time. Norms are read at once (float32 arrays); GPTQ matrices are unpacked
+    into :class:`~llama2rs.quantize.affine.AffineQuantized`.
     HF stores the q/k projections for the *rotate-half* RoPE (pairs ``(i, i + hd/2)`` of a
     head); llama2.c rotates *interleaved* pairs ``(2i, 2i+1)``. The importer reorders the
     rows of wq/wk per head like llama2.c's ``export.py`` ``permute_reverse`` (the inverse of
@@ -63,13 +66,16 @@ from . import safetensors
 __all__ = [
     "load_hf",
     "find_tokenizer",
+    "hf_rope_freq_factors",
+    "hf_stop_ids",
+    "llama3_rope_freq_factors",
     "hf_config_to_config",
     "config_to_hf_config",
     "interleave_rows",
     "rotate_half_rows",
     "permute_rows",
     "unpack_gptq",
-    "gptqgptq_v1_offset",
+    "gptq_v1_offset",
     "HF_LINEAR_NAMES",
     "HF_NORM_NAMES",
     "GPTQ_FORMATS",
@@ -130,38 +136,86 @@ def _token_id(cfg: Mapping[str, Any], key: str, default: int) -> int:
     return value
 
 
-def hf_config_to_config(cfg: Mapping[str, Any]) -> Config:
-    """A :class:`Config` from a transformers ``LlamaConfig`` dict (``config.json``).
+# model_type -> architecture: the decoders that are Llama's (Mistral's is Llama with an
+# optional sliding window, which is refused where it would take effect).
+ARCHITECTURES: Dict[str, str] = {"llama": "LlamaForCausalLM", "mistral": "MistralForCausalLM"}
+LLAMA3_ROPE_KEYS = ("factor", "low_freq_factor", "high_freq_factor", "original_max_position_embeddings")
 
-    Refuses (:class:`ConfigError`) what the Rust core does not implement: RoPE scaling, a
-    ``head_dim`` other than ``hidden_size / heads``, biases, activations other than SiLU.
+
+def _number(cfg: Mapping[str, Any], key: str, what: str = "config.json") -> float:
+    value = cfg.get(key)
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < float("inf"):
+        raise ConfigError(f"{what} {key!r} must be a positive number, got {value!r}")
+    return float(value)
+
+
+def _rope_settings(cfg: Mapping[str, Any]) -> Tuple[Any, Optional[Dict[str, float]]]:
+    """``rope_theta`` and the ``llama3`` scaling parameters (None without scaling), from
+    ``rope_scaling`` (transformers < 5) or ``rope_parameters`` (>= 5)."""
+    rope_theta = cfg.get("rope_theta", 10000.0)
+    scaling = cfg.get("rope_scaling")
+    parameters = cfg.get("rope_parameters")
+    if parameters is not None:
+        if not isinstance(parameters, Mapping):
+            raise ConfigError(f"rope_parameters must be an object, got {parameters!r}")
+        rope_theta = parameters.get("rope_theta", rope_theta)
+        scaling = scaling if scaling is not None else parameters
+    if scaling is None:
+        return rope_theta, None
+    if not isinstance(scaling, Mapping):
+        raise ConfigError(f"rope_scaling must be an object, got {scaling!r}")
+    rope_type = scaling.get("rope_type", scaling.get("type", "default"))
+    if rope_type == "default":
+        return rope_theta, None
+    if rope_type != "llama3":
+        raise ConfigError(f"RoPE scaling of type {rope_type!r} is not supported (llama2rs runs 'llama3' and none): "
+                          f"{dict(scaling)}")
+    settings = {key: _number(scaling, key, "rope_scaling") for key in LLAMA3_ROPE_KEYS}
+    if settings["high_freq_factor"] <= settings["low_freq_factor"]:
+        raise ConfigError(f"rope_scaling high_freq_factor must exceed low_freq_factor: {dict(scaling)}")
+    return rope_theta, settings
+
+
+def llama3_rope_freq_factors(head_size: int, rope_theta: float, factor: float, low_freq_factor: float,
+                             high_freq_factor: float, original_max_position_embeddings: float) -> np.ndarray:
+    """Llama 3.1's RoPE scaling as the divisor of each frequency (GGUF's ``rope_freqs.weight``,
+    as llama.cpp's converter computes it): 1 for short wavelengths, ``factor`` for long ones,
+    and a smooth blend between. [head_size / 2] float32."""
+    freqs = 1.0 / (rope_theta ** (np.arange(0, head_size, 2, dtype=np.float64) / head_size))
+    wavelen = 2 * np.pi / freqs
+    smooth = (original_max_position_embeddings / wavelen - low_freq_factor) / (high_freq_factor - low_freq_factor)
+    blended = 1.0 / ((1 - smooth) / factor + smooth)
+    divisors = np.where(wavelen < original_max_position_embeddings / high_freq_factor, 1.0,
+                        np.where(wavelen > original_max_position_embeddings / low_freq_factor, factor, blended))
+    return divisors.astype(np.float32)
+
+
+def hf_config_to_config(cfg: Mapping[str, Any]) -> Config:
+    """A :class:`Config` from a transformers ``LlamaConfig`` or ``MistralConfig`` dict
+    (``config.json``). RoPE scaling of type ``llama3`` is read by :func:`hf_rope_freq_factors`.
+
+    Refuses (:class:`ConfigError`) what the Rust core does not implement: other RoPE scaling,
+    a ``head_dim`` other than ``hidden_size / heads``, biases, activations other than SiLU, a
+    sliding window shorter than the context.
     """
     if not isinstance(cfg, Mapping):
         raise ConfigError("config.json must hold a JSON object")
     archs = cfg.get("architectures") or []
     model_type = cfg.get("model_type")
-    if model_type != "llama" and "LlamaForCausalLM" not in archs:
+    known = list(ARCHITECTURES.values())
+    if model_type not in ARCHITECTURES and not any(a in known for a in archs):
         raise ConfigError(
-            f"not a Llama checkpoint (model_type={model_type!r}, architectures={archs!r})"
+            f"not a Llama or Mistral checkpoint (model_type={model_type!r}, architectures={archs!r})"
         )
-    if archs and "LlamaForCausalLM" not in archs:
-        raise ConfigError(f"unsupported architecture {archs!r} (need LlamaForCausalLM)")
+    if archs and not any(a in known for a in archs):
+        raise ConfigError(f"unsupported architecture {archs!r} (need one of {', '.join(known)})")
     dim = _int_field(cfg, "hidden_size")
     n_heads = _int_field(cfg, "num_attention_heads")
     n_kv = cfg.get("num_key_value_heads")
     n_kv_heads = n_heads if n_kv is None else _int_field(cfg, "num_key_value_heads")
+    seq_len = _int_field(cfg, "max_position_embeddings", 2048)
 
-    rope_theta = cfg.get("rope_theta", 10000.0)
-    rope_parameters = cfg.get("rope_parameters")  # transformers >= 5 moves RoPE here
-    if rope_parameters is not None:
-        if not isinstance(rope_parameters, Mapping):
-            raise ConfigError(f"rope_parameters must be an object, got {rope_parameters!r}")
-        rope_type = rope_parameters.get("rope_type", rope_parameters.get("type", "default"))
-        if rope_type != "default":
-            raise ConfigError(f"RoPE scaling is not supported (rope_parameters={dict(rope_parameters)})")
-        rope_theta = rope_parameters.get("rope_theta", rope_theta)
-    if cfg.get("rope_scaling") is not None:
-        raise ConfigError(f"RoPE scaling is not supported (rope_scaling={cfg['rope_scaling']!r})")
+    rope_theta, _ = _rope_settings(cfg)
     head_dim = cfg.get("head_dim")
     if head_dim is not None and (n_heads <= 0 or head_dim * n_heads != dim):
         raise ConfigError(
@@ -171,6 +225,11 @@ def hf_config_to_config(cfg: Mapping[str, Any]) -> Config:
     for key in ("attention_bias", "mlp_bias"):
         if cfg.get(key):
             raise ConfigError(f"{key}=true is not supported")
+    window = cfg.get("sliding_window")
+    if window is not None and cfg.get("use_sliding_window", True) and (
+            isinstance(window, bool) or not isinstance(window, int) or window < seq_len):
+        raise ConfigError(f"sliding-window attention (sliding_window={window!r}, shorter than the {seq_len}-position "
+                          "context) is not supported")
     act = cfg.get("hidden_act", "silu")
     if act != "silu":
         raise ConfigError(f"hidden_act {act!r} is not supported (need silu)")
@@ -186,12 +245,50 @@ def hf_config_to_config(cfg: Mapping[str, Any]) -> Config:
         n_heads=n_heads,
         n_kv_heads=n_kv_heads,
         vocab_size=_int_field(cfg, "vocab_size"),
-        seq_len=_int_field(cfg, "max_position_embeddings", 2048),
+        seq_len=seq_len,
         norm_eps=float(eps),
         rope_theta=float(rope_theta),
         bos_id=_token_id(cfg, "bos_token_id", 1),
         eos_id=_token_id(cfg, "eos_token_id", 2),
     )
+
+
+def hf_rope_freq_factors(cfg: Mapping[str, Any], config: Config) -> Optional[np.ndarray]:
+    """The RoPE frequency divisors of a config with ``llama3`` scaling (see
+    :func:`llama3_rope_freq_factors`), or None without scaling."""
+    _, settings = _rope_settings(cfg)
+    if settings is None:
+        return None
+    return llama3_rope_freq_factors(config.head_size, config.rope_theta, **settings)
+
+
+def _token_ids(value: Any, where: str, vocab_size: int) -> List[int]:
+    values = value if isinstance(value, list) else [] if value is None else [value]
+    for v in values:
+        if isinstance(v, bool) or not isinstance(v, int) or not 0 <= v < vocab_size:
+            raise ConfigError(f"{where} eos_token_id must be token ids in [0, {vocab_size}), got {value!r}")
+    return list(values)
+
+
+def _chat_template(directory: Path) -> Optional[str]:
+    """The jinja chat template of ``tokenizer_config.json``, kept for chat front ends."""
+    path = directory / "tokenizer_config.json"
+    settings = _read_json(path) if path.is_file() else None
+    template = settings.get("chat_template") if isinstance(settings, Mapping) else None
+    return template if isinstance(template, str) else None
+
+
+def hf_stop_ids(directory: PathLike, cfg: Mapping[str, Any], config: Config) -> List[int]:
+    """Every ``eos_token_id`` of ``config.json`` and ``generation_config.json`` (each may be a
+    list: Llama 3 Instruct ends at <|end_of_text|>, <|eom_id|> and <|eot_id|>)."""
+    stops = _token_ids(cfg.get("eos_token_id"), "config.json", config.vocab_size)
+    generation = Path(os.fspath(directory)) / "generation_config.json"
+    if generation.is_file():
+        gen = _read_json(generation)
+        if not isinstance(gen, Mapping):
+            raise ConfigError(f"{generation} must hold a JSON object")
+        stops += _token_ids(gen.get("eos_token_id"), "generation_config.json", config.vocab_size)
+    return list(dict.fromkeys(stops))
 
 
 def config_to_hf_config(config: Config, tied: bool = True, torch_dtype: str = "float32") -> Dict[str, Any]:
@@ -249,7 +346,9 @@ def rotate_half_rows(n_heads: int, head_size: int) -> np.ndarray:
     return inverse
 
 
-def permute_rows(matrix: Union[np.ndarray, AffineQuantized], rows: np.ndarray):
+def permute_rows(matrix: Union[np.ndarray, AffineQuantized, safetensors.StoredTensor], rows: np.ndarray):
+    if isinstance(matrix, safetensors.StoredTensor):
+        return matrix.take_rows(rows)  # still unread
     if isinstance(matrix, AffineQuantized):
         return AffineQuantized(
             q=np.ascontiguousarray(matrix.q[rows]),
@@ -443,13 +542,14 @@ def _safetensors_files(directory: Path) -> Tuple[List[Path], Optional[Dict[str, 
     raise ModelFileError(f"{directory}: no model.safetensors, index or *.safetensors file")
 
 
-def _read_tensors(directory: Path) -> Dict[str, np.ndarray]:
+def _read_tensors(directory: Path) -> Dict[str, safetensors.StoredTensor]:
+    """Every tensor of the checkpoint, unread (see :func:`safetensors.read_lazy`)."""
     files, weight_map = _safetensors_files(directory)
-    tensors: Dict[str, np.ndarray] = {}
+    tensors: Dict[str, safetensors.StoredTensor] = {}
     for path in files:
         if not path.is_file():
             raise ModelFileError(f"missing shard {path}")
-        for name, array in safetensors.read(path).items():
+        for name, array in safetensors.read_lazy(path).items():
             if weight_map is not None and weight_map.get(name, path.name) != path.name:
                 continue  # the index places this tensor in another shard
             if name in tensors:
@@ -462,7 +562,10 @@ def _read_tensors(directory: Path) -> Dict[str, np.ndarray]:
     return tensors
 
 
-def _float_tensor(tensors: Mapping[str, np.ndarray], name: str, shape: Tuple[int, ...]) -> np.ndarray:
+def _float_tensor(tensors: Mapping[str, safetensors.StoredTensor], name: str, shape: Tuple[int, ...]) -> Any:
+    """A float tensor, checked: a vector (norm) read now as float32, a matrix left unread (its
+    :class:`~llama2rs.formats.safetensors.StoredTensor`), so that a 7B checkpoint is converted
+    one matrix at a time where it is used and never needs 27 GB of float32 at once."""
     if name not in tensors:
         raise ModelFileError(f"checkpoint lacks tensor {name!r}")
     array = tensors[name]
@@ -470,17 +573,15 @@ def _float_tensor(tensors: Mapping[str, np.ndarray], name: str, shape: Tuple[int
         raise ModelFileError(f"tensor {name!r} has shape {list(array.shape)}, expected {list(shape)}")
     if array.dtype.kind != "f":
         raise ModelFileError(f"tensor {name!r} must be floating point, got {array.dtype}")
-    if array.dtype == np.float16:
-        # Left memory-mapped: converted to float32 one matrix at a time where it is used, so a
-        # 7B fp16 checkpoint never needs 27 GB of float32 at once.
+    if len(shape) == 2:
         return array
-    return np.ascontiguousarray(array, dtype=np.float32)
+    return np.ascontiguousarray(np.asarray(array), dtype=np.float32)
 
 
 def _linear(
-    tensors: Mapping[str, np.ndarray], prefix: str, out_features: int, in_features: int,
+    tensors: Mapping[str, safetensors.StoredTensor], prefix: str, out_features: int, in_features: int,
     quant: Optional[Mapping[str, Any]],
-) -> Union[np.ndarray, AffineQuantized]:
+) -> Union[safetensors.StoredTensor, AffineQuantized]:
     bias = tensors.get(prefix + ".bias")
     if bias is not None and np.any(np.asarray(bias, dtype=np.float32) != 0):
         raise ModelFileError(f"{prefix}.bias: biases are not supported")
@@ -490,18 +591,29 @@ def _linear(
         for part in ("qzeros", "scales"):
             if f"{prefix}.{part}" not in tensors:
                 raise ModelFileError(f"checkpoint lacks tensor {prefix}.{part!s}")
+        g_idx = tensors.get(prefix + ".g_idx")
         return unpack_gptq(
-            tensors[prefix + ".qweight"], tensors[prefix + ".qzeros"], tensors[prefix + ".scales"],
-            tensors.get(prefix + ".g_idx"), in_features, out_features, quant["bits"],
+            np.asarray(tensors[prefix + ".qweight"]), np.asarray(tensors[prefix + ".qzeros"]),
+            np.asarray(tensors[prefix + ".scales"]), None if g_idx is None else np.asarray(g_idx),
+            in_features, out_features, quant["bits"],
             quant["group_size"], quant["checkpoint_format"], name=prefix,
         )
     return _float_tensor(tensors, prefix + ".weight", (out_features, in_features))
 
 
+# Where checkpoints keep their tokenizer, in order of preference: sentencepiece or tiktoken
+# (Llama 2, Mistral; recognised by content), HuggingFace's byte-level BPE (Llama 3), and the
+# tiktoken file Meta's Llama 3 repositories keep under original/.
+TOKENIZER_FILES = ("tokenizer.model", "tokenizer.json", "original/tokenizer.model")
+
+
 def find_tokenizer(directory: PathLike) -> Optional[Path]:
-    """The checkpoint's SentencePiece ``tokenizer.model``, if it has one."""
-    tokenizer = Path(os.fspath(directory)) / "tokenizer.model"
-    return tokenizer if tokenizer.is_file() else None
+    """The checkpoint's tokenizer file (see ``TOKENIZER_FILES``), if it has one."""
+    for name in TOKENIZER_FILES:
+        tokenizer = Path(os.fspath(directory)) / name
+        if tokenizer.is_file():
+            return tokenizer
+    return None
 
 
 def load_hf(directory: PathLike) -> Weights:
@@ -541,7 +653,7 @@ def load_hf(directory: PathLike) -> Weights:
     embedding = _float_tensor(tensors, "model.embed_tokens.weight", (config.vocab_size, dim))
     rms_final = _float_tensor(tensors, "model.norm.weight", (dim,))
     tied = bool(cfg.get("tie_word_embeddings", False))
-    wcls: Optional[Union[np.ndarray, AffineQuantized]] = None
+    wcls: Any = None
     if not tied:
         if "lm_head.weight" not in tensors and "lm_head.qweight" not in tensors:
             raise ModelFileError("checkpoint lacks lm_head.weight and tie_word_embeddings is false")
@@ -549,4 +661,8 @@ def load_hf(directory: PathLike) -> Weights:
     if quant is not None:
         quant = dict(quant)
         quant["lm_head"] = isinstance(wcls, AffineQuantized)
-    return Weights(config, embedding, layers, rms_final, wcls, quant, {"format": "huggingface"})
+    metadata = {"format": "huggingface", "stop_ids": json.dumps(hf_stop_ids(directory, cfg, config))}
+    template = _chat_template(directory)
+    if template is not None:
+        metadata["chat_template"] = template
+    return Weights(config, embedding, layers, rms_final, wcls, quant, metadata, hf_rope_freq_factors(cfg, config))

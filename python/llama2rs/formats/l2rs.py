@@ -1,35 +1,57 @@
 """llama2rs's own model file, written and read with NumPy.
 
 The layout is specified once, in the Rust core's reader (``rust/formats/l2rs.rs``, the reader the models run
-from); this module writes exactly that, format version 1, or 2 when affine scales are fp16. A file is a safetensors container: standard tools can list and read it.
+from); this module writes exactly that: format version 1, 2 when affine scales are fp16, 3 with RoPE
+divisors, extra stop ids or a byte-level BPE tokenizer. A file is a safetensors container:
+standard tools can list and read it.
+
+Order of the tensors (readers look tensors up by name, so any order reads; this is the one
+:func:`write_model` writes, by :func:`~llama2rs.formats.safetensors.write_units`):
+
+1. from the data start (a multiple of ``HEADER_ALIGN`` bytes), every tensor of a 4-byte type
+   known before its matrix is made: norms, ``rope_freqs``, fp32 matrices, Q8_0 scales,
+   act-order ``perm``, and the affine ``scales`` of already quantized matrices (GPTQ) when they
+   are F32. All are multiples of 4 bytes, so each starts aligned for the memory map;
+2. then matrix by matrix (model order): its affine ``scales`` (when not above), its values
+   (``q4``/``q8``/``q8_0``), its ``zeros``; so F16 scales may start at odd offsets (the Rust
+   reader reads them at any alignment), and so may the F32 scales of a matrix quantized on the
+   way whose scales are not all exact fp16 values (rare: the Rust reader then copies them);
+3. last the ``tokenizer``.
+
+This lets export quantize (or read) each matrix once, when it is written, and drop it after:
+memory holds one matrix, never the model (the header, which depends on the dtypes chosen, is
+written last, into reserved space). GPTQ (``--method gptq``) still quantizes every layer before
+writing. Earlier versions of this writer put all 4-byte tensors first, then all 2-byte ones,
+then the 1-byte ones; such files read the same.
 """
 
 from __future__ import annotations
 
 import json
 import os
-from typing import Any, Callable, Iterable, Iterator, Mapping, Optional, Union
+from typing import Any, Callable, Iterable, Mapping, Optional, Union
 
 import numpy as np
 
 from ..config import Config
-from ..errors import ArgumentError, ModelFileError
+from ..errors import ArgumentError, ModelFileError, TokenizerError
 from ..quantize.affine import AffineQuantized
 from ..quantize.q80 import Q8Tensor
+from ..quantize.rounded import Rounded
 from ..weights import LAYER_NORM_NAMES, MATRIX_NAMES, Matrix, Weights
 from . import safetensors
-from .safetensors import Lazy
 
-__all__ = ["FORMAT_NAME", "FORMAT_VERSION", "write_model", "read_model", "is_llama2rs_file"]
+__all__ = ["FORMAT_NAME", "FORMAT_VERSION", "write_model", "read_model", "is_llama2rs_file", "read_tokenizer",
+           "stop_ids", "tokenizer_parts"]
 
 FORMAT_NAME = "llama2rs"
-FORMAT_VERSION = 2  # 2: affine scales may be F16
+FORMAT_VERSION = 3  # 2: affine scales may be F16; 3: rope_freqs, stop_ids, byte-level BPE tokenizers
 # Data starts at a multiple of this, so fp32 tensors are aligned in the memory map.
 HEADER_ALIGN = 64
 
 
-def _lazy(dtype, shape, make) -> Lazy:
-    return Lazy(safetensors.DTYPE_NAMES[np.dtype(dtype).name], tuple(int(d) for d in shape), make)
+def _part(name: str, dtype: Any, shape: Iterable[int]) -> safetensors.Part:
+    return safetensors.Part(name, (safetensors.DTYPE_NAMES[np.dtype(dtype).name],), tuple(int(d) for d in shape))
 
 
 def _pack4(q: np.ndarray) -> np.ndarray:
@@ -38,25 +60,46 @@ def _pack4(q: np.ndarray) -> np.ndarray:
     return (padded[:, 0::2] | (padded[:, 1::2] << 4)).astype(np.uint8)  # [rows, ceil(cols/2)]
 
 
-def _matrix_tensors(name: str, m: Matrix) -> Iterator[tuple[str, Lazy]]:
-    if isinstance(m, AffineQuantized):
-        rows, cols = m.q.shape
-        if m.bits == 4:
-            yield f"{name}.q4", _lazy(np.uint8, (rows, (cols + 1) // 2), lambda: _pack4(m.q))
-        else:
-            yield f"{name}.q8", _lazy(np.uint8, (rows, cols), lambda: m.q)
-        yield f"{name}.scales", _lazy(_scales_dtype(m.scales), m.scales.shape, lambda: m.scales)
-        yield f"{name}.zeros", _lazy(np.uint8, m.zeros.shape, lambda: m.zeros)
-        if m.perm is not None:
-            perm = m.perm
-            yield f"{name}.perm", _lazy(np.int32, perm.shape, lambda: perm)
-    elif isinstance(m, Q8Tensor):
-        yield f"{name}.q8_0", _lazy(np.int8, m.q.shape, lambda: m.q)
-        yield f"{name}.q8_0_scales", _lazy(np.float32, m.scale.shape, lambda: m.scale)
-    elif name.endswith(LAYER_NORM_NAMES) or name == "rms_final":
-        yield name, _lazy(np.float32, np.shape(m), lambda: np.asarray(m))
+def _quantized_arrays(name: str, m: Union[AffineQuantized, Q8Tensor]) -> dict[str, np.ndarray]:
+    """The stored tensors of a quantized matrix (see :func:`_matrix_unit`)."""
+    if isinstance(m, Q8Tensor):
+        return {f"{name}.q8_0_scales": m.scale, f"{name}.q8_0": m.q}
+    out = {f"{name}.scales": m.scales.astype(_scales_dtype(m.scales), copy=False),
+           f"{name}.q{m.bits}": _pack4(m.q) if m.bits == 4 else m.q,
+           f"{name}.zeros": m.zeros}
+    if m.perm is not None:
+        out[f"{name}.perm"] = m.perm
+    return out
+
+
+def _quantized_parts(name: str, m: Union[AffineQuantized, Q8Tensor, Rounded]) -> tuple[safetensors.Part, ...]:
+    rows, cols = m.shape
+    if isinstance(m, Q8Tensor) or isinstance(m, Rounded) and m.kind == "q8_0":
+        return (_part(f"{name}.q8_0_scales", np.float32, (rows, cols // m.group_size)),
+                _part(f"{name}.q8_0", np.int8, (rows, cols)))
+    if isinstance(m, Rounded):  # the dtype is known once quantized: F16 when exact, else F32
+        scales = safetensors.Part(f"{name}.scales", ("F16", "F32"), (rows, m.n_groups))
     else:
-        yield f"{name}.weight", _lazy(np.float32, np.shape(m), lambda: m)
+        scales = _part(f"{name}.scales", _scales_dtype(m.scales), m.scales.shape)
+    parts: tuple[safetensors.Part, ...] = (
+        scales, _part(f"{name}.q{m.bits}", np.uint8, (rows, (cols * m.bits + 7) // 8)),
+        _part(f"{name}.zeros", np.uint8, scales.shape))
+    if isinstance(m, AffineQuantized) and m.perm is not None:
+        parts += (_part(f"{name}.perm", np.int32, (cols,)),)
+    return parts
+
+
+def _matrix_unit(name: str, m: Any) -> safetensors.Unit:
+    """The tensors of matrix (or norm) ``name``, as one unit of the writer, made when it is
+    written: a :class:`Rounded` matrix is quantized then, a lazily read one read then."""
+    if isinstance(m, Rounded):
+        return safetensors.Unit(_quantized_parts(name, m), lambda: _quantized_arrays(name, m.quantize()))
+    if isinstance(m, (AffineQuantized, Q8Tensor)):
+        return safetensors.Unit(_quantized_parts(name, m), lambda: _quantized_arrays(name, m))
+    if name.endswith(LAYER_NORM_NAMES) or name == "rms_final":
+        return safetensors.Unit((_part(name, np.float32, np.shape(m)),), lambda: {name: np.asarray(m)})
+    return safetensors.Unit((_part(f"{name}.weight", np.float32, np.shape(m)),),
+                            lambda: {f"{name}.weight": np.asarray(m, dtype=np.float32)})
 
 
 def _scales_dtype(scales: np.ndarray) -> np.dtype:
@@ -71,15 +114,16 @@ def _scales_dtype(scales: np.ndarray) -> np.dtype:
 def _affine_group_size(matrices: Iterable[Matrix]) -> Optional[int]:
     """The one group size of all affine matrices as the file states it (``-1``: one group per
     row; a positive size applies as ``min(size, cols)``), or None if there are none."""
-    affine = [m for m in matrices if isinstance(m, AffineQuantized)]
+    affine = [m for m in matrices
+              if isinstance(m, AffineQuantized) or isinstance(m, Rounded) and m.kind == "affine"]
     if not affine:
         return None
-    partial = {m.group_size for m in affine if m.group_size < m.q.shape[1]}
+    partial = {m.group_size for m in affine if m.group_size < m.shape[1]}
     if len(partial) > 1:
         raise ArgumentError(f"all quantized matrices must share one group size, got {sorted(partial)}")
     group = partial.pop() if partial else -1
     for m in affine:
-        cols = m.q.shape[1]
+        cols = m.shape[1]
         if m.group_size != (cols if group == -1 else min(group, cols)):
             raise ArgumentError(f"a matrix with {cols} columns has group size {m.group_size}, expected {group}")
     return group
@@ -95,34 +139,58 @@ def write_model(
     tokenizer_bin: bytes,
     metadata: Optional[Mapping[str, str]] = None,
     progress: Optional[Callable[[str, int, int], None]] = None,
+    tokenizer_spec: Optional[Mapping[str, Any]] = None,
+    stop_ids: Iterable[int] = (),
 ) -> None:
     """Write a llama2rs model file. It is written to a temporary file beside ``path`` and renamed
     at the end, so a failure never leaves a partial file. ``progress(name, done, total)`` is
-    called after each tensor."""
+    called after each tensor. ``tokenizer_bin`` is llama2.c's tokenizer.bin, or with
+    ``tokenizer_spec`` a byte-level BPE's ranks (see ``ByteLevelTokenizer.to_file_parts``);
+    ``stop_ids`` end generation besides ``eos_id``."""
     config = weights.config
     if len(weights.layers) != config.n_layers:
         raise ArgumentError(f"expected {config.n_layers} layers, got {len(weights.layers)}")
     tokenizer = np.frombuffer(tokenizer_bin, dtype=np.uint8)
-    tensors: list[tuple[str, Lazy]] = [("tokenizer", _lazy(np.uint8, tokenizer.shape, lambda: tokenizer))]
+    units: list[safetensors.Unit] = []
+    factors = weights.rope_freq_factors
+    if factors is not None:
+        factors = np.asarray(factors, dtype=np.float32)
+        if factors.shape != (config.head_size // 2,) or not np.all(np.isfinite(factors) & (factors > 0)):
+            raise ArgumentError(f"rope_freq_factors must be {config.head_size // 2} positive numbers")
+        rope_freqs = factors
+        units.append(safetensors.Unit((_part("rope_freqs", np.float32, factors.shape),), lambda: {"rope_freqs": rope_freqs}))
+    stops = [int(t) for t in dict.fromkeys(stop_ids) if t not in (config.bos_id, config.eos_id)]
+    if any(not 0 <= t < config.vocab_size for t in stops):
+        raise ArgumentError(f"stop ids {stops} must be token ids below {config.vocab_size}")
     all_matrices: list[Matrix] = []
     for name, tensor in weights.named_tensors():
-        tensors += list(_matrix_tensors(name, tensor))
+        units.append(_matrix_unit(name, tensor))
         if not name.endswith(LAYER_NORM_NAMES) and name != "rms_final":
             all_matrices.append(tensor)
+    # Last: its length is any, and every tensor after it would start unaligned.
+    units.append(safetensors.Unit((_part("tokenizer", np.uint8, tokenizer.shape),), lambda: {"tokenizer": tokenizer}))
 
-    # Version 1 unless a feature of version 2 is used, so older readers keep reading the rest.
-    half_scales = any(name.endswith(".scales") and t.dtype == "F16" for name, t in tensors)
-    version = FORMAT_VERSION if half_scales else 1
-    meta = {"format": FORMAT_NAME, "format_version": str(version), "config": _config_json(config)}
+    # The lowest version whose features are used, so older readers keep reading the rest (the
+    # dtype of quantized-on-the-way scales is known once written: see ``finish`` below).
+    newest = 3 if (tokenizer_spec or stops or factors is not None) else None
+    meta = {"format": FORMAT_NAME, "format_version": "", "config": _config_json(config)}
+    if tokenizer_spec:
+        meta["tokenizer_spec"] = json.dumps(dict(tokenizer_spec))
+    if stops:
+        meta["stop_ids"] = json.dumps(stops)
     group = _affine_group_size(all_matrices)
     if group is not None:
         meta["affine_group_size"] = str(group)
     for key, value in (metadata or {}).items():
         meta.setdefault(key, str(value))
 
-    # Widest types first: every tensor starts aligned to its element (no holes allowed).
-    tensors.sort(key=lambda t: -safetensors.DTYPES[t[1].dtype].itemsize)
-    safetensors.write(path, dict(tensors), meta, align=HEADER_ALIGN, progress=progress)
+    def finish(dtypes: Mapping[str, str]) -> dict[str, str]:
+        half_scales = any(name.endswith(".scales") and st == "F16" for name, st in dtypes.items())
+        return {**meta, "format_version": str(newest or (2 if half_scales else 1))}
+
+    # Matrices are written one at a time, as they are made (quantized, or read from a lazily
+    # read checkpoint): see safetensors.write_units for the order of the tensors in the file.
+    safetensors.write_units(path, units, finish, align=HEADER_ALIGN, progress=progress)
 
 
 def is_llama2rs_file(path: Union[str, os.PathLike]) -> bool:
@@ -134,8 +202,49 @@ def is_llama2rs_file(path: Union[str, os.PathLike]) -> bool:
     return isinstance(header.get("__metadata__"), dict) and header["__metadata__"].get("format") == FORMAT_NAME
 
 
+def tokenizer_parts(tokenizer: Any) -> tuple[bytes, Optional[dict[str, Any]]]:
+    """What a llama2rs file stores of ``tokenizer``: its bytes, and for a byte-level BPE the
+    ``tokenizer_spec`` that goes with them."""
+    if hasattr(tokenizer, "to_file_parts"):
+        data, spec = tokenizer.to_file_parts()
+        return data, spec
+    return tokenizer.to_bin_bytes(), None
+
+
+def read_tokenizer(data: bytes, metadata: Mapping[str, str], vocab_size: int, name: str) -> Any:
+    """The tokenizer a llama2rs file stores (``tokenizer`` bytes + ``tokenizer_spec``)."""
+    spec_text = metadata.get("tokenizer_spec")
+    if spec_text is None:
+        from ..tokenizer import Tokenizer
+
+        return Tokenizer.from_bytes(data, vocab_size, name)
+    from ..bpe import ByteLevelTokenizer
+
+    try:
+        spec = json.loads(spec_text)
+    except (ValueError, RecursionError) as exc:
+        raise TokenizerError(f"{name}: tokenizer_spec is not valid JSON: {exc}") from None
+    if not isinstance(spec, dict) or spec.get("type") != "byte_level_bpe":
+        raise TokenizerError(f"{name}: unknown tokenizer_spec type {spec.get('type') if isinstance(spec, dict) else spec!r}")
+    return ByteLevelTokenizer.from_file_parts(data, spec, vocab_size, name)
+
+
+def stop_ids(metadata: Mapping[str, str], vocab_size: int, name: str) -> tuple[int, ...]:
+    """A file's ``stop_ids`` (besides EOS), checked."""
+    try:
+        ids = json.loads(metadata.get("stop_ids", "[]"))
+        if not isinstance(ids, list) or any(isinstance(t, bool) or not isinstance(t, int) for t in ids):
+            raise ValueError("not a list of integers")
+    except (ValueError, RecursionError) as exc:
+        raise ModelFileError(f"{name}: __metadata__.stop_ids must be a JSON list of token ids: {exc}") from None
+    if any(not 0 <= t < vocab_size for t in ids):
+        raise ModelFileError(f"{name}: __metadata__.stop_ids {ids} holds ids outside [0, {vocab_size})")
+    return tuple(ids)
+
+
 def read_model(path: Union[str, os.PathLike]) -> tuple[Weights, bytes]:
-    """Read a llama2rs file back with NumPy (memory-mapped): its weights and tokenizer bytes."""
+    """Read a llama2rs file back with NumPy (memory-mapped): its weights and tokenizer bytes
+    (:func:`read_tokenizer` makes the tokenizer of them)."""
     header, _ = safetensors.read_header(path)
     meta = header.get("__metadata__") or {}
     if meta.get("format") != FORMAT_NAME:
@@ -182,7 +291,9 @@ def read_model(path: Union[str, os.PathLike]) -> tuple[Weights, bytes]:
     if embedding is None:
         raise ModelFileError(f"{path}: the token embedding is missing")
     quantization = json.loads(meta["quantization"]) if "quantization" in meta else None
-    weights = Weights(config, embedding, layers, arrays["rms_final"], matrix("classifier"), quantization, dict(meta))
+    factors = arrays.get("rope_freqs")
+    weights = Weights(config, embedding, layers, arrays["rms_final"], matrix("classifier"), quantization, dict(meta),
+                      None if factors is None else np.asarray(factors, dtype=np.float32))
     return weights, arrays["tokenizer"].tobytes()
 
 

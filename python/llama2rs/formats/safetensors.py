@@ -5,6 +5,10 @@ A file is an 8-byte little-endian header length, a JSON header ``{name: {dtype, 
 data_offsets}, "__metadata__": {str: str}}`` (space-padded), then the raw little-endian data.
 NumPy has no bfloat16: BF16 tensors are read as float32 (or as their raw uint16 bits) and
 written from floats rounded to nearest even (:func:`float_to_bf16_bits`).
+
+Files larger than memory: :func:`read_lazy` returns :class:`StoredTensor` handles that read a
+tensor (with a plain file read into a fresh array, so nothing stays mapped) only when it is
+used, and :func:`write_units` writes tensors as they are made, one :class:`Unit` at a time.
 """
 
 from __future__ import annotations
@@ -14,7 +18,7 @@ import os
 import struct
 from dataclasses import dataclass
 from functools import partial
-from typing import Any, BinaryIO, Callable, Dict, List, Mapping, Optional, Tuple, Union
+from typing import Any, BinaryIO, Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
@@ -25,9 +29,14 @@ __all__ = [
     "DTYPES",
     "DTYPE_NAMES",
     "Lazy",
+    "Part",
+    "Unit",
+    "StoredTensor",
     "read_header",
     "read",
+    "read_lazy",
     "write",
+    "write_units",
     "float_to_bf16_bits",
     "bf16_bits_to_float",
 ]
@@ -109,17 +118,14 @@ def read_header(path: PathLike) -> Tuple[Dict[str, Any], int]:
     return header, 8 + header_len
 
 
-def read(path: PathLike, bf16_to_float32: bool = True) -> Dict[str, np.ndarray]:
-    """All tensors of a ``.safetensors`` file, in header order.
+_Entry = Tuple[str, np.dtype, str, Tuple[int, ...], int, int]  # name, dtype, dtype name, shape, begin, end
 
-    Memory-mapped, read-only views for every dtype except BF16, which numpy lacks: it is
-    converted to float32 (or returned as raw uint16 bits with ``bf16_to_float32=False``).
-    F16 stays float16. Raises :class:`ModelFileError` for a missing, truncated or corrupt file.
-    """
-    path = os.fspath(path)
+
+def _entries(path: str) -> Tuple[List[_Entry], int]:
+    """The validated tensor entries of a file (header order) and where its data starts."""
     header, data_start = read_header(path)
     data_size = os.path.getsize(path) - data_start
-    entries: List[Tuple[str, np.dtype, str, Tuple[int, ...], int, int]] = []
+    entries: List[_Entry] = []
     for name, info in header.items():
         if name == "__metadata__":
             if info is not None and not isinstance(info, dict):
@@ -155,7 +161,19 @@ def read(path: PathLike, bf16_to_float32: bool = True) -> Dict[str, np.ndarray]:
     for (b0, e0, n0), (b1, _, n1) in zip(spans, spans[1:]):
         if b1 < e0:
             raise ModelFileError(f"{path}: tensors {n0!r} and {n1!r} overlap")
+    return entries, data_start
 
+
+def read(path: PathLike, bf16_to_float32: bool = True) -> Dict[str, np.ndarray]:
+    """All tensors of a ``.safetensors`` file, in header order.
+
+    Memory-mapped, read-only views for every dtype except BF16, which numpy lacks: it is
+    converted to float32 (or returned as raw uint16 bits with ``bf16_to_float32=False``).
+    F16 stays float16. Raises :class:`ModelFileError` for a missing, truncated or corrupt file.
+    (:func:`read_lazy` reads nothing until a tensor is used.)
+    """
+    path = os.fspath(path)
+    entries, data_start = _entries(path)
     raw: Optional[np.ndarray] = None
     if any(end > begin for _, _, _, _, begin, end in entries):
         try:
@@ -175,6 +193,92 @@ def read(path: PathLike, bf16_to_float32: bool = True) -> Dict[str, np.ndarray]:
             array = bf16_bits_to_float(array)
         tensors[name] = array
     return tensors
+
+
+def _bf16_to_float32_owned(bits: np.ndarray) -> np.ndarray:
+    """:func:`bf16_bits_to_float` with one temporary less (``bits`` is not needed after)."""
+    wide = bits.astype(np.uint32)
+    wide <<= np.uint32(16)
+    return wide.view(np.float32)
+
+
+class StoredTensor:
+    """A tensor of a safetensors file, read only when it is used, each time with a plain file
+    read into a fresh array (so a checkpoint larger than memory can be converted one tensor at
+    a time, and no page of the file stays mapped into the process).
+
+    ``np.asarray(t)`` (or :meth:`read`) gives its values: BF16 as float32 (``dtype`` says what
+    it reads as), other dtypes as stored. :meth:`take_rows` selects rows without reading."""
+
+    __slots__ = ("path", "offset", "stored", "shape", "rows", "_stored_shape")
+
+    def __init__(self, path: str, offset: int, stored: str, shape: Tuple[int, ...],
+                 rows: Optional[np.ndarray] = None) -> None:
+        self.path = path
+        self.offset = offset  # of its first byte in the file
+        self.stored = stored  # safetensors dtype name
+        self.shape = tuple(shape) if rows is None else (len(rows),) + tuple(shape[1:])
+        self.rows = rows  # the stored rows it consists of, or None for all of them in order
+        self._stored_shape = tuple(shape)  # as the file holds it
+
+    @property
+    def dtype(self) -> np.dtype:
+        return np.dtype(np.float32) if self.stored == "BF16" else DTYPES[self.stored]
+
+    @property
+    def ndim(self) -> int:
+        return len(self.shape)
+
+    @property
+    def size(self) -> int:
+        return int(np.prod(self.shape, dtype=np.int64))
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __repr__(self) -> str:
+        return f"StoredTensor({self.stored}{list(self.shape)} at byte {self.offset} of {self.path!r})"
+
+    def take_rows(self, rows: np.ndarray) -> "StoredTensor":
+        """The rows ``rows`` of this tensor (``t.take_rows(i)`` reads as ``np.asarray(t)[i]``)."""
+        rows = np.asarray(rows, dtype=np.int64)
+        if self.rows is not None:
+            rows = self.rows[rows]
+        return StoredTensor(self.path, self.offset, self.stored, self._stored_shape, rows)
+
+    def read(self) -> np.ndarray:
+        stored = DTYPES[self.stored]
+        count = int(np.prod(self._stored_shape, dtype=np.int64))
+        nbytes = count * stored.itemsize
+        raw = np.empty(nbytes, dtype=np.uint8)
+        try:
+            with open(self.path, "rb", buffering=0) as handle:
+                handle.seek(self.offset)
+                view, done = raw.data, 0
+                while done < nbytes:
+                    got = handle.readinto(view[done:])
+                    if not got:
+                        raise ModelFileError(f"{self.path}: truncated: {self!r} ends past the end of the file")
+                    done += got
+        except OSError as exc:
+            raise ModelFileError(f"cannot read {self.path}: {exc}") from exc
+        array = raw.view(stored).reshape(self._stored_shape)
+        if self.rows is not None:
+            array = array[self.rows]
+        return _bf16_to_float32_owned(array) if self.stored == "BF16" else array
+
+    def __array__(self, dtype: Any = None, copy: Optional[bool] = None) -> np.ndarray:
+        array = self.read()
+        return array if dtype is None else array.astype(dtype, copy=False)
+
+
+def read_lazy(path: PathLike) -> Dict[str, StoredTensor]:
+    """The tensors of a ``.safetensors`` file (header order) as :class:`StoredTensor` handles:
+    the header is validated as :func:`read` does, and no data is read."""
+    path = os.fspath(path)
+    entries, data_start = _entries(path)
+    return {name: StoredTensor(path, data_start + begin, dtype_name, shape)
+            for name, _, dtype_name, shape, begin, _ in entries}
 
 
 # ---------------------------------------------------------------------------------------
@@ -248,5 +352,158 @@ def write(
             handle.write(array.tobytes())  # little-endian hosts only
             if progress is not None:
                 progress(name, done, len(specs))
+
+    atomic_write(path, body)
+
+
+@dataclass(frozen=True)
+class Part:
+    """One tensor that a :class:`Unit` makes: its name, shape, and safetensors dtype, or the
+    dtypes it may turn out to have (several: the made array's own dtype decides, e.g. F16 or
+    F32 scales)."""
+
+    name: str
+    dtypes: Tuple[str, ...]
+    shape: Tuple[int, ...]
+
+    @property
+    def fixed_wide(self) -> bool:
+        """Whether its dtype is known now and 4 or more bytes wide (see :func:`write_units`)."""
+        return len(self.dtypes) == 1 and DTYPES[self.dtypes[0]].itemsize >= 4
+
+
+@dataclass(frozen=True)
+class Unit:
+    """Tensors made together by one call, e.g. a matrix quantized into its values and scales:
+    ``make()`` returns ``{part name: array}`` for every one of ``parts``."""
+
+    parts: Tuple[Part, ...]
+    make: Callable[[], Mapping[str, np.ndarray]]
+
+
+def _nbytes(dtype: str, shape: Tuple[int, ...]) -> int:
+    return DTYPES[dtype].itemsize * int(np.prod(shape, dtype=np.int64))
+
+
+def _header_text(layout: Sequence[Tuple[str, str, Tuple[int, ...], int, int]],
+                 metadata: Optional[Mapping[str, str]]) -> bytes:
+    header: Dict[str, Any] = {}
+    if metadata:
+        header["__metadata__"] = {str(k): str(v) for k, v in metadata.items()}
+    for name, st, shape, begin, end in layout:
+        header[name] = {"dtype": st, "shape": list(shape), "data_offsets": [begin, end]}
+    return json.dumps(header, separators=(",", ":")).encode("utf-8")
+
+
+def write_units(
+    path: PathLike,
+    units: Sequence[Unit],
+    metadata: Union[None, Mapping[str, str], Callable[[Mapping[str, str]], Mapping[str, str]]] = None,
+    align: int = 8,
+    progress: Optional[Callable[[str, int, int], None]] = None,
+) -> None:
+    """Write the tensors of ``units`` as a safetensors file, making one unit at a time and
+    writing its arrays at once, so memory holds one unit's arrays, never the whole file's.
+
+    Layout of the data (which starts at a multiple of ``align`` bytes):
+
+    1. every tensor whose dtype is fixed in advance and 4 or more bytes wide (F32, I32, ...),
+       in unit order: each starts aligned to its element (all sizes are multiples of 4);
+    2. then every other tensor, unit by unit, each unit's in the order of its parts.
+
+    Tensors of the first kind made by a unit are written at their places in that region, the
+    others at the end of what is written so far. A dtype that is known only once the tensor is
+    made (several ``Part.dtypes``) means offsets are known only then, so the header, which
+    precedes the data, is written last, into space reserved for the longest it can be (every
+    undecided tensor at its widest dtype) and padded with spaces. ``metadata`` may be a
+    function of the dtypes chosen (``{name: dtype}``), called at the end; what it returns may
+    be at most 64 characters longer than for the widest dtypes. ``progress(name, done, total)``
+    is called after each tensor. The file is written beside ``path`` and renamed over it at the
+    end, as :func:`write` does.
+    """
+    parts = [part for unit in units for part in unit.parts]
+    names = [part.name for part in parts]
+    if len(set(names)) != len(names):
+        raise ArgumentError(f"tensor names repeat: {sorted(n for n in set(names) if names.count(n) > 1)}")
+    for part in parts:
+        if not part.dtypes or any(st not in DTYPES for st in part.dtypes):
+            raise ArgumentError(f"unknown safetensors dtypes {part.dtypes!r} of tensor {part.name!r}")
+    front = [part for part in parts if part.fixed_wide]
+    back = [part for part in parts if not part.fixed_wide]
+    offsets: Dict[str, int] = {}
+    position = 0
+    for part in front:
+        offsets[part.name] = position
+        position += _nbytes(part.dtypes[0], part.shape)
+    front_end = position
+
+    def layout(choose: Callable[[Part], str]) -> List[Tuple[str, str, Tuple[int, ...], int, int]]:
+        """Every tensor in file order with the dtypes ``choose`` picks for the undecided."""
+        rows, at = [], 0
+        for part in front + back:
+            st = choose(part)
+            size = _nbytes(st, part.shape)
+            rows.append((part.name, st, part.shape, at, at + size))
+            at += size
+        return rows
+
+    def meta(dtypes: Mapping[str, str]) -> Optional[Mapping[str, str]]:
+        return metadata(dtypes) if callable(metadata) else metadata
+
+    # The longest the header can be: the widest size for every offset, the longest name for
+    # every dtype (same or fewer digits and characters in the real one).
+    widest = layout(lambda p: max(p.dtypes, key=lambda st: (DTYPES[st].itemsize, len(st))))
+    longest = {p.name: max(p.dtypes, key=len) for p in parts}
+    bound = _header_text([(n, longest[n], s, b, e) for n, _, s, b, e in widest],
+                         meta({n: st for n, st, _, _, _ in widest}))
+    reserved = len(bound) + 64
+    reserved += -(8 + reserved) % align
+    data_start = 8 + reserved
+
+    chosen: Dict[str, str] = {}
+
+    def body(handle: BinaryIO) -> None:
+        handle.write(b" " * data_start)  # the header's place, written at the end
+        cursor = front_end
+        done = 0
+        for unit in units:
+            arrays = dict(unit.make())
+            if set(arrays) != {part.name for part in unit.parts}:
+                raise ArgumentError(f"a unit made {sorted(arrays)}, expected {[p.name for p in unit.parts]}")
+            for part in unit.parts:
+                array = np.asarray(arrays.pop(part.name))
+                if len(part.dtypes) == 1:
+                    st = part.dtypes[0]
+                    if st == "BF16" and array.dtype.kind == "f":
+                        array = float_to_bf16_bits(array)
+                    array = np.ascontiguousarray(array, dtype=DTYPES[st])
+                else:
+                    st = DTYPE_NAMES.get(array.dtype.name, "")
+                    if st not in part.dtypes:
+                        raise ArgumentError(f"tensor {part.name}: dtype {array.dtype}, expected one of {part.dtypes}")
+                    array = np.ascontiguousarray(array)
+                if array.shape != part.shape:
+                    raise ArgumentError(f"tensor {part.name}: shape {array.shape}, expected {part.shape}")
+                chosen[part.name] = st
+                if part.fixed_wide:
+                    handle.seek(data_start + offsets[part.name])
+                else:
+                    handle.seek(data_start + cursor)
+                    offsets[part.name] = cursor
+                    cursor += array.nbytes
+                handle.write(array.data)  # little-endian hosts only
+                del array
+                done += 1
+                if progress is not None:
+                    progress(part.name, done, len(parts))
+            del arrays
+        handle.truncate(data_start + cursor)
+        final = layout(lambda p: chosen[p.name])
+        assert all(offsets[n] == b for n, _, _, b, _ in final), "layout and writes disagree"
+        text = _header_text(final, meta(chosen))
+        if len(text) > reserved:
+            raise ArgumentError(f"the header grew past its reserved {reserved} bytes (metadata depends on dtypes)")
+        handle.seek(0)
+        handle.write(struct.pack("<Q", reserved) + text + b" " * (reserved - len(text)))
 
     atomic_write(path, body)

@@ -8,7 +8,7 @@ q/k/v, then w1/w3, then w2; the next layer sees the output of the quantized laye
 
 from __future__ import annotations
 
-from typing import Callable, Optional, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 import numpy as np
 
@@ -17,7 +17,8 @@ from ..reference import embed, rope_cos_sin, transformer_layer
 from ..weights import MATRIX_NAMES, Matrix, Weights, dense
 from . import gptq
 from .affine import AffineQuantized
-from .q80 import q8_group_size, quantize_q80
+from .q80 import q8_group_size
+from .rounded import Rounded
 
 __all__ = ["calibration_windows", "quantize_model"]
 
@@ -41,10 +42,11 @@ def calibration_windows(token_ids: Sequence[int], window: int, max_windows: int,
     return windows[:max_windows]
 
 
-def _quantize_rtn(w: np.ndarray, mode: str, bits: int, group_size: int, sym: bool) -> Matrix:
+def _rounded(w: Matrix, mode: str, bits: int, group_size: int, sym: bool) -> Rounded:
+    """``w`` to be rounded to nearest when it is written: Q8_0 (``mode`` ``"q8"``) or affine."""
     if mode == "q8":
-        return quantize_q80(w, q8_group_size(w.shape[1], group_size))
-    return gptq.quantize_rtn(w, bits=bits, group_size=group_size, sym=sym)
+        return Rounded.q80(w, q8_group_size(w.shape[1], group_size))
+    return Rounded.affine(w, bits, group_size, sym)
 
 
 def quantize_model(
@@ -62,7 +64,11 @@ def quantize_model(
     """A quantized copy of float ``weights``. ``mode``: ``"q4"`` (affine 4-bit, ``method``
     ``"gptq"`` or ``"rtn"``), ``"q8"`` (llama2.c's Q8_0, round-to-nearest). The embedding and
     classifier (``embeddings``, see ``EMBEDDINGS``) are rounded to nearest: Q8_0 in groups of
-    ``EMBEDDING_GROUP`` by default, the layers' type with ``"same"``, or kept with ``"float"``."""
+    ``EMBEDDING_GROUP`` by default, the layers' type with ``"same"``, or kept with ``"float"``.
+
+    What is rounded to nearest (every matrix but GPTQ's layers) is returned as a
+    :class:`~.rounded.Rounded`, quantized only when it is written (or otherwise used), so an
+    export holds one matrix at a time; GPTQ's layers are quantized here, in order."""
     if embeddings not in EMBEDDINGS:
         raise ArgumentError(f"embeddings must be one of {', '.join(EMBEDDINGS)}, got {embeddings!r}")
     if mode not in ("q4", "q8"):
@@ -90,30 +96,24 @@ def quantize_model(
         if progress is not None:
             progress(name, step, n_steps)
 
-    def plain(w: np.ndarray) -> Matrix:
-        return _quantize_rtn(w, mode, bits, group_size, sym)
-
-    embedding: Matrix = weights.token_embedding
-    classifier = weights.classifier
+    embedding: Any = weights.token_embedding
+    classifier: Any = weights.classifier
     if embeddings != "float":
-        def compact(w: Matrix) -> Matrix:
-            w = dense(w)
+        def compact(w: Matrix) -> Rounded:
             if embeddings == "same":
-                return plain(w)
-            return quantize_q80(w, q8_group_size(w.shape[1], EMBEDDING_GROUP))
+                return _rounded(w, mode, bits, group_size, sym)
+            return Rounded.q80(w, q8_group_size(w.shape[1], EMBEDDING_GROUP))
 
         embedding = compact(embedding)
         classifier = None if classifier is None else compact(classifier)
-    tick("embeddings")
 
-    if not gptq_mode:
-        def rounded(name: str, m: Matrix) -> Matrix:
-            out = plain(dense(m))
-            tick(name)
-            return out
+    if not gptq_mode:  # every matrix is rounded as it is written: nothing to do (or show) now
+        def rounded(name: str, m: Matrix) -> Any:
+            return _rounded(m, mode, bits, group_size, sym)
 
         return weights.map_matrices(rounded, embeddings=False).replace(
             token_embedding=embedding, classifier=classifier, metadata=dict(weights.metadata))
+    tick("embeddings")
 
     assert calibration  # checked above
     seqs = np.asarray([w for w in calibration if len(w) == len(calibration[0])], dtype=np.int64)  # [S, T]
