@@ -61,6 +61,7 @@ class _Sampling(BaseModel):
     stream: bool = False
     n: int = 1
     user: Optional[str] = None
+    ignore_eos: bool = False  # vLLM's extension: generate past the stop ids (benchmarks)
 
 
 class CompletionBody(_Sampling):
@@ -199,7 +200,7 @@ def create_app(model: Any, model_name: Optional[str] = None, parallel: int = 8, 
             raise _library_error(exc, param) from None
         return TextAssembler(tokenizer, ids[-1], stops), params, max_new
 
-    def _submit(ids: List[int], params: Any, max_new: int) -> tuple[Request, asyncio.Queue]:
+    def _submit(ids: List[int], params: Any, max_new: int, ignore_eos: bool) -> tuple[Request, asyncio.Queue]:
         loop = asyncio.get_running_loop()
         events: asyncio.Queue[TokenEvent] = asyncio.Queue()
 
@@ -207,7 +208,7 @@ def create_app(model: Any, model_name: Optional[str] = None, parallel: int = 8, 
             loop.call_soon_threadsafe(events.put_nowait, event)
 
         try:
-            handle = engine.submit(ids, params, max_new, model.stop_ids, sink=sink)
+            handle = engine.submit(ids, params, max_new, () if ignore_eos else model.stop_ids, sink=sink)
         except Llama2rsError as exc:
             raise _library_error(exc, None) from None
         return handle, events
@@ -252,7 +253,7 @@ def create_app(model: Any, model_name: Optional[str] = None, parallel: int = 8, 
             raise _library_error(exc, "prompt") from None
         logprobs = body.logprobs or 0
         assembler, params, max_new = _prepare(ids, body, body.max_tokens, logprobs, "prompt")
-        handle, events = _submit(ids, params, max_new)
+        handle, events = _submit(ids, params, max_new, body.ignore_eos)
         echo_text = tokenizer.decode(ids) if body.echo else ""
         cid = new_id("cmpl")
         pieces = _pieces(assembler, events, handle, http)
@@ -279,7 +280,7 @@ def create_app(model: Any, model_name: Optional[str] = None, parallel: int = 8, 
             raise _library_error(exc, "messages") from None
         max_tokens = body.max_completion_tokens if body.max_completion_tokens is not None else body.max_tokens
         assembler, params, max_new = _prepare(ids, body, max_tokens, 0, "messages")
-        handle, events = _submit(ids, params, max_new)
+        handle, events = _submit(ids, params, max_new, body.ignore_eos)
         cid = new_id("chatcmpl")
         pieces = _pieces(assembler, events, handle, http)
         if body.stream:
