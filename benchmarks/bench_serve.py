@@ -7,7 +7,9 @@ Two measurements, each against a server this script starts (``llama2rs serve``, 
 * ``streams``: for B in ``--streams`` (default 1 2 4 8 16), B clients stream at once; reports the
   generated tok/s of all of them and its ratio to one stream (the batching gain).
 
-Bounded in count and time; loopback only. Needs ``pip install "llama2rs[server]" openai``.
+``--replicas N`` serves through Ray Serve (``pip install "ray[serve]"``) with N replicas of
+``-t`` threads each. Bounded in count and time; loopback only. Needs ``pip install
+"llama2rs[server]" openai``.
 
     python benchmarks/bench_serve.py MODEL [-z TOKENIZER] [--parallel 8] [-t 2] load
     python benchmarks/bench_serve.py MODEL --parallel 16 -t 2 streams
@@ -40,6 +42,8 @@ def start_server(args: argparse.Namespace, parallel: int) -> tuple[subprocess.Po
                "--queue", "1024", "-t", str(args.threads)]
     if args.tokenizer:
         command += ["-z", args.tokenizer]
+    if args.replicas:
+        command += ["--replicas", str(args.replicas)]
     server = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 120
@@ -116,6 +120,7 @@ def main(argv: Optional[list[str]] = None) -> None:
     parser.add_argument("-z", "--tokenizer")
     parser.add_argument("-t", "--threads", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--parallel", type=int, default=8)
+    parser.add_argument("--replicas", type=int, default=None, help="serve with Ray Serve, this many replicas")
     parser.add_argument("--prompt", default="Once upon a time")
     sub = parser.add_subparsers(dest="mode", required=True)
     lp = sub.add_parser("load")
@@ -133,7 +138,8 @@ def main(argv: Optional[list[str]] = None) -> None:
     try:
         if args.mode == "load":
             r = asyncio.run(load(url, args.clients, args.requests, args.max_tokens, args.prompt))
-            print(f"{r['requests']} requests from {args.clients} clients, --parallel {args.parallel} -t {args.threads}: "
+            where = f"--replicas {args.replicas} " if args.replicas else ""
+            print(f"{r['requests']} requests from {args.clients} clients, {where}--parallel {args.parallel} -t {args.threads}: "
                   f"{r['errors']} errors, {r['seconds']:.1f} s, {r['requests_per_s']:.2f} req/s, "
                   f"{r['tokens_per_s']:.1f} generated tok/s, latency p50 {r['p50']:.2f} s, p99 {r['p99']:.2f} s")
         else:
@@ -147,7 +153,9 @@ def main(argv: Optional[list[str]] = None) -> None:
                 print(f"| {n} | {rate:.1f} | {rate / base:.2f}x |")
     finally:
         server.terminate()
-        server.wait(timeout=30)
+        server.wait(timeout=60)
+        if args.replicas:
+            subprocess.run(["ray", "stop", "--force"], capture_output=True)
 
 
 if __name__ == "__main__":

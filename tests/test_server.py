@@ -228,3 +228,38 @@ def test_concurrent_clients_on_loopback(url, model):
 
     with ThreadPoolExecutor(16) as pool:
         assert all(pool.map(one, range(64)))
+
+
+def test_ray_serve_replicas_behind_one_route(model, tmp_path):
+    """Two replicas on Ray Serve answer the openai client as one server does (skips without
+    ray[serve], which CI does not install: it is large)."""
+    pytest.importorskip("ray.serve")
+    import socket
+    import subprocess
+    import sys
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = subprocess.Popen([sys.executable, "-m", "llama2rs", "serve", str(STORIES), "-z", str(TOK512),
+                               "--replicas", "2", "-t", "1", "--port", str(port)],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/health", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert time.monotonic() < deadline and server.poll() is None, "Ray Serve did not start"
+            time.sleep(0.5)
+        client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="unused", max_retries=0, timeout=60)
+        for seed in (3, 4, 5, 6):
+            result = client.completions.create(model="stories260K.bin", prompt=PROMPT, max_tokens=30, temperature=0.9,
+                                               top_p=0.9, seed=seed, extra_body=PLAIN)
+            assert result.choices[0].text == model.complete(PROMPT, max_tokens=30, temperature=0.9, seed=seed)
+    finally:
+        server.terminate()
+        server.wait(timeout=60)
+        subprocess.run([sys.executable, "-m", "ray.scripts.scripts", "stop", "--force"], capture_output=True)

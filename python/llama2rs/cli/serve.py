@@ -38,6 +38,8 @@ def add_chat_commands(commands: Commands) -> None:
                        help="requests that may wait for a slot; past that, 503 (default 64)")
     serve.add_argument("--api-key", default=None, help="require 'Authorization: Bearer KEY' on /v1 routes")
     serve.add_argument("--model-name", default=None, help="the model id clients use (default: the file name)")
+    serve.add_argument("--replicas", type=positive_int, default=None,
+                       help="run this many replicas behind one route with Ray Serve (pip install 'ray[serve]')")
 
 
 def _open(args: argparse.Namespace):  # type: ignore[no-untyped-def]
@@ -78,6 +80,17 @@ def _serve(args: argparse.Namespace) -> int:
         from ..server import serve
     except ImportError as exc:
         raise ArgumentError(str(exc)) from None
+    if args.replicas is not None:
+        try:
+            from ..ray_serve import run
+            import ray  # noqa: F401
+        except ImportError:
+            raise ArgumentError("--replicas runs on Ray Serve: pip install 'ray[serve]'") from None
+        _open(args)  # a bad model or tokenizer fails here, not in every replica
+        run(args.model, host=args.host, port=args.port, tokenizer=args.tokenizer, replicas=args.replicas,
+            threads=args.threads or 1, parallel=args.parallel, queue=args.queue, chat_template=args.chat_template,
+            model_name=args.model_name, api_key=args.api_key)
+        return 0
     model = _open(args)
     serve(model, host=args.host, port=args.port, parallel=args.parallel, queue=args.queue, api_key=args.api_key,
           chat_template=args.chat_template, model_name=args.model_name)
