@@ -206,11 +206,66 @@ def test_a_full_queue_gets_503_and_a_disconnect_frees_its_slot(model):
 
 
 def test_api_key(model):
+    """With a key every route but /health and the static page needs it."""
     with running(create_app(model, api_key="s3cret")) as base:
-        denied = httpx.get(f"{base}/v1/models")
-        assert denied.status_code == 401 and denied.json()["error"]["type"] == "authentication_error"
+        for path in ("/v1/models", "/metrics"):
+            for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": "s3cret"}):
+                denied = httpx.get(f"{base}{path}", headers=headers)
+                assert denied.status_code == 401 and denied.json()["error"]["type"] == "authentication_error"
+        assert httpx.post(f"{base}/v1/completions", json={"prompt": "x"}).status_code == 401
+        assert httpx.get(f"{base}/health").status_code == 200 and httpx.get(f"{base}/").status_code == 200
+        assert httpx.get(f"{base}/metrics", headers={"Authorization": "Bearer s3cret"}).status_code == 200
         client = openai.OpenAI(base_url=f"{base}/v1", api_key="s3cret", max_retries=0)
         assert client.models.list().data[0].id == "stories260K.bin"
+
+
+def test_oversized_and_slow_bodies(model):
+    import socket
+
+    with running(create_app(model, max_body_bytes=4096, body_timeout=0.5)) as base:
+        big = httpx.post(f"{base}/v1/completions", content=b"{" + b" " * 5000 + b"}",
+                         headers={"content-type": "application/json"})
+        assert big.status_code == 413 and "limit" in big.json()["error"]["message"]
+        # Chunked, with no length declared: counted as it comes.
+        def chunks():
+            for _ in range(10):
+                yield b" " * 1000
+        chunked = httpx.post(f"{base}/v1/completions", content=chunks(), headers={"content-type": "application/json"})
+        assert chunked.status_code == 413
+        # A client that declares a body and sends part of it, then stalls.
+        host, port = base.removeprefix("http://").split(":")
+        with socket.create_connection((host, int(port)), timeout=10) as slow:
+            slow.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                         b"Content-Length: 100\r\n\r\n{\"prompt\": ")
+            reply = slow.recv(4096)
+        assert reply.startswith(b"HTTP/1.1 408"), reply[:100]
+        assert httpx.get(f"{base}/health").status_code == 200
+
+
+def test_no_stack_traces(model, monkeypatch):
+    app = create_app(model)
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("secret internals")
+
+    monkeypatch.setattr(app.state.engine, "submit", broken)
+    with running(app) as base:
+        response = httpx.post(f"{base}/v1/completions", json={"prompt": PROMPT, "max_tokens": 2})
+        assert response.status_code == 500 and response.json()["error"]["message"] == "internal server error"
+        assert "secret" not in response.text and "Traceback" not in response.text
+
+
+def test_binding_beyond_loopback_without_a_key_warns(model, monkeypatch, capsys):
+    import uvicorn as uv
+
+    from llama2rs import server as server_module
+
+    monkeypatch.setattr(uv, "run", lambda *a, **k: None)
+    server_module.serve(model, host="0.0.0.0", port=1)
+    assert "without --api-key" in capsys.readouterr().err
+    server_module.serve(model, host="127.0.0.1", port=1)
+    server_module.serve(model, host="0.0.0.0", port=1, api_key="k")
+    assert "warning" not in capsys.readouterr().err
 
 
 def test_concurrent_clients_on_loopback(url, model):

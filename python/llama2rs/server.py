@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hmac
 import json
+import logging
 import time
 from importlib import resources
 from typing import Any, AsyncIterator, List, Optional, Union
@@ -39,6 +41,69 @@ __all__ = ["create_app", "serve"]
 
 #: Seconds a client is told to wait (Retry-After) when the queue is full.
 RETRY_AFTER_SECONDS = 1
+#: What ``--api-key`` leaves open: the health check, and the chat page (static; it asks for the
+#: key and sends it with its API calls, which a browser's navigation to ``/`` cannot).
+OPEN_ROUTES = ("/health", "/")
+#: The largest request body accepted (413 beyond), and how long a client may take to send it
+#: (408 beyond): a slow or oversized upload cannot hold a worker.
+MAX_BODY_BYTES = 1 << 20
+BODY_TIMEOUT_SECONDS = 10.0
+#: Connections served at once (uvicorn answers 503 beyond) and how long an idle one stays open.
+MAX_CONNECTIONS = 512
+KEEP_ALIVE_SECONDS = 5
+
+
+class BodyLimit:
+    """ASGI middleware: a request body larger than ``max_bytes`` gets 413, and one that does not
+    arrive within ``timeout`` seconds gets 408, before any route reads it."""
+
+    def __init__(self, app: Any, max_bytes: int = MAX_BODY_BYTES, timeout: float = BODY_TIMEOUT_SECONDS) -> None:
+        self.app, self.max_bytes, self.timeout = app, max_bytes, timeout
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http" or scope.get("method") in ("GET", "HEAD"):
+            await self.app(scope, receive, send)
+            return
+        headers = dict(scope.get("headers") or [])
+        declared = headers.get(b"content-length", b"")
+        if declared.isdigit() and int(declared) > self.max_bytes:
+            await _send_error(send, 413, f"the request body is {int(declared)} bytes; the limit is {self.max_bytes}")
+            return
+        messages, size = [], 0
+        deadline = asyncio.get_running_loop().time() + self.timeout
+        while True:
+            try:
+                message = await asyncio.wait_for(receive(), max(0.0, deadline - asyncio.get_running_loop().time()))
+            except asyncio.TimeoutError:
+                await _send_error(send, 408, f"the request body did not arrive within {self.timeout:g} s")
+                return
+            messages.append(message)
+            if message["type"] != "http.request":
+                break
+            size += len(message.get("body", b""))
+            if size > self.max_bytes:
+                await _send_error(send, 413, f"the request body is over the limit of {self.max_bytes} bytes")
+                return
+            if not message.get("more_body"):
+                break
+        replay = iter(messages)
+
+        async def replayed() -> Any:
+            try:
+                return next(replay)
+            except StopIteration:
+                return await receive()  # e.g. http.disconnect, later
+
+        await self.app(scope, replayed, send)
+
+
+async def _send_error(send: Any, status: int, message: str) -> None:
+    body = json.dumps({"error": {"message": message, "type": "invalid_request_error", "param": None,
+                                 "code": None}}).encode()
+    await send({"type": "http.response.start", "status": status,
+                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
+                            (b"connection", b"close")]})
+    await send({"type": "http.response.body", "body": body})
 
 
 # ---------------------------------------------------------------------------------------------
@@ -132,7 +197,8 @@ class _Metrics:
 
 def create_app(model: Any, model_name: Optional[str] = None, parallel: int = 8, queue: int = 64,
                api_key: Optional[str] = None, chat_template: Optional[str] = None,
-               prefill_chunk: int = 64) -> "FastAPI":
+               prefill_chunk: int = 64, max_body_bytes: int = MAX_BODY_BYTES,
+               body_timeout: float = BODY_TIMEOUT_SECONDS) -> "FastAPI":
     """The server's ASGI app over ``model`` (a :class:`llama2rs.Model` with a tokenizer)."""
     tokenizer = model._require_tokenizer()
     template = model.chat_template(chat_template)  # a bad --chat-template fails at start
@@ -170,11 +236,19 @@ def create_app(model: Any, model_name: Optional[str] = None, parallel: int = 8, 
     @app.middleware("http")
     async def _authorize(request: HttpRequest, call_next: Any) -> Any:
         http_requests["total"] += 1
-        if api_key and request.url.path.startswith("/v1/"):
-            if request.headers.get("authorization", "") != f"Bearer {api_key}":
+        if api_key and request.url.path not in OPEN_ROUTES:
+            given = request.headers.get("authorization", "").encode()
+            if not hmac.compare_digest(given, b"Bearer " + api_key.encode()):  # constant time
                 http_requests["errors"] += 1
                 return _error(401, "invalid or missing API key (Authorization: Bearer KEY)", "authentication_error")
         return await call_next(request)
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: HttpRequest, exc: Exception) -> JSONResponse:
+        # Logged here; the client gets no stack trace, only that it was our fault.
+        logging.getLogger("llama2rs.server").exception("unexpected error on %s", request.url.path)
+        http_requests["errors"] += 1
+        return _error(500, "internal server error", "server_error")
 
     def _check_common(body: _Sampling) -> None:
         if body.n != 1:
@@ -330,12 +404,31 @@ def create_app(model: Any, model_name: Optional[str] = None, parallel: int = 8, 
     async def chat_page() -> Any:
         return HTMLResponse(resources.files("llama2rs").joinpath("static/chat.html").read_text(encoding="utf-8"))
 
+    app.add_middleware(BodyLimit, max_bytes=max_body_bytes, timeout=body_timeout)
     return app
 
 
+def is_loopback(host: str) -> bool:
+    import ipaddress
+
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
 def serve(model: Any, host: str = "127.0.0.1", port: int = 8000, **options: Any) -> None:
-    """Run the server until interrupted (loopback only unless ``host`` says otherwise)."""
+    """Run the server until interrupted or SIGTERM (loopback only unless ``host`` says
+    otherwise). On shutdown, streams in flight are finished as cancelled within a few seconds."""
+    import sys
+
     import uvicorn
 
+    if not is_loopback(host) and not options.get("api_key"):
+        print(f"llama2rs serve: warning: listening on {host}, beyond this machine, without --api-key: anyone who "
+              "can reach the port can use the model", file=sys.stderr)
     app = create_app(model, **options)
-    uvicorn.run(app, host=host, port=port, log_level="info")
+    uvicorn.run(app, host=host, port=port, log_level="info", limit_concurrency=MAX_CONNECTIONS,
+                timeout_keep_alive=KEEP_ALIVE_SECONDS, timeout_graceful_shutdown=10)
