@@ -163,3 +163,45 @@ def test_written_files_get_the_mode_of_an_ordinary_open(tmp_path):
     finally:
         os.umask(previous)
     assert (tmp_path / "a.bin").stat().st_mode & 0o777 == 0o640  # mkstemp alone gave 0600
+
+
+def _maps_of(path) -> int:
+    """How many of this process's memory mappings are of ``path``."""
+    with open("/proc/self/maps") as maps:
+        return sum(1 for line in maps if line.rstrip().endswith(str(path)))
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/maps"), reason="needs Linux's /proc")
+def test_close_context_manager_and_gc_release_the_map_and_fds(tmp_path):
+    need(STORIES)
+    import gc
+    import shutil
+
+    from conftest import TOK512
+
+    path = tmp_path / "model.bin"
+    shutil.copy(STORIES, path)
+    fds = len(os.listdir("/proc/self/fd"))
+    with llama2rs.Model(path, tokenizer_path=TOK512) as model:
+        assert _maps_of(path) == 1 and not model.closed
+        text = model.complete("Once", max_tokens=5, temperature=0.0)
+    assert model.closed and _maps_of(path) == 0 and "closed" in repr(model)
+    with pytest.raises(llama2rs.ArgumentError, match="closed"):
+        model.logits([1, 2])
+    model.close()  # twice is fine
+    # A generation still running keeps the map until it ends.
+    model = llama2rs.Model(path, tokenizer_path=TOK512)
+    tokens = model.generate_tokens([1, 403], max_tokens=20, temperature=0.0)
+    model.close()
+    assert _maps_of(path) == 1 and len(list(tokens)) == 20
+    del tokens
+    gc.collect()
+    assert _maps_of(path) == 0
+    for i in range(200):  # open/close, and open then drop
+        if i % 2:
+            llama2rs.Model(path).close()
+        else:
+            llama2rs.Model(path)
+    gc.collect()
+    assert _maps_of(path) == 0 and len(os.listdir("/proc/self/fd")) <= fds
+    assert llama2rs.Model(path, tokenizer_path=TOK512).complete("Once", max_tokens=5, temperature=0.0) == text

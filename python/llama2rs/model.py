@@ -162,6 +162,7 @@ class Model:
             n_threads = _check_int("n_threads", n_threads, 1, 2**63 - 1)
         self._core = _core.Model(os.fspath(model_path), n_threads, kernels, bool(exact), kv_cache)
         self.config = Config(**self._core.config)  # type: ignore[arg-type]
+        self._path = Path(self._core.path)  # kept for messages after close()
         self._tokenizer: Optional[Tokenizer] = None
         self._stop_ids: Optional[tuple[int, ...]] = None
         # A tokenizer stored in the file is parsed on first use (~25 ms for 32000 tokens), so
@@ -221,7 +222,24 @@ class Model:
 
     @property
     def path(self) -> Path:
-        return Path(self._core.path)
+        return self._path
+
+    def close(self) -> None:
+        """Release the model: its memory map goes as soon as no generation running from it is
+        left (the garbage collector does the same for a model nobody holds). Every later
+        computation raises :class:`ArgumentError`; closing again does nothing. ``with
+        llama2rs.Model(path) as m:`` closes at the end of the block."""
+        self._core.close()
+
+    @property
+    def closed(self) -> bool:
+        return self._core.closed
+
+    def __enter__(self) -> "Model":
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
 
     @property
     def format(self) -> str:
@@ -265,7 +283,8 @@ class Model:
         return self._core.file_size
 
     def __repr__(self) -> str:
-        return f"Model({str(self.path)!r}, format={self.format!r}, config={self.config})"
+        state = ", closed" if self.closed else f", format={self.format!r}"
+        return f"Model({str(self.path)!r}{state}, config={self.config})"
 
     # -- tokens ------------------------------------------------------------------------------
 
@@ -320,10 +339,11 @@ class Model:
             )
         session = self._core.session(temperature, top_p, top_k, seed)
         session.feed(ids)  # checks the ids now, so a bad prompt fails at the call
-        return self._sample_loop(session, max_tokens, ignore_eos)
+        return self._sample_loop(session, max_tokens, () if ignore_eos else self.stop_ids)
 
-    def _sample_loop(self, session: _core.Session, max_tokens: int, ignore_eos: bool) -> Iterator[int]:
-        stop_ids = () if ignore_eos else self.stop_ids
+    @staticmethod
+    def _sample_loop(session: _core.Session, max_tokens: int, stop_ids: tuple[int, ...]) -> Iterator[int]:
+        # Holds the session, not the model: a generation started before close() runs to its end.
         for produced in range(1, max_tokens + 1):
             token = session.sample()
             if token in stop_ids:

@@ -40,9 +40,9 @@ def application(model_path: str, tokenizer: Optional[str] = None, replicas: int 
 
 def app_builder(args: dict[str, str]) -> Any:
     """For ``serve run llama2rs.ray_serve:app_builder model=PATH [replicas=N threads=T ...]``."""
-    ints = {k: int(args[k]) for k in ("replicas", "threads", "parallel", "queue") if k in args}
-    strings = {k: args[k] for k in ("tokenizer", "chat_template", "model_name", "api_key") if k in args}
-    return application(args["model"], **ints, **strings)
+    options: dict[str, Any] = {k: int(args[k]) for k in ("replicas", "threads", "parallel", "queue") if k in args}
+    options.update({k: args[k] for k in ("tokenizer", "chat_template", "model_name", "api_key") if k in args})
+    return application(args["model"], **options)
 
 
 def run(model_path: str, host: str = "127.0.0.1", port: int = 8000, **options: Any) -> None:

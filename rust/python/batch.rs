@@ -24,7 +24,7 @@ impl PyBatchDecoder {
     #[pyo3(signature = (model, prefill_chunk = 64))]
     fn new(model: &PyModel, prefill_chunk: i64) -> PyResult<Self> {
         let chunk = non_negative("prefill_chunk", prefill_chunk).map_err(to_pyerr)?;
-        let shared = model.shared();
+        let shared = model.shared()?;
         let vocab_size = shared.config().vocab_size;
         Ok(PyBatchDecoder { inner: BatchDecoder::new(shared, chunk).map_err(to_pyerr)?, vocab_size })
     }

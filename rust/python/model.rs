@@ -1,7 +1,7 @@
 //! `Model` and `Session`: thin wrappers over the core's model and generation session.
 
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 
 use numpy::{PyArray1, PyArray2, PyArrayMethods};
 use pyo3::prelude::*;
@@ -38,13 +38,16 @@ pub(crate) fn non_negative(name: &str, value: i64) -> Result<usize, Error> {
 /// A memory-mapped model (read-only, shareable between threads).
 #[pyclass(name = "Model", module = "llama2rs._core", frozen)]
 pub(crate) struct PyModel {
-    inner: Arc<Model>,
+    /// None once closed. Sessions and batch decoders hold their own `Arc`, so the map goes when
+    /// the last of them does.
+    inner: RwLock<Option<Arc<Model>>>,
 }
 
 impl PyModel {
-    /// The core model, shared with what runs over it.
-    pub(crate) fn shared(&self) -> Arc<Model> {
-        Arc::clone(&self.inner)
+    /// The core model, shared with what runs over it; an error once the model is closed.
+    pub(crate) fn shared(&self) -> PyResult<Arc<Model>> {
+        let guard = self.inner.read().unwrap_or_else(|poisoned| poisoned.into_inner());
+        guard.as_ref().map(Arc::clone).ok_or_else(|| to_pyerr(Error::Argument("the model is closed".into())))
     }
 }
 
@@ -83,31 +86,32 @@ impl PyModel {
         };
         let kernels = Kernels::new(isa, !exact).map_err(to_pyerr)?;
         let model = py.detach(|| Model::open_with(&path, n_threads, kernels, kv_cache)).map_err(to_pyerr)?;
-        Ok(PyModel { inner: Arc::new(model) })
+        Ok(PyModel { inner: RwLock::new(Some(Arc::new(model))) })
     }
 
     /// The kernel implementation in use (one of `KERNEL_NAMES`).
     #[getter]
-    fn kernels(&self) -> &'static str {
-        self.inner.kernels().isa().name()
+    fn kernels(&self) -> PyResult<&'static str> {
+        Ok(self.shared()?.kernels().isa().name())
     }
 
     /// What the KV cache stores (`f32` or `f16`).
     #[getter]
-    fn kv_cache(&self) -> &'static str {
-        self.inner.kv_cache().name()
+    fn kv_cache(&self) -> PyResult<&'static str> {
+        Ok(self.shared()?.kv_cache().name())
     }
 
     /// True when 4-bit weights multiply fp32 activations (the exact path).
     #[getter]
-    fn exact(&self) -> bool {
-        !self.inner.kernels().int8_activations()
+    fn exact(&self) -> PyResult<bool> {
+        Ok(!self.shared()?.kernels().int8_activations())
     }
 
     /// The shape as a dict of ints.
     #[getter]
     fn config<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
-        let c = self.inner.config();
+        let model = self.shared()?;
+        let c = model.config();
         let d = PyDict::new(py);
         d.set_item("dim", c.dim)?;
         d.set_item("hidden_dim", c.hidden_dim)?;
@@ -124,30 +128,31 @@ impl PyModel {
     }
 
     #[getter]
-    fn format(&self) -> String {
-        self.inner.format().name()
+    fn format(&self) -> PyResult<String> {
+        Ok(self.shared()?.format().name())
     }
 
     /// Weights per Q8_0 scale of a llama2.c version-2 file, else None.
     #[getter]
-    fn group_size(&self) -> Option<usize> {
-        match self.inner.format() {
+    fn group_size(&self) -> PyResult<Option<usize>> {
+        Ok(match self.shared()?.format() {
             FileFormat::Llama2c(Format::V2Q8 { group_size }) => Some(group_size),
             _ => None,
-        }
+        })
     }
 
     /// The tokenizer stored in the file (tokenizer.bin encoding), or None.
     #[getter]
-    fn tokenizer_bytes<'py>(&self, py: Python<'py>) -> Option<Bound<'py, PyBytes>> {
-        self.inner.tokenizer_bytes().map(|b| PyBytes::new(py, b))
+    fn tokenizer_bytes<'py>(&self, py: Python<'py>) -> PyResult<Option<Bound<'py, PyBytes>>> {
+        Ok(self.shared()?.tokenizer_bytes().map(|b| PyBytes::new(py, b)))
     }
 
     /// A GGUF file's tokenizer arrays as a dict (`model`, `tokens` as bytes, `scores`,
     /// `token_type`, `bos_id`, `eos_id`), or None.
     #[getter]
     fn vocabulary<'py>(&self, py: Python<'py>) -> PyResult<Option<Bound<'py, PyDict>>> {
-        let Some(v) = self.inner.vocabulary() else { return Ok(None) };
+        let model = self.shared()?;
+        let Some(v) = model.vocabulary() else { return Ok(None) };
         let d = PyDict::new(py);
         d.set_item("model", &v.model)?;
         d.set_item("pre", v.pre.clone())?;
@@ -162,35 +167,35 @@ impl PyModel {
 
     /// The file's metadata strings (empty for llama2.c files).
     #[getter]
-    fn metadata(&self) -> std::collections::HashMap<String, String> {
-        self.inner.metadata().clone()
+    fn metadata(&self) -> PyResult<std::collections::HashMap<String, String>> {
+        Ok(self.shared()?.metadata().clone())
     }
 
     #[getter]
-    fn shared_classifier(&self) -> bool {
-        self.inner.shared_classifier()
+    fn shared_classifier(&self) -> PyResult<bool> {
+        Ok(self.shared()?.shared_classifier())
     }
 
     #[getter]
-    fn n_threads(&self) -> usize {
-        self.inner.n_threads()
+    fn n_threads(&self) -> PyResult<usize> {
+        Ok(self.shared()?.n_threads())
     }
 
     #[getter]
-    fn file_size(&self) -> usize {
-        self.inner.file_size()
+    fn file_size(&self) -> PyResult<usize> {
+        Ok(self.shared()?.file_size())
     }
 
     #[getter]
-    fn path(&self) -> PathBuf {
-        self.inner.path().to_path_buf()
+    fn path(&self) -> PyResult<PathBuf> {
+        Ok(self.shared()?.path().to_path_buf())
     }
 
     /// Teacher-forced logits, float32 `[len(tokens), vocab_size]`.
     fn logits<'py>(&self, py: Python<'py>, tokens: Vec<i64>) -> PyResult<Bound<'py, PyArray2<f32>>> {
-        let vocab_size = self.inner.config().vocab_size;
+        let model = self.shared()?;
+        let vocab_size = model.config().vocab_size;
         let ids = token_ids(&tokens, vocab_size).map_err(to_pyerr)?;
-        let model = &self.inner;
         let values = py.detach(|| model.logits(&ids)).map_err(to_pyerr)?;
         PyArray1::from_vec(py, values).reshape([ids.len(), vocab_size])
     }
@@ -204,8 +209,20 @@ impl PyModel {
             top_k: non_negative("top_k", top_k).map_err(to_pyerr)?,
             seed,
         };
-        let inner = Session::new(Arc::clone(&self.inner), sampler).map_err(to_pyerr)?;
+        let inner = Session::new(self.shared()?, sampler).map_err(to_pyerr)?;
         Ok(PySession { inner })
+    }
+
+    /// Let go of the model: the memory map is released once no session or batch decoder made
+    /// from it is left. Every later call raises; closing twice is allowed.
+    fn close(&self) {
+        let taken = self.inner.write().unwrap_or_else(|poisoned| poisoned.into_inner()).take();
+        drop(taken);
+    }
+
+    #[getter]
+    fn closed(&self) -> bool {
+        self.inner.read().unwrap_or_else(|poisoned| poisoned.into_inner()).is_none()
     }
 }
 
