@@ -38,9 +38,8 @@ impl Session {
         self.model.config().seq_len - self.pos
     }
 
-    /// Run `tokens` through the model at the next positions. Checks all of them first, so on
-    /// error nothing has changed.
-    pub fn feed(&mut self, tokens: &[u32]) -> Result<()> {
+    /// Whether `tokens` can be fed now: valid ids, and room for them in the context.
+    pub fn check_feed(&self, tokens: &[u32]) -> Result<()> {
         self.model.check_tokens(tokens)?;
         if tokens.len() > self.remaining() {
             return Err(Error::ContextLength {
@@ -49,6 +48,13 @@ impl Session {
                 seq_len: self.model.config().seq_len,
             });
         }
+        Ok(())
+    }
+
+    /// Run `tokens` through the model at the next positions. Checks all of them first, so on
+    /// error nothing has changed.
+    pub fn feed(&mut self, tokens: &[u32]) -> Result<()> {
+        self.check_feed(tokens)?;
         for batch in tokens.chunks(crate::model::PREFILL_BATCH) {
             self.model.forward_batch(&mut self.state, batch, self.pos, false)?;
             self.pos += batch.len();

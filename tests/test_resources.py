@@ -205,3 +205,85 @@ def test_close_context_manager_and_gc_release_the_map_and_fds(tmp_path):
     gc.collect()
     assert _maps_of(path) == 0 and len(os.listdir("/proc/self/fd")) <= fds
     assert llama2rs.Model(path, tokenizer_path=TOK512).complete("Once", max_tokens=5, temperature=0.0) == text
+
+
+def test_ctrl_c_during_generation_interrupts_within_a_token_and_the_model_goes_on():
+    """SIGINT while generating (and while a long prompt is fed) raises KeyboardInterrupt within
+    about one token; the same model then generates what it generated before."""
+    need(STORIES)
+    script = textwrap.dedent(f"""
+        import time, llama2rs
+        m = llama2rs.Model({str(STORIES)!r}, n_threads=1)
+        expected = list(m.generate_tokens([1, 403, 407], max_tokens=30, temperature=0.0))
+        for phase in ("decode", "prompt"):
+            print("ready", phase, flush=True)
+            try:
+                while True:
+                    if phase == "decode":
+                        for _ in m.generate_tokens([1, 403], max_tokens=500, ignore_eos=True):
+                            pass
+                    else:
+                        m.generate_tokens([1] + [403] * 510, max_tokens=1)
+            except KeyboardInterrupt:
+                print("interrupted", time.monotonic(), flush=True)
+            again = list(m.generate_tokens([1, 403, 407], max_tokens=30, temperature=0.0))
+            print("same" if again == expected else "different", flush=True)
+    """)
+    import signal
+    import time
+
+    child = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    try:
+        for phase in ("decode", "prompt"):
+            assert child.stdout.readline().split() == ["ready", phase]
+            time.sleep(0.3)
+            sent = time.monotonic()
+            child.send_signal(signal.SIGINT)
+            word, when = child.stdout.readline().split()
+            assert word == "interrupted" and float(when) - sent < 0.5, float(when) - sent
+            assert child.stdout.readline().strip() == "same"
+        assert child.wait(timeout=30) == 0
+    finally:
+        child.kill()
+
+
+def test_ctrl_c_in_the_cli_exits_130_and_keeps_what_it_printed():
+    need(STORIES)
+    import signal
+
+    from conftest import TOK512
+
+    child = subprocess.Popen([sys.executable, "-m", "llama2rs", "generate", str(STORIES), "-z", str(TOK512), "-p",
+                              "Once upon a time", "-n", "100000", "--ignore-eos", "-s", "1", "-t", "1"],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        first = child.stdout.read(200)  # it is generating
+        child.send_signal(signal.SIGINT)
+        rest, _ = child.communicate(timeout=30)
+        assert child.returncode == 130
+        assert (first + rest).startswith(b"Once upon a time") and len(first + rest) >= 200
+    finally:
+        child.kill()
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/statm"), reason="needs Linux's /proc")
+def test_rss_stays_flat_over_a_thousand_generations():
+    need(STORIES)
+    script = textwrap.dedent(f"""
+        import os, llama2rs
+        page = os.sysconf("SC_PAGE_SIZE")
+        def rss():
+            with open("/proc/self/statm") as f:
+                return int(f.read().split()[1]) * page
+        m = llama2rs.Model({str(STORIES)!r}, n_threads=2)
+        samples = []
+        for i in range(1000):
+            list(m.generate_tokens([1, 403, 407], max_tokens=20, temperature=0.8, seed=i + 1))
+            m.logits([1, 403, 407])
+            if i in (99, 999):
+                samples.append(rss())
+        print(samples[0], samples[1])
+    """)
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300, check=True)
+    after_100, after_1000 = map(int, out.stdout.split())
+    assert after_1000 - after_100 < 8 << 20, (after_100, after_1000)  # 900 more generations: < 8 MB

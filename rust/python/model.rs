@@ -234,11 +234,18 @@ pub(crate) struct PySession {
 
 #[pymethods]
 impl PySession {
-    /// Run tokens through the model at the next positions (all checked before any runs).
+    /// Run tokens through the model at the next positions (all checked before any runs), a
+    /// batch at a time with Python's signal handlers run between batches: Ctrl-C during a long
+    /// prompt raises KeyboardInterrupt within one batch, not at its end.
     fn feed(&mut self, py: Python<'_>, tokens: Vec<i64>) -> PyResult<()> {
         let session = &mut self.inner;
         let ids = token_ids(&tokens, session.vocab_size()).map_err(to_pyerr)?;
-        py.detach(|| session.feed(&ids)).map_err(to_pyerr)
+        session.check_feed(&ids).map_err(to_pyerr)?;
+        for batch in ids.chunks(crate::model::PREFILL_BATCH) {
+            py.detach(|| session.feed(batch)).map_err(to_pyerr)?;
+            py.check_signals()?;
+        }
+        Ok(())
     }
 
     /// Sample the next token id from the logits of the last token fed.
