@@ -23,7 +23,7 @@ uvicorn = pytest.importorskip("uvicorn")
 pytest.importorskip("fastapi")
 pytest.importorskip("sse_starlette")
 
-from llama2rs.server import create_app  # noqa: E402
+from llama2rs.server import create_app, uvicorn_config  # noqa: E402
 
 PROMPT = "Once upon a time"
 # llama2.c's sampling: no top-k and no min-p (the API's defaults follow llama-cpp-python's).
@@ -33,7 +33,7 @@ PLAIN = {"top_k": 0, "min_p": 0}
 @contextlib.contextmanager
 def running(app: Any) -> Iterator[str]:
     """Serve ``app`` on a free loopback port in a thread; yields its base URL."""
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning"))
+    server = uvicorn.Server(uvicorn_config(app, "127.0.0.1", 0, log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     deadline = time.monotonic() + 20
@@ -260,7 +260,7 @@ def test_binding_beyond_loopback_without_a_key_warns(model, monkeypatch, capsys)
 
     from llama2rs import server as server_module
 
-    monkeypatch.setattr(uv, "run", lambda *a, **k: None)
+    monkeypatch.setattr(uv.Server, "run", lambda *a, **k: None)
     server_module.serve(model, host="0.0.0.0", port=1)
     assert "without --api-key" in capsys.readouterr().err
     server_module.serve(model, host="127.0.0.1", port=1)
@@ -318,3 +318,77 @@ def test_ray_serve_replicas_behind_one_route(model, tmp_path):
         server.terminate()
         server.wait(timeout=60)
         subprocess.run([sys.executable, "-m", "ray.scripts.scripts", "stop", "--force"], capture_output=True)
+
+
+def test_abuse_on_loopback_leaves_health_answering_within_a_second(model):
+    """200 idle and slow connections, oversized bodies, random JSON and real requests at once,
+    bounded in count and time: /health answers within 1 s throughout, and real requests succeed."""
+    import asyncio
+    import random as random_module
+
+    async def abuse(base: str) -> tuple[float, list[int], int]:
+        host, port = base.removeprefix("http://").split(":")
+        rng = random_module.Random(13)
+        worst, statuses, completed = 0.0, [], 0
+        stop = asyncio.Event()
+
+        async def monitor() -> None:
+            nonlocal worst
+            async with httpx.AsyncClient(base_url=base, timeout=5) as http:
+                while not stop.is_set():
+                    start = time.perf_counter()
+                    assert (await http.get("/health")).status_code == 200
+                    worst = max(worst, time.perf_counter() - start)
+                    await asyncio.sleep(0.05)
+
+        async def slow_client(i: int) -> None:  # trickles a request's headers, a byte at a time
+            try:
+                reader, writer = await asyncio.open_connection(host, int(port))
+                for byte in b"POST /v1/completions HTTP/1.1\r\nHost: x\r\n":
+                    writer.write(bytes([byte]))
+                    await writer.drain()
+                    await asyncio.sleep(0.05)
+                writer.close()
+            except OSError:
+                pass
+
+        async def junk(http: httpx.AsyncClient) -> None:
+            kind = rng.randrange(4)
+            if kind == 0:
+                body = b"{" + b"x" * (2 << 20)  # over the 1 MB limit
+            elif kind == 1:
+                body = bytes(rng.randrange(256) for _ in range(rng.randrange(1, 200)))
+            elif kind == 2:
+                body = json.dumps({"prompt": rng.choice([None, 5, [], {"a": 1}, "x" * 3000, [1e9]]),
+                                   "max_tokens": rng.choice([-1, "2", 1e9, None]),
+                                   "temperature": rng.choice([-3, "hot", 1e300, None])}).encode()
+            else:
+                body = json.dumps({"messages": rng.choice([[], [{}], "hi", [{"role": "user", "content": 7}]])}).encode()
+            path = "/v1/chat/completions" if kind == 3 else "/v1/completions"
+            try:
+                response = await http.post(path, content=body, headers={"content-type": "application/json"})
+                statuses.append(response.status_code)
+            except httpx.HTTPError:  # the server answers 413 and closes before a 2 MB upload ends
+                statuses.append(413 if kind == 0 else 0)
+
+        async def real(http: httpx.AsyncClient, seed: int) -> None:
+            nonlocal completed
+            response = await http.post("/v1/completions", json={"prompt": PROMPT, "max_tokens": 20, "seed": seed})
+            completed += response.status_code == 200
+
+        watcher = asyncio.create_task(monitor())
+        async with httpx.AsyncClient(base_url=base, timeout=30,
+                                     limits=httpx.Limits(max_connections=300)) as http:
+            await asyncio.gather(*(slow_client(i) for i in range(200)), *(junk(http) for _ in range(150)),
+                                 *(real(http, s + 1) for s in range(30)))
+        stop.set()
+        await watcher
+        return worst, statuses, completed
+
+    app = create_app(model, parallel=4, queue=64)
+    with running(app) as base:
+        worst, statuses, completed = asyncio.run(abuse(base))
+        assert httpx.get(f"{base}/health").status_code == 200
+    assert worst < 1.0, worst
+    assert completed == 30
+    assert statuses and all(400 <= s < 500 for s in statuses), sorted(set(statuses))

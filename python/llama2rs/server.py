@@ -37,7 +37,7 @@ try:
 except ImportError as exc:  # pragma: no cover - exercised only without the extra
     raise ImportError(f"llama2rs serve needs the server extra: pip install 'llama2rs[server]' ({exc})") from None
 
-__all__ = ["create_app", "serve"]
+__all__ = ["create_app", "serve", "uvicorn_config"]
 
 #: Seconds a client is told to wait (Retry-After) when the queue is full.
 RETRY_AFTER_SECONDS = 1
@@ -430,5 +430,12 @@ def serve(model: Any, host: str = "127.0.0.1", port: int = 8000, **options: Any)
         print(f"llama2rs serve: warning: listening on {host}, beyond this machine, without --api-key: anyone who "
               "can reach the port can use the model", file=sys.stderr)
     app = create_app(model, **options)
-    uvicorn.run(app, host=host, port=port, log_level="info", limit_concurrency=MAX_CONNECTIONS,
-                timeout_keep_alive=KEEP_ALIVE_SECONDS, timeout_graceful_shutdown=10)
+    uvicorn.Server(uvicorn_config(app, host, port)).run()
+
+
+def uvicorn_config(app: Any, host: str, port: int, log_level: str = "info") -> Any:
+    """uvicorn's settings for ``app``, with the server's limits on connections and idle time."""
+    import uvicorn
+
+    return uvicorn.Config(app, host=host, port=port, log_level=log_level, limit_concurrency=MAX_CONNECTIONS,
+                          timeout_keep_alive=KEEP_ALIVE_SECONDS, timeout_graceful_shutdown=10)
