@@ -580,7 +580,9 @@ class Tokenizer:
             TokenizerError: the text needs a byte-fallback token the vocabulary lacks.
         """
         if isinstance(text, str):
-            raw = text.encode("utf-8", errors="surrogatepass")
+            # A lone surrogate has no UTF-8: it becomes "?", as Python's encode(errors="replace")
+            # writes it (and as the byte-level tokenizers do).
+            raw = text.encode("utf-8", errors="replace")
         elif isinstance(text, (bytes, bytearray, memoryview)):
             raw = bytes(text)
         else:
@@ -688,7 +690,8 @@ class Tokenizer:
         BOS and EOS are skipped; the piece right after a BOS loses its leading space
         (the dummy prefix); ``<0xNN>`` pieces become raw bytes; the bytes are then
         decoded as UTF-8 with ``errors="replace"``.  So
-        ``decode(encode(s)) == s`` for any string ``s`` without lone surrogates.
+        ``decode(encode(s)) == s`` for any string ``s`` without lone surrogates (which encode as
+        ``"?"``).
 
         Args:
             ids: token ids (any iterable of ints, e.g. a list or a numpy array).
