@@ -166,6 +166,7 @@ def _rewrite_header(path, edit):
     "edit, message",
     [
         (lambda h: h["__metadata__"].update(format_version="4"), "format version 4 is newer than this llama2rs reads"),
+        (lambda h: h["__metadata__"].update(format_version="0"), "format_version must be 1 to 3, got 0"),
         (lambda h: h["__metadata__"].update(format="other"), "not a llama2rs model"),
         (lambda h: h["__metadata__"].update(config="{"), "bad config in __metadata__"),
         (lambda h: h["__metadata__"].update(config=json.dumps({**json.loads(h["__metadata__"]["config"]), "n_heads": 7})),
@@ -227,6 +228,16 @@ def test_bad_format_3_files(tmp_path, metadata, factors, error, message):
     with pytest.raises(error, match=message):
         model = llama2rs.Model(path)
         model.stop_ids, model.tokenizer
+
+
+def test_an_empty_tokenizer_tensor_is_damage(tmp_path):
+    out = _export_llama2c(tmp_path)
+    arrays = safetensors.read(out)
+    header, _ = safetensors.read_header(out)
+    arrays["tokenizer"] = np.zeros(0, dtype=np.uint8)
+    safetensors.write(out, arrays, header["__metadata__"], align=64)
+    with pytest.raises(ModelFileError, match="tensor 'tokenizer' is empty"):
+        llama2rs.Model(out)
 
 
 def test_truncated_llama2rs_file(tmp_path):

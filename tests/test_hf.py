@@ -590,3 +590,17 @@ def test_unpack_gptq_hand_packed():
         aq = hf.unpack_gptq(qweight, packed_zeros, scales, None, 2, 3, 4, -1, fmt)
         np.testing.assert_array_equal(aq.zeros[:, 0], zeros)
         np.testing.assert_array_equal(aq.dequantize(), want)
+
+
+def test_unknown_tensors_are_refused_not_dropped(tmp_path):
+    weights = random_weights(make_config(), seed=2)
+    directory = hf_writers.write_hf_checkpoint(tmp_path / "hf", weights)
+    original = dict(safetensors.read(directory / "model.safetensors"))
+    extra = {"model.layers.0.self_attn.q_norm.weight": np.ones(8, dtype=np.float32),
+             "model.layers.0.self_attn.rotary_emb.inv_freq": np.ones(4, dtype=np.float32)}
+    safetensors.write(directory / "model.safetensors", {**original, **extra})
+    with pytest.raises(ModelFileError, match="tensors a Llama does not use: model.layers.0.self_attn.q_norm.weight$"):
+        hf.load_hf(directory)
+    del extra["model.layers.0.self_attn.q_norm.weight"]
+    safetensors.write(directory / "model.safetensors", {**original, **extra})
+    hf.load_hf(directory)  # transformers' own leftover is fine

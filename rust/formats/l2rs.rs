@@ -242,6 +242,9 @@ pub fn read_model<'a>(path: &Path, bytes: &'a [u8]) -> Result<Contents<'a>> {
         .get("format_version")
         .and_then(|v| v.parse().ok())
         .ok_or_else(|| fail("__metadata__.format_version is missing or not an integer".into()))?;
+    if version == 0 {
+        return Err(fail(format!("__metadata__.format_version must be 1 to {FORMAT_VERSION}, got 0")));
+    }
     if version > FORMAT_VERSION {
         return Err(fail(format!(
             "file format version {version} is newer than this llama2rs reads (up to {FORMAT_VERSION}): upgrade llama2rs"
@@ -261,6 +264,10 @@ pub fn read_model<'a>(path: &Path, bytes: &'a [u8]) -> Result<Contents<'a>> {
     let (dim, hidden, q_dim, kv_dim) = (c.dim, c.hidden_dim, c.n_heads * c.head_size(), c.kv_dim());
     let tokenizer_len = r.tensors.tensor("tokenizer").map(|v| v.shape().first().copied().unwrap_or(0)).unwrap_or(0);
     let tokenizer = r.raw("tokenizer", Dtype::U8, &[tokenizer_len])?;
+    if tokenizer.is_empty() {
+        // Every writer stores one: an empty one is damage, not "no tokenizer".
+        return Err(fail("tensor 'tokenizer' is empty".into()));
+    }
     let token_embedding = r.matrix("token_embedding", c.vocab_size, dim, affine_group)?;
     let rms_final = r.f32s("rms_final", &[dim])?;
     let classifier =

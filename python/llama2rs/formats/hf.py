@@ -542,6 +542,22 @@ def _safetensors_files(directory: Path) -> Tuple[List[Path], Optional[Dict[str, 
     raise ModelFileError(f"{directory}: no model.safetensors, index or *.safetensors file")
 
 
+class _UsedTensors(dict):
+    """The checkpoint's tensors, remembering which were read (``[]`` or ``get``)."""
+
+    def __init__(self, tensors: Mapping[str, Any]) -> None:
+        super().__init__(tensors)
+        self.used: set[str] = set()
+
+    def __getitem__(self, name: str) -> Any:
+        self.used.add(name)
+        return super().__getitem__(name)
+
+    def get(self, name: str, default: Any = None) -> Any:  # type: ignore[override]
+        self.used.add(name)
+        return super().get(name, default)
+
+
 def _read_tensors(directory: Path) -> Dict[str, safetensors.StoredTensor]:
     """Every tensor of the checkpoint, unread (see :func:`safetensors.read_lazy`)."""
     files, weight_map = _safetensors_files(directory)
@@ -628,7 +644,7 @@ def load_hf(directory: PathLike) -> Weights:
     cfg = _read_json(directory / "config.json")
     config = hf_config_to_config(cfg)
     quant = _quant_settings(directory, cfg)
-    tensors = _read_tensors(directory)
+    tensors = _UsedTensors(_read_tensors(directory))
 
     dim, hidden, hd = config.dim, config.hidden_dim, config.head_size
     q_rows = interleave_rows(config.n_heads, hd)
@@ -661,6 +677,13 @@ def load_hf(directory: PathLike) -> Weights:
     if quant is not None:
         quant = dict(quant)
         quant["lm_head"] = isinstance(wcls, AffineQuantized)
+    # A tensor nothing read is one we would drop silently: a part of another architecture, or
+    # a broken checkpoint. (transformers itself ignores these two.)
+    ignorable = ("rotary_emb.inv_freq",) + (("lm_head.weight",) if tied else ())
+    unused = sorted(n for n in tensors if n not in tensors.used and not n.endswith(ignorable))
+    if unused:
+        raise ModelFileError(f"checkpoint has tensors a Llama does not use: {', '.join(unused[:5])}"
+                             + (f" and {len(unused) - 5} more" if len(unused) > 5 else ""))
     metadata = {"format": "huggingface", "stop_ids": json.dumps(hf_stop_ids(directory, cfg, config))}
     template = _chat_template(directory)
     if template is not None:
