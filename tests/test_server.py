@@ -392,3 +392,52 @@ def test_abuse_on_loopback_leaves_health_answering_within_a_second(model):
     assert worst < 1.0, worst
     assert completed == 30
     assert statuses and all(400 <= s < 500 for s in statuses), sorted(set(statuses))
+
+
+def test_sigterm_ends_streams_in_flight_and_exits_promptly(tmp_path):
+    """llama2rs serve on SIGTERM: open streams end (as finished or cut), and the process exits
+    0 within the graceful-shutdown bound."""
+    import signal
+    import socket
+    import subprocess
+    import sys
+
+    from llama2rs.config import Config
+    from llama2rs.formats import l2rs
+    from support.fixtures import random_weights
+
+    # A model whose long streams take seconds: 4096 positions.
+    config = Config(dim=256, hidden_dim=768, n_layers=4, n_heads=4, n_kv_heads=2, vocab_size=512, seq_len=4096)
+    path = tmp_path / "long.l2rs.safetensors"
+    l2rs.write_model(path, random_weights(config, 1), llama2rs.Tokenizer(TOK512).to_bin_bytes())
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = subprocess.Popen([sys.executable, "-m", "llama2rs", "serve", str(path), "--port", str(port), "-t", "2"],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        base = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                if httpx.get(f"{base}/health", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert time.monotonic() < deadline and server.poll() is None, "the server did not start"
+            time.sleep(0.2)
+        body = {"prompt": "Once", "max_tokens": None, "stream": True, "ignore_eos": True, "temperature": 0.8}
+        with httpx.Client(base_url=base, timeout=60) as http, http.stream("POST", "/v1/completions", json=body) as stream:
+            lines = stream.iter_lines()
+            assert next(line for line in lines if line.startswith("data:"))
+            sent = time.monotonic()
+            server.send_signal(signal.SIGTERM)
+            try:
+                for _ in lines:  # the stream ends: finished, or closed by the shutdown
+                    pass
+            except httpx.HTTPError:
+                pass
+        assert server.wait(timeout=30) == 0
+        assert time.monotonic() - sent < 15
+    finally:
+        server.kill()

@@ -92,8 +92,14 @@ def _serve(args: argparse.Namespace) -> int:
             model_name=args.model_name, api_key=args.api_key)
         return 0
     model = _open(args)
-    serve(model, host=args.host, port=args.port, parallel=args.parallel, queue=args.queue, api_key=args.api_key,
-          chat_template=args.chat_template, model_name=args.model_name)
+    try:
+        serve(model, host=args.host, port=args.port, parallel=args.parallel, queue=args.queue, api_key=args.api_key,
+              chat_template=args.chat_template, model_name=args.model_name)
+    except SystemExit as exit:
+        # uvicorn shuts down gracefully on SIGTERM, then raises the signal again, which the
+        # command line turns into exit 143: after a graceful stop, that is success.
+        if exit.code != 128 + 15:
+            raise
     return 0
 
 
