@@ -18,8 +18,26 @@ from typing import Any, Iterable, Iterator, Optional, Sequence
 from .engine import SamplingParams, TokenEvent
 from .errors import ArgumentError
 
-__all__ = ["StopMatcher", "TextAssembler", "Piece", "check_stop", "check_max_tokens", "sampling_params",
+__all__ = ["COMPLETION_DEFAULTS", "CHAT_DEFAULTS", "SamplingDefaults", "StopMatcher", "TextAssembler", "Piece", "check_stop", "check_max_tokens", "sampling_params",
            "completion_result", "completion_chunks", "chat_chunks", "chat_completion_dict", "new_id"]
+
+
+@dataclass(frozen=True)
+class SamplingDefaults:
+    """llama-cpp-python's defaults, which ``Model.create_completion``/``create_chat_completion``
+    and the server's request bodies share (one statement of them)."""
+
+    temperature: float = 0.8
+    top_p: float = 0.95
+    top_k: int = 40
+    min_p: float = 0.05
+    repeat_penalty: float = 1.0
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+
+
+COMPLETION_DEFAULTS = SamplingDefaults()
+CHAT_DEFAULTS = SamplingDefaults(temperature=0.2)
 
 
 def check_stop(stop: Any) -> list[str]:

@@ -12,6 +12,7 @@ import numpy as np
 from . import _core
 from .config import Config
 from .errors import ArgumentError, ContextLengthError, InvalidTokenError, TokenizerError
+from .completion import CHAT_DEFAULTS, COMPLETION_DEFAULTS
 from .tokenizer import BOS_ID, EOS_ID, Tokenizer
 
 if TYPE_CHECKING:
@@ -424,13 +425,13 @@ class Model:
         self,
         prompt: Union[str, Sequence[int]],
         max_tokens: Optional[int] = 16,
-        temperature: float = 0.8,
-        top_p: float = 0.95,
-        top_k: int = 40,
-        min_p: float = 0.05,
-        repeat_penalty: float = 1.0,
-        presence_penalty: float = 0.0,
-        frequency_penalty: float = 0.0,
+        temperature: float = COMPLETION_DEFAULTS.temperature,
+        top_p: float = COMPLETION_DEFAULTS.top_p,
+        top_k: int = COMPLETION_DEFAULTS.top_k,
+        min_p: float = COMPLETION_DEFAULTS.min_p,
+        repeat_penalty: float = COMPLETION_DEFAULTS.repeat_penalty,
+        presence_penalty: float = COMPLETION_DEFAULTS.presence_penalty,
+        frequency_penalty: float = COMPLETION_DEFAULTS.frequency_penalty,
         seed: Optional[int] = None,
         stop: Union[str, Sequence[str], None] = None,
         logprobs: Optional[int] = None,
@@ -462,13 +463,13 @@ class Model:
         self,
         messages: Sequence[Mapping[str, Any]],
         max_tokens: Optional[int] = None,
-        temperature: float = 0.2,
-        top_p: float = 0.95,
-        top_k: int = 40,
-        min_p: float = 0.05,
-        repeat_penalty: float = 1.0,
-        presence_penalty: float = 0.0,
-        frequency_penalty: float = 0.0,
+        temperature: float = CHAT_DEFAULTS.temperature,
+        top_p: float = CHAT_DEFAULTS.top_p,
+        top_k: int = CHAT_DEFAULTS.top_k,
+        min_p: float = CHAT_DEFAULTS.min_p,
+        repeat_penalty: float = CHAT_DEFAULTS.repeat_penalty,
+        presence_penalty: float = CHAT_DEFAULTS.presence_penalty,
+        frequency_penalty: float = CHAT_DEFAULTS.frequency_penalty,
         seed: Optional[int] = None,
         stop: Union[str, Sequence[str], None] = None,
         stream: bool = False,

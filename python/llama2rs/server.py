@@ -21,7 +21,7 @@ from importlib import resources
 from typing import Any, AsyncIterator, List, Optional, Union
 
 from .completion import (
-    TextAssembler, chat_chunks, chat_completion_dict, check_max_tokens, check_stop, chunk_dict, completion_chunks,
+    CHAT_DEFAULTS, COMPLETION_DEFAULTS, TextAssembler, chat_chunks, chat_completion_dict, check_max_tokens, check_stop, chunk_dict, completion_chunks,
     completion_result, new_id, sampling_params,
 )
 from .engine import Engine, QueueFullError, Request, TokenEvent
@@ -114,13 +114,13 @@ class _Sampling(BaseModel):
     model_config = ConfigDict(extra="ignore", strict=True)
 
     model: Optional[str] = None
-    temperature: float = 0.8
-    top_p: float = 0.95
-    top_k: int = 40
-    min_p: float = 0.05
-    repeat_penalty: float = 1.0
-    presence_penalty: float = 0.0
-    frequency_penalty: float = 0.0
+    temperature: float = COMPLETION_DEFAULTS.temperature
+    top_p: float = COMPLETION_DEFAULTS.top_p
+    top_k: int = COMPLETION_DEFAULTS.top_k
+    min_p: float = COMPLETION_DEFAULTS.min_p
+    repeat_penalty: float = COMPLETION_DEFAULTS.repeat_penalty
+    presence_penalty: float = COMPLETION_DEFAULTS.presence_penalty
+    frequency_penalty: float = COMPLETION_DEFAULTS.frequency_penalty
     seed: Optional[int] = None
     stop: Union[str, List[str], None] = None
     stream: bool = False
@@ -147,7 +147,7 @@ class ChatBody(_Sampling):
     messages: List[ChatMessage] = Field(min_length=1)
     max_tokens: Optional[int] = None
     max_completion_tokens: Optional[int] = None
-    temperature: float = 0.2
+    temperature: float = CHAT_DEFAULTS.temperature
 
 
 # ---------------------------------------------------------------------------------------------
