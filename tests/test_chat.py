@@ -8,7 +8,7 @@ import random
 import pytest
 
 import llama2rs
-from conftest import LLAMA2_TOKENIZER, MODELS, STORIES, STORIES_Q80, TOK512, need
+from conftest import MODELS, STORIES, STORIES_Q80, TOK512, need
 from llama2rs.chat import ChatTemplate, check_messages
 from llama2rs.completion import StopMatcher, TextAssembler
 from llama2rs.engine import Engine, QueueFullError, SamplingParams, TokenEvent

@@ -48,6 +48,30 @@ def running(app: Any) -> Iterator[str]:
         thread.join(timeout=20)
 
 
+def _serve_command(arguments: list[str], start_timeout: float) -> tuple[Any, int]:
+    """``llama2rs serve ARGUMENTS`` in a child process on a free loopback port, once /health answers."""
+    import socket
+    import subprocess
+    import sys
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = subprocess.Popen([sys.executable, "-m", "llama2rs", "serve", *arguments, "--port", str(port)],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + start_timeout
+    while True:
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/health", timeout=2).status_code == 200:
+                return server, port
+        except httpx.HTTPError:
+            pass
+        if time.monotonic() > deadline or server.poll() is not None:
+            server.kill()
+            pytest.fail(f"llama2rs serve {' '.join(arguments)} did not start")
+        time.sleep(0.2)
+
+
 @pytest.fixture(scope="module")
 def model() -> llama2rs.Model:
     need(STORIES, TOK512)
@@ -289,26 +313,11 @@ def test_ray_serve_replicas_behind_one_route(model, tmp_path):
     """Two replicas on Ray Serve answer the openai client as one server does (skips without
     ray[serve], which CI does not install: it is large)."""
     pytest.importorskip("ray.serve")
-    import socket
     import subprocess
     import sys
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    server = subprocess.Popen([sys.executable, "-m", "llama2rs", "serve", str(STORIES), "-z", str(TOK512),
-                               "--replicas", "2", "-t", "1", "--port", str(port)],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    server, port = _serve_command([str(STORIES), "-z", str(TOK512), "--replicas", "2", "-t", "1"], 120)
     try:
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                if httpx.get(f"http://127.0.0.1:{port}/health", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            assert time.monotonic() < deadline and server.poll() is None, "Ray Serve did not start"
-            time.sleep(0.5)
         client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="unused", max_retries=0, timeout=60)
         for seed in (3, 4, 5, 6):
             result = client.completions.create(model="stories260K.bin", prompt=PROMPT, max_tokens=30, temperature=0.9,
@@ -398,9 +407,6 @@ def test_sigterm_ends_streams_in_flight_and_exits_promptly(tmp_path):
     """llama2rs serve on SIGTERM: open streams end (as finished or cut), and the process exits
     0 within the graceful-shutdown bound."""
     import signal
-    import socket
-    import subprocess
-    import sys
 
     from llama2rs.config import Config
     from llama2rs.formats import l2rs
@@ -410,22 +416,9 @@ def test_sigterm_ends_streams_in_flight_and_exits_promptly(tmp_path):
     config = Config(dim=256, hidden_dim=768, n_layers=4, n_heads=4, n_kv_heads=2, vocab_size=512, seq_len=4096)
     path = tmp_path / "long.l2rs.safetensors"
     l2rs.write_model(path, random_weights(config, 1), llama2rs.Tokenizer(TOK512).to_bin_bytes())
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    server = subprocess.Popen([sys.executable, "-m", "llama2rs", "serve", str(path), "--port", str(port), "-t", "2"],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    server, port = _serve_command([str(path), "-t", "2"], 60)
     try:
         base = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                if httpx.get(f"{base}/health", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            assert time.monotonic() < deadline and server.poll() is None, "the server did not start"
-            time.sleep(0.2)
         body = {"prompt": "Once", "max_tokens": None, "stream": True, "ignore_eos": True, "temperature": 0.8}
         with httpx.Client(base_url=base, timeout=60) as http, http.stream("POST", "/v1/completions", json=body) as stream:
             lines = stream.iter_lines()

@@ -9,7 +9,7 @@ import json
 import pytest
 
 import llama2rs
-from conftest import LLAMA2_TOKENIZER, MODELS, TOK512, need
+from conftest import MODELS, TOK512, need
 from llama2rs.errors import TokenizerError
 
 hypothesis = pytest.importorskip("hypothesis")
