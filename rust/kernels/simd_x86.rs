@@ -85,3 +85,39 @@ pub(crate) fn prefetch<T>(address: *const T) {
     // address; SSE is part of x86-64.
     unsafe { _mm_prefetch::<_MM_HINT_T0>(address as *const i8) }
 }
+
+/// The tile drivers' weight prefetch (`blocks::avx512`, `affine::avx512_batch`): they read a
+/// matrix in pieces (`piece_bytes` of a row, less at a row's end), for each group of up to
+/// `group_rows` rows all the rows' first pieces, then their second ones, and so on, which is
+/// not the order of the bytes when rows are longer than a piece. Ask for the piece `visit`
+/// pieces into group `group`'s pass (piece `visit / len` of row `visit % len`), or into the
+/// next group's once past this one's `pieces` pieces per row; nothing past `range`.
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+pub(crate) fn prefetch_piece(
+    values: &[u8],
+    row_bytes: usize,
+    piece_bytes: usize,
+    pieces: usize,
+    range: &std::ops::Range<usize>,
+    group: &std::ops::Range<usize>,
+    group_rows: usize,
+    visit: usize,
+) {
+    let (mut start, mut len, mut visit) = (group.start, group.len(), visit);
+    if visit >= pieces * len {
+        visit -= pieces * len;
+        (start, len) = (group.end, (range.end - group.end).min(group_rows));
+        if visit >= pieces * len {
+            return;
+        }
+    }
+    let (piece, r) = (visit / len, start + visit % len);
+    let from = r * row_bytes + piece * piece_bytes;
+    let to = (from + piece_bytes).min((r + 1) * row_bytes);
+    let base = values.as_ptr();
+    for at in (from..to).step_by(64) {
+        prefetch(base.wrapping_add(at));
+    }
+    prefetch(base.wrapping_add(to - 1));
+}
