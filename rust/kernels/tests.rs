@@ -464,6 +464,38 @@ fn avx512_k_quant_kernels_match_scalar_on_whole_matrices() {
     }
 }
 
+/// The batch kernels copy a batch's activations into their own layout once per thread and
+/// batch; a new input in the same buffers (the next matrix's, in one `Scratch`) is copied
+/// again: every result equals a fresh scratch's.
+#[test]
+fn batch_kernels_restage_a_new_input_in_the_same_buffers() {
+    let mut rng = Rng(0x57a6e);
+    let (rows, cols, n_tokens) = (40, 512, 6);
+    let values = random_blocks(&mut rng, BlockType::Q4K, rows, cols);
+    let q6 = random_blocks(&mut rng, BlockType::Q6K, rows, cols);
+    let affine = random_affine(&mut rng, rows, cols, 4, 128, false);
+    let matrices = [
+        Matrix { rows, cols, data: MatrixData::Blocks(BlockData { kind: BlockType::Q4K, values: &values }) },
+        Matrix { rows, cols, data: MatrixData::Blocks(BlockData { kind: BlockType::Q6K, values: &q6 }) },
+        Matrix { rows, cols, data: MatrixData::Affine(affine.data(4, 128, true)) },
+    ];
+    for k in choices() {
+        let inputs: Vec<Vec<f32>> = (0..3).map(|_| rng.vec(n_tokens * cols)).collect();
+        let want: Vec<Vec<f32>> =
+            inputs.iter().flat_map(|x| matrices.iter().map(|m| run(m, x, n_tokens, &k))).collect();
+        let mut scratch = Scratch::default();
+        let mut got = Vec::new();
+        for x in &inputs {
+            for m in &matrices {
+                let mut out = vec![0.0; rows * n_tokens];
+                matmul(&mut out, m, x, n_tokens, &mut scratch, &k);
+                got.push(out);
+            }
+        }
+        assert_eq!(got, want, "{:?}", k.isa());
+    }
+}
+
 #[test]
 fn shared_input_matmul_equals_one_matmul_per_matrix() {
     let mut rng = Rng(0xfeed);

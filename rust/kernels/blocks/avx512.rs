@@ -19,7 +19,8 @@ use super::activation::BlockActivation;
 use super::avx2::bytes_to_f32;
 use super::dot_i8::{scales_mins_k4_words, Q4K_BYTES, Q5K_BYTES, Q6K_BYTES};
 use crate::kernels::affine::RowsOut;
-use crate::kernels::simd_x86::{prefetch, prefetch_piece};
+use crate::kernels::simd_x86::{piece_ahead, prefetch};
+use crate::kernels::staging::Staged;
 use crate::weights::BlockData;
 
 /// Rows end every KB or so and the hardware prefetcher restarts slowly across them: ask for
@@ -184,21 +185,24 @@ const L1_RECORDS: usize = 64;
 const EMPTY_RECORD: Record = Record { q: [0; 256], scales: [0.0; 16], extra: [0; 16] };
 
 thread_local! {
-    /// Per-thread room for a tile's records, reused across calls.
-    static TILE: std::cell::Cell<Vec<Record>> = const { std::cell::Cell::new(Vec::new()) };
+    /// The thread's records of the batch it ran last (every tile's, one after another).
+    static TILE: std::cell::Cell<Staged<Record>> = const { std::cell::Cell::new(Staged::new()) };
 }
 
 /// A K-quant (256-value blocks) for the tile driver: how a token's block becomes a record,
 /// and `N` tokens' dot products of a row's blocks against their records.
 pub(super) trait KQuant: TileDot {
+    /// Which records `stage` makes (types that make the same ones share a number).
+    const LAYOUT: u64;
     /// Block `b` of `act` as this type's record.
     fn stage(act: &BlockActivation, b: usize, record: &mut Record);
     /// `N` tokens' dot products of the blocks in `row` (whole blocks) with the records at
-    /// `tile` (`[block][N]`, one block per block of `row`).
+    /// `tile` (`[block][N]`, one block per block of `row`), asking for the bytes `ahead` past
+    /// each block (a hint: any distance is safe).
     ///
     /// # Safety
     /// The module's contract; `tile` points at `N * row.len() / BYTES` records.
-    unsafe fn dot_tile<const N: usize>(row: &[u8], tile: *const Record) -> [f32; N];
+    unsafe fn dot_tile<const N: usize>(row: &[u8], tile: *const Record, ahead: isize) -> [f32; N];
 }
 
 /// Q4_K's and Q5_K's records: `q_k4`, `d_k4` and the scaled sums.
@@ -211,28 +215,31 @@ fn stage_k4(act: &BlockActivation, b: usize, record: &mut Record) {
 }
 
 impl KQuant for Q4K {
+    const LAYOUT: u64 = 0;
     fn stage(act: &BlockActivation, b: usize, record: &mut Record) {
         stage_k4(act, b, record)
     }
     #[inline(always)]
-    unsafe fn dot_tile<const N: usize>(row: &[u8], tile: *const Record) -> [f32; N] {
+    unsafe fn dot_tile<const N: usize>(row: &[u8], tile: *const Record, ahead: isize) -> [f32; N] {
         // SAFETY: the caller's (the module's) contract.
-        unsafe { dot_k4_tile::<N, false>(row, tile) }
+        unsafe { dot_k4_tile::<N, false>(row, tile, ahead) }
     }
 }
 
 impl KQuant for Q5K {
+    const LAYOUT: u64 = 0;
     fn stage(act: &BlockActivation, b: usize, record: &mut Record) {
         stage_k4(act, b, record)
     }
     #[inline(always)]
-    unsafe fn dot_tile<const N: usize>(row: &[u8], tile: *const Record) -> [f32; N] {
+    unsafe fn dot_tile<const N: usize>(row: &[u8], tile: *const Record, ahead: isize) -> [f32; N] {
         // SAFETY: the caller's (the module's) contract.
-        unsafe { dot_k4_tile::<N, true>(row, tile) }
+        unsafe { dot_k4_tile::<N, true>(row, tile, ahead) }
     }
 }
 
 impl<const GFNI: bool> KQuant for Q6K<GFNI> {
+    const LAYOUT: u64 = 1;
     fn stage(act: &BlockActivation, b: usize, record: &mut Record) {
         record.q.copy_from_slice(&act.q_q6[256 * b..256 * (b + 1)]);
         record.scales.copy_from_slice(&act.d_q6[16 * b..16 * (b + 1)]);
@@ -241,9 +248,9 @@ impl<const GFNI: bool> KQuant for Q6K<GFNI> {
         }
     }
     #[inline(always)]
-    unsafe fn dot_tile<const N: usize>(row: &[u8], tile: *const Record) -> [f32; N] {
+    unsafe fn dot_tile<const N: usize>(row: &[u8], tile: *const Record, ahead: isize) -> [f32; N] {
         // SAFETY: the caller's (the module's) contract.
-        unsafe { dot_q6k_tile::<N>(row, tile) }
+        unsafe { dot_q6k_tile::<N>(row, tile, ahead) }
     }
 }
 
@@ -275,18 +282,22 @@ unsafe fn rows_k<K: KQuant>(
         }
         return;
     }
-    let mut tile = TILE.take();
     let per_tile = acts.len().div_ceil(acts.len().div_ceil(K_TOKENS));
-    for (i, acts) in acts.chunks(per_tile).enumerate() {
-        let n = acts.len();
-        tile.clear();
-        tile.resize(blocks * n, EMPTY_RECORD);
-        for (b, records) in tile.chunks_exact_mut(n).enumerate() {
-            for (record, act) in records.iter_mut().zip(acts) {
-                K::stage(act, b, record);
+    // Tile i's records from `blocks * i * per_tile` on, made once per thread and batch.
+    let mut staged = TILE.take();
+    if !staged.current(K::LAYOUT, acts, |a| a.generation) {
+        staged.records.clear();
+        staged.records.resize(blocks * acts.len(), EMPTY_RECORD);
+        for (tile, acts) in staged.records.chunks_mut(blocks * per_tile).zip(acts.chunks(per_tile)) {
+            for (b, records) in tile.chunks_exact_mut(acts.len()).enumerate() {
+                for (record, act) in records.iter_mut().zip(acts) {
+                    K::stage(act, b, record);
+                }
             }
         }
-        let (tile, t0) = (&tile[..], i * per_tile);
+    }
+    for (i, (tile, acts)) in staged.records.chunks(blocks * per_tile).zip(acts.chunks(per_tile)).enumerate() {
+        let (n, t0) = (acts.len(), i * per_tile);
         // SAFETY: `tile` holds `n` records of every block of the row; the rest is the caller's.
         unsafe {
             match n {
@@ -301,7 +312,7 @@ unsafe fn rows_k<K: KQuant>(
             }
         }
     }
-    TILE.set(tile);
+    TILE.set(staged);
 }
 
 /// Rows `range` times the `N` tokens of `tile` (`[block][N]` records of whole rows), written
@@ -326,9 +337,9 @@ unsafe fn rows_tile<K: KQuant, const N: usize>(
     let chunks = blocks.div_ceil(chunk);
     // Pieces (a chunk of a row) are read in the order of the loops below, which is not the
     // matrix's when rows are longer than a chunk: ask for the piece this far ahead in that
-    // order, `PREFETCH_AHEAD` bytes or so. (Each block asking for the bytes 6 KB past it, as
-    // one token's pass does, missed the next pieces: 16384 x 4096 Q4_K from memory, 8 tokens,
-    // 74 GMAC/s against 105 in cache.)
+    // order, `PREFETCH_AHEAD` bytes or so (`piece_ahead`). (Each block asking for the bytes
+    // 6 KB past it, as one token's pass does, missed the next pieces: 16384 x 4096 Q4_K from
+    // memory, 8 tokens, 74 GMAC/s against 105 in cache.)
     let ahead = PREFETCH_AHEAD.div_ceil(chunk.min(blocks) * K::BYTES);
     for group in range.clone().step_by(GROUP) {
         let group = group..(group + GROUP).min(range.end);
@@ -337,11 +348,11 @@ unsafe fn rows_tile<K: KQuant, const N: usize>(
             let end = (first + chunk).min(blocks);
             let records = tile[first * N..end * N].as_ptr();
             for (i, (r, sums)) in group.clone().zip(&mut sums).enumerate() {
-                let visit = c * group.len() + i + ahead;
-                prefetch_piece(w.values, row_bytes, K::BYTES * chunk, chunks, &range, &group, GROUP, visit);
-                let row = &w.values[r * row_bytes + first * K::BYTES..r * row_bytes + end * K::BYTES];
+                let (visit, here) = (c * group.len() + i + ahead, r * row_bytes + first * K::BYTES);
+                let distance = piece_ahead(row_bytes, K::BYTES * chunk, chunks, &range, &group, GROUP, visit, here);
+                let row = &w.values[here..r * row_bytes + end * K::BYTES];
                 // SAFETY: blocks first..end of the row, and their N records each.
-                let part = unsafe { K::dot_tile::<N>(row, records) };
+                let part = unsafe { K::dot_tile::<N>(row, records, distance) };
                 for (s, p) in sums.iter_mut().zip(part) {
                     *s += p;
                 }
@@ -478,16 +489,17 @@ unsafe fn dot_block(init: __m512i, w: &[__m512i; 4], x: *const i8) -> __m512i {
     }
 }
 
-/// Ask for the bytes `PREFETCH_AHEAD` past a block (one token's row by row pass reads the
-/// matrix in order): a line per 64 bytes, and the last byte where the block ends well into a
-/// line (Q5_K's 176; the next block's first request covers the rest).
+/// Ask for the bytes `ahead` past a block (`PREFETCH_AHEAD` for one token's row by row pass,
+/// which reads the matrix in order): a line per 64 bytes, and the last byte where the block
+/// ends well into a line (Q5_K's 176; the next block's first request covers the rest).
 #[inline(always)]
-fn prefetch_ahead(block: &[u8]) {
+fn prefetch_ahead(block: &[u8], ahead: isize) {
+    let at = block.as_ptr().wrapping_offset(ahead);
     for line in (0..block.len()).step_by(64) {
-        prefetch(block.as_ptr().wrapping_add(PREFETCH_AHEAD + line));
+        prefetch(at.wrapping_add(line));
     }
     if block.len() % 64 > 32 {
-        prefetch(block.as_ptr().wrapping_add(PREFETCH_AHEAD + block.len() - 1));
+        prefetch(at.wrapping_add(block.len() - 1));
     }
 }
 
@@ -607,7 +619,7 @@ unsafe fn dot_k4<const N: usize, const FIFTH_BIT: bool>(
         let mut acc = [_mm512_setzero_ps(); N];
         let mut mins = [_mm256_setzero_ps(); N];
         for (b, block) in (first..).zip(row.chunks_exact(block_bytes)) {
-            prefetch_ahead(block);
+            prefetch_ahead(block, PREFETCH_AHEAD as isize);
             let (w, scale, min) = unpack_k4::<FIFTH_BIT>(block, &c);
             for (j, act) in acts.iter().enumerate().take(N) {
                 mins[j] = _mm256_fmadd_ps(min, _mm256_loadu_ps(act.scaled_sums32.as_ptr().add(8 * b)), mins[j]);
@@ -623,7 +635,11 @@ unsafe fn dot_k4<const N: usize, const FIFTH_BIT: bool>(
 
 /// `dot_k4` for the `N` tokens of a tile's records (`KQuant::dot_tile`).
 #[inline(always)]
-unsafe fn dot_k4_tile<const N: usize, const FIFTH_BIT: bool>(row: &[u8], tile: *const Record) -> [f32; N] {
+unsafe fn dot_k4_tile<const N: usize, const FIFTH_BIT: bool>(
+    row: &[u8],
+    tile: *const Record,
+    ahead: isize,
+) -> [f32; N] {
     let block_bytes = if FIFTH_BIT { Q5K_BYTES } else { Q4K_BYTES };
     // SAFETY: the module's contract: block b's bytes are inside the row, and its N records
     // at tile + N b (the caller's).
@@ -632,6 +648,7 @@ unsafe fn dot_k4_tile<const N: usize, const FIFTH_BIT: bool>(row: &[u8], tile: *
         let mut acc = [_mm512_setzero_ps(); N];
         let mut mins = [_mm256_setzero_ps(); N];
         for (b, block) in row.chunks_exact(block_bytes).enumerate() {
+            prefetch_ahead(block, ahead);
             let (w, scale, min) = unpack_k4::<FIFTH_BIT>(block, &c);
             let records = tile.add(N * b);
             for j in 0..N {
@@ -740,7 +757,7 @@ unsafe fn dot_q6k<const N: usize, const GFNI: bool>(row: &[u8], first: usize, ac
         let c = Q6Consts::new();
         let mut acc = [_mm512_setzero_ps(); N];
         for (b, block) in (first..).zip(row.chunks_exact(Q6K_BYTES)) {
-            prefetch_ahead(block);
+            prefetch_ahead(block, PREFETCH_AHEAD as isize);
             let (w, scale) = unpack_q6k::<GFNI>(block, &c);
             for (j, act) in acts.iter().enumerate().take(N) {
                 let scaled = _mm512_mul_ps(scale, _mm512_loadu_ps(act.d_q6.as_ptr().add(16 * b)));
@@ -759,13 +776,14 @@ unsafe fn dot_q6k<const N: usize, const GFNI: bool>(row: &[u8], first: usize, ac
 /// with 6 shifts or ands still 12), and a tile's dot products are the limit (in-cache
 /// benchmark, 8 and 16 tokens: 95.5 and 94.4 GMAC/s with GFNI, 98.9 and 97.8 without).
 #[inline(always)]
-unsafe fn dot_q6k_tile<const N: usize>(row: &[u8], tile: *const Record) -> [f32; N] {
+unsafe fn dot_q6k_tile<const N: usize>(row: &[u8], tile: *const Record, ahead: isize) -> [f32; N] {
     // SAFETY: the module's contract: block b's 210 bytes are inside the row, and its N
     // records at tile + N b (the caller's).
     unsafe {
         let c = Q6Consts::new();
         let mut acc = [_mm512_setzero_ps(); N];
         for (b, block) in row.chunks_exact(Q6K_BYTES).enumerate() {
+            prefetch_ahead(block, ahead);
             let (w, scale) = unpack_q6k::<false>(block, &c);
             let records = tile.add(N * b);
             for (j, acc) in acc.iter_mut().enumerate() {
