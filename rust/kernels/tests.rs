@@ -347,10 +347,13 @@ fn affine_kernels_match_float64_dequantization() {
                             assert_close(&q, &exact_f32, 1e-3, &format!("int16 GEMM vs fp32 {what}"));
                             continue;
                         }
-                        let gemm =
-                            matches!(k.isa(), Isa::Avx512 | Isa::Avx2) && bits == 4 && n_tokens >= GEMM_MIN_TOKENS;
-                        let int8_used =
-                            bits == 4 && k.isa() != Isa::Portable && act::lanes_fit_groups(gs, cols) && !gemm;
+                        // The fp32 GEMM: AVX2's batches; AVX-512's int8 rows take any batch
+                        // below the int16 GEMM's, where the groups fit their lanes.
+                        let lanes_fit = act::lanes_fit_groups(gs, cols);
+                        let gemm = bits == 4
+                            && n_tokens >= GEMM_MIN_TOKENS
+                            && (k.isa() == Isa::Avx2 || (k.isa() == Isa::Avx512 && !lanes_fit));
+                        let int8_used = bits == 4 && k.isa() != Isa::Portable && lanes_fit && !gemm;
                         let expected = if int8_used { &exact_int8 } else { &exact_f32 };
                         assert_close(&q, expected, 1e-4, &format!("int8 activations {what}"));
                     }
@@ -360,16 +363,20 @@ fn affine_kernels_match_float64_dequantization() {
     }
 }
 
-/// The AVX-512 decode kernel with and without GFNI (one CPU may have either) against the
-/// scalar reference on the same int8 activation.
+/// The AVX-512 int8 row kernels with and without GFNI (one CPU may have either) against the
+/// scalar reference on the same int8 activations, called on whole matrices (the matmul tests
+/// split rows into small tasks): one token (the decode kernel) and every batch of 2 to 16
+/// (the tiles of `avx512_batch`), groups smaller than a chunk, of whole chunks and ragged,
+/// columns not multiples of 8, 128 or a tile's pieces, rows past a group of 32.
 #[cfg(target_arch = "x86_64")]
 #[test]
-fn avx512_decode_rows_with_and_without_gfni_match_scalar() {
+fn avx512_int8_rows_with_and_without_gfni_match_scalar() {
     if !Isa::Avx512.supported() {
         return;
     }
     let mut rng = Rng(0x5eed);
-    for &(rows, cols) in SHAPES {
+    let shapes = SHAPES.iter().copied().chain([(40, 2304), (70, 5632)]);
+    for (rows, cols) in shapes {
         for gs in [8usize, 32, 64, 128, 256, 384, cols] {
             if gs > cols || !act::lanes_fit_groups(gs, cols) {
                 continue;
@@ -377,28 +384,51 @@ fn avx512_decode_rows_with_and_without_gfni_match_scalar() {
             let a = random_affine(&mut rng, rows, cols, 4, gs, false);
             let data = a.data(4, gs, gs % 3 == 0);
             let affine_rows = AffineRows::new(&data, cols, super::fp16::f16_to_f32_scalar);
-            let mut act = act::Int8Activation::default();
-            act.quantize(&rng.vec(cols));
-            act.update_group_sums(gs);
-            let acts = [act];
-            let mut buffer = Vec::new();
-            let reference: Vec<f32> =
-                (0..rows).map(|r| dot_i8_scalar(affine_rows.row(r, &mut buffer), &acts[0])).collect();
-            for gfni in [false, true] {
-                if gfni && !isa::has_gfni() {
-                    continue;
+            let token_counts: Vec<usize> =
+                if rows * cols > 100_000 { vec![1, 2, 7, 9, 16] } else { (1..=16).collect() };
+            for n_tokens in token_counts {
+                let acts: Vec<act::Int8Activation> = (0..n_tokens)
+                    .map(|_| {
+                        let mut act = act::Int8Activation::default();
+                        act.quantize(&rng.vec(cols));
+                        act.update_group_sums(gs);
+                        act
+                    })
+                    .collect();
+                let mut buffer = Vec::new();
+                let reference: Vec<f32> = (0..n_tokens)
+                    .flat_map(|t| (0..rows).map(move |r| (t, r)))
+                    .map(|(t, r)| dot_i8_scalar(affine_rows.row(r, &mut buffer), &acts[t]))
+                    .collect();
+                for gfni in [false, true] {
+                    if gfni && !isa::has_gfni() {
+                        continue;
+                    }
+                    let mut out = vec![f32::NAN; rows * n_tokens];
+                    {
+                        let dst = DisjointSlice::new(&mut out);
+                        let rows_out = RowsOut { data: &dst, offset: 0, stride: rows };
+                        let kernel =
+                            if gfni { affine::avx512_decode::rows_gfni } else { affine::avx512_decode::rows_plain };
+                        // SAFETY: AVX-512 VNNI (and GFNI when used) are present; all rows of
+                        // every token fit `out`, and this thread alone writes it.
+                        unsafe { kernel(&affine_rows, 0..rows, &acts, &mut buffer, rows_out) };
+                    }
+                    // To 1e-5 of the sum of the products' magnitudes (fp32 rounding grows with
+                    // it: 2304 columns in groups of 8 sum 288 zero-point terms).
+                    for (i, (&g, &e)) in out.iter().zip(&reference).enumerate() {
+                        let (t, r) = (i / rows, i % rows);
+                        let magnitude: f32 = (0..cols)
+                            .map(|c| {
+                                let g = r * cols.div_ceil(gs) + c / gs;
+                                let w = a.scales[g] * (a.q[r * cols + c] as f32 - a.zeros[g] as f32);
+                                (w * acts[t].value(c)).abs()
+                            })
+                            .sum();
+                        let what = format!("{rows}x{cols} gs {gs} tokens {n_tokens} gfni {gfni} [{i}]");
+                        assert!((g - e).abs() <= 1e-5 * magnitude + 1e-6, "{what}: {g} vs {e}");
+                    }
                 }
-                let mut out = vec![0.0f32; rows];
-                {
-                    let dst = DisjointSlice::new(&mut out);
-                    let rows_out = RowsOut { data: &dst, offset: 0, stride: rows };
-                    let kernel =
-                        if gfni { affine::avx512_decode::rows_gfni } else { affine::avx512_decode::rows_plain };
-                    // SAFETY: AVX-512 VNNI (and GFNI when used) are present; all rows of one
-                    // token fit `out`, and this thread alone writes it.
-                    unsafe { kernel(&affine_rows, 0..rows, &acts, &mut buffer, rows_out) };
-                }
-                assert_close(&out, &reference, 1e-5, &format!("{rows}x{cols} gs {gs} gfni {gfni}"));
             }
         }
     }
