@@ -46,9 +46,13 @@ pub const GEMM_MIN_TOKENS: usize = 4;
 pub const I16_GEMM_MIN_TOKENS: usize = 8;
 
 /// From this many tokens on, Q4_K and Q6_K matrices run as the int16 GEMM where the table has
-/// one. Below, the row kernels (four tokens per pass) were faster: TinyLlama-shape Q4_K_M
-/// prefill at one thread, rows/GEMM tok/s: 16 tokens 58-63/45-49, 32: 63-66/60, 64: 62-68/72-74.
-pub const BLOCK_GEMM_MIN_TOKENS: usize = 48;
+/// one. Below, the row kernels are faster since they take tiles of 8 tokens through records
+/// (`blocks::avx512`): one thread, in cache, GMAC/s rows/GEMM, Q4_K 16 tokens 116/67, 64
+/// 110/83, 128 107/85, 512 97/81; Q6_K 16 105/45, 64 99/77, 128 98/84, 512 89/86. Prompts go
+/// in batches of 64 (`PREFILL_BATCH`), so they take the rows now: TinyLlama Q4_K_M, 128-token
+/// prefill, tok/s with the GEMM from 48 tokens / without, 2 threads 113-124 / 142-170, one
+/// thread 65-72 / 83-94. (With four tokens per pass the GEMM won from 48 tokens on.)
+pub const BLOCK_GEMM_MIN_TOKENS: usize = 512;
 
 /// Rows the fp32 GEMM dequantizes per step.
 #[cfg(target_arch = "x86_64")]

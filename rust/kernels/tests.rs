@@ -641,7 +641,11 @@ fn block_kernels_match_float64_dequantization() {
             let m = Matrix { rows, cols, data: MatrixData::Blocks(BlockData { kind, values: &values }) };
             // The reference dequantization of every row, then the products in float64.
             let w = dequantized_rows(kind, &values, cols);
-            for n_tokens in [1usize, 3, 6, 13, 50] {
+            // The int16 GEMM's first batch, on the smaller matrices.
+            let gemm = crate::kernels::matmul::BLOCK_GEMM_MIN_TOKENS;
+            let token_counts: &[usize] =
+                if rows * cols <= 10_240 { &[1, 3, 6, 13, 50, gemm] } else { &[1, 3, 6, 13, 50] };
+            for &n_tokens in token_counts {
                 let x = rng.vec(n_tokens * cols);
                 let exact = |x_value: &dyn Fn(usize, usize) -> f64| -> Vec<f64> {
                     (0..n_tokens)
