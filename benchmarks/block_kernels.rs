@@ -1,19 +1,22 @@
-//! The int8 block row kernels (GGUF's Q4_K, Q5_K, Q6_K, Q8_0, Q4_0, Q4_1) of every instruction
-//! set this CPU runs, on one thread, against the same matrix: its rows kept small enough to stay
+//! The int8 block row kernels (GGUF's Q4_K, Q5_K, Q6_K, Q8_0, Q4_0, Q4_1, and our own 4-bit type
+//! `q4g128`: affine, groups of 128, fp16 scales) of every instruction set this CPU runs, on one
+//! thread, against the same matrix: its rows kept small enough to stay
 //! in cache (about 1-2 MB), so what is measured is the kernel's arithmetic and not memory, whose
 //! speed on a shared machine drifts between runs. Decode (1 token), a short batch (16) and a prompt (128).
 //! The ratio column is against the scalar reference, measured in the same run.
 //!
 //!     cargo run --release --example block_kernels [-- ROWS COLS [TOKENS [TYPE ...]]]
 //!
-//! TOKENS is a comma-separated list (default 1,16,128) and TYPE a GGUF type name (default all):
+//! TOKENS is a comma-separated list (default 1,16,128) and TYPE a GGUF type name or q4g128
+//! (default all):
 //! a matrix larger than the caches measures the kernels against memory, where the scalar
-//! reference at 128 tokens would take minutes.
+//! reference at 128 tokens would take minutes. `BLOCK_KERNELS_ISAS=avx512,avx2` runs only
+//! those instruction sets (the ratio column then reads 0 unless `scalar` is among them).
 
 use std::time::Instant;
 
 use llama2rs::kernels::{matmul, Scratch};
-use llama2rs::weights::{BlockData, BlockType, Matrix, MatrixData};
+use llama2rs::weights::{AffineData, BlockData, BlockType, Matrix, MatrixData, Scales};
 use llama2rs::{Isa, Kernels};
 
 /// A xorshift stream: random block bytes (valid once their fp16 scales are set) and inputs.
@@ -75,35 +78,59 @@ fn main() {
         .split(',')
         .map(|t| t.parse().expect("TOKENS: comma-separated counts"))
         .collect();
+    let only = std::env::var("BLOCK_KERNELS_ISAS").ok();
     let pool = rayon::ThreadPoolBuilder::new().num_threads(1).build().expect("one thread");
     let mut rng = Rng(0x6b1);
     let kinds = [BlockType::Q4K, BlockType::Q5K, BlockType::Q6K, BlockType::Q8_0, BlockType::Q4_0, BlockType::Q4_1];
     println!("{rows} x {cols}, one thread: weight GB/s (per token), G multiply-adds/s, ratio to the scalar reference");
     println!("{:<6} {:>7} {:>6} {:>8} {:>8} {:>8}", "type", "kernels", "tokens", "GB/s", "GMAC/s", "ratio");
-    for kind in kinds {
-        if args.len() > 3 && !args[3..].iter().any(|name| name == kind.name()) {
-            continue;
-        }
-        let values = random_blocks(&mut rng, kind, rows, cols);
-        let m = Matrix { rows, cols, data: MatrixData::Blocks(BlockData { kind, values: &values }) };
+    let wanted = |name: &str| args.len() <= 3 || args[3..].iter().any(|n| n == name);
+    // Our own 4-bit type (export.py's default) beside GGUF's: affine, groups of 128 columns,
+    // fp16 scales and a zero point per group.
+    let group = 128.min(cols);
+    let groups = cols.div_ceil(group);
+    let affine_values: Vec<u8> = (0..rows * cols.div_ceil(2)).map(|_| rng.next() as u8).collect();
+    let affine_scales: Vec<u8> =
+        (0..rows * groups).flat_map(|_| (0x1c00u16 + (rng.next() % 0x400) as u16).to_le_bytes()).collect();
+    let affine_zeros: Vec<u8> = (0..rows * groups).map(|_| (rng.next() % 16) as u8).collect();
+    let mut matrices: Vec<(&str, usize, Matrix)> = Vec::new();
+    let block_values: Vec<(BlockType, Vec<u8>)> =
+        kinds.iter().filter(|k| wanted(k.name())).map(|&k| (k, random_blocks(&mut rng, k, rows, cols))).collect();
+    for (kind, values) in &block_values {
+        let data = MatrixData::Blocks(BlockData { kind: *kind, values });
+        matrices.push((kind.name(), values.len(), Matrix { rows, cols, data }));
+    }
+    if wanted("q4g128") {
+        let data = MatrixData::Affine(AffineData {
+            bits: 4,
+            values: &affine_values,
+            scales: Scales::F16(&affine_scales),
+            zeros: &affine_zeros,
+            group_size: group,
+            perm: None,
+        });
+        let bytes = affine_values.len() + affine_scales.len() + affine_zeros.len();
+        matrices.push(("q4g128", bytes, Matrix { rows, cols, data }));
+    }
+    for (name, bytes, m) in &matrices {
         for &tokens in &token_counts {
             let x: Vec<f32> = (0..tokens * cols).map(|_| rng.unit()).collect();
             let mut out = vec![0.0f32; rows * tokens];
             let mut scalar = 0.0;
             for isa in Isa::available() {
                 let k = Kernels::new(isa, true).expect("available");
-                if k.isa() == Isa::Portable {
-                    continue; // dequantizes rows: another path
+                if k.isa() == Isa::Portable || !only.as_ref().is_none_or(|o| o.split(',').any(|n| n == isa.name())) {
+                    continue; // portable dequantizes rows: another path
                 }
                 let mut scratch = Scratch::default();
-                let seconds = pool.install(|| time(|| matmul(&mut out, &m, &x, tokens, &mut scratch, &k), 20, 15));
+                let seconds = pool.install(|| time(|| matmul(&mut out, m, &x, tokens, &mut scratch, &k), 20, 15));
                 if isa == Isa::Scalar {
                     scalar = seconds;
                 }
-                let gbs = values.len() as f64 / seconds / 1e9;
+                let gbs = *bytes as f64 / seconds / 1e9;
                 let gmacs = (rows * cols * tokens) as f64 / seconds / 1e9;
                 let ratio = scalar / seconds;
-                println!("{:<6} {:>7} {:>6} {gbs:>8.2} {gmacs:>8.2} {ratio:>7.1}x", kind.name(), isa.name(), tokens);
+                println!("{name:<6} {:>7} {tokens:>6} {gbs:>8.2} {gmacs:>8.2} {ratio:>7.1}x", isa.name());
             }
         }
     }

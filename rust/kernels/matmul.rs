@@ -34,14 +34,25 @@ fn rows_per_task(cols: usize, n_tokens: usize) -> usize {
     (16 * 1024 / (cols * n_tokens).max(1)).max(1)
 }
 
-/// From this many tokens on, 4-bit matrices run as a GEMM where the table has one: int16
-/// activations on AVX-512 VNNI (fp32 with `exact`), fp32 on AVX2.
+/// From this many tokens on, 4-bit matrices run as the fp32 GEMM where the table has one and
+/// no int16 GEMM: AVX2, and AVX-512 with `exact`.
 pub const GEMM_MIN_TOKENS: usize = 4;
 
+/// From this many tokens on, 4-bit matrices run as the int16 `vpdpwssd` GEMM on AVX-512 VNNI;
+/// below, the int8 row kernel's tiles (`affine::avx512_batch`). GMAC/s on one thread, tiles /
+/// GEMM, 2048 x 2048 group 128 (in L3): 4 tokens 48/38, 8 49/54, 12 47/66, 16 49/73; 32768 x
+/// 4096 (from memory): 4 37/31, 8 55/46, 16 55/65. TinyLlama (our default export), 2 threads,
+/// ms per step, same run: 4 streams 66/95, 8 streams 126-137/135-141, 16 about the same.
+pub const I16_GEMM_MIN_TOKENS: usize = 8;
+
 /// From this many tokens on, Q4_K and Q6_K matrices run as the int16 GEMM where the table has
-/// one. Below, the row kernels (four tokens per pass) were faster: TinyLlama-shape Q4_K_M
-/// prefill at one thread, rows/GEMM tok/s: 16 tokens 58-63/45-49, 32: 63-66/60, 64: 62-68/72-74.
-pub const BLOCK_GEMM_MIN_TOKENS: usize = 48;
+/// one. Below, the row kernels are faster since they take tiles of 8 tokens through records
+/// (`blocks::avx512`): one thread, in cache, GMAC/s rows/GEMM, Q4_K 16 tokens 116/67, 64
+/// 110/83, 128 107/85, 512 97/81; Q6_K 16 105/45, 64 99/77, 128 98/84, 512 89/86. Prompts go
+/// in batches of 64 (`PREFILL_BATCH`), so they take the rows now: TinyLlama Q4_K_M, 128-token
+/// prefill, tok/s with the GEMM from 48 tokens / without, 2 threads 113-124 / 142-170, one
+/// thread 65-72 / 83-94. (With four tokens per pass the GEMM won from 48 tokens on.)
+pub const BLOCK_GEMM_MIN_TOKENS: usize = 512;
 
 /// Rows the fp32 GEMM dequantizes per step.
 #[cfg(target_arch = "x86_64")]
@@ -50,14 +61,14 @@ const GEMM_F32_ROWS: usize = super::affine::gemm_f32_x86::GEMM_ROWS;
 const GEMM_F32_ROWS: usize = 4;
 
 /// The int16 activation block when a 4-bit matrix runs as the `vpdpwssd` GEMM: a table with
-/// that GEMM, batches of at least `GEMM_MIN_TOKENS`, integer activations allowed, groups that
-/// whole activation blocks fit in.
+/// that GEMM, batches of at least `I16_GEMM_MIN_TOKENS`, integer activations allowed, groups
+/// that whole activation blocks fit in.
 pub fn int16_gemm_block(k: &Kernels, a: &AffineData, cols: usize, n_tokens: usize) -> Option<usize> {
     #[cfg(target_arch = "x86_64")]
     let has_gemm = k.gemm_i16.is_some();
     #[cfg(not(target_arch = "x86_64"))]
     let has_gemm = false;
-    if !has_gemm || !k.int8_activations() || a.bits != 4 || n_tokens < GEMM_MIN_TOKENS {
+    if !has_gemm || !k.int8_activations() || a.bits != 4 || n_tokens < I16_GEMM_MIN_TOKENS {
         return None;
     }
     Int16Activations::block_for(a.group_size, cols)
@@ -113,9 +124,9 @@ pub fn matmul(out: &mut [f32], w: &Matrix, x: &[f32], n_tokens: usize, scratch: 
             if let (true, Some(kernel)) = (k.int8_activations(), k.block_rows(b.kind)) {
                 // Block rows against int8 activations, each task a contiguous range of rows.
                 scratch.blocks.resize_with(n_tokens, Default::default);
-                for t in 0..n_tokens {
-                    scratch.blocks[t].quantize(token(t));
-                }
+                // Tokens in parallel: a batch's quantization would otherwise be a serial
+                // stretch before every matrix (5% of a TinyLlama Q4_K_M step of 8 streams).
+                scratch.blocks[..n_tokens].par_iter_mut().enumerate().for_each(|(t, a)| a.quantize(token(t)));
                 let acts = &scratch.blocks[..n_tokens];
                 let per_task = min_len;
                 (0..rows.div_ceil(per_task)).into_par_iter().for_each(|task| {
@@ -279,8 +290,8 @@ struct AffineJob<'s, 'a> {
 
 /// 4-bit matrices times one input `x` (`[n_tokens, cols]`, already in stored column order) on
 /// the table's integer kernels, all in one parallel region: the int16 GEMM for batches of at
-/// least `GEMM_MIN_TOKENS`, else the int8 row kernels (unless the table has an fp32 GEMM for
-/// the batch). Returns false, having done nothing, when those kernels do not apply (`exact`,
+/// least `I16_GEMM_MIN_TOKENS`, else the int8 row kernels (unless the table has an fp32 GEMM
+/// for the batch and no int16 one). Returns false, having done nothing, when those kernels do not apply (`exact`,
 /// other bits, groups that differ or that the kernels cannot take).
 fn affine_integer(
     jobs: &[AffineJob],
@@ -326,7 +337,11 @@ fn affine_integer(
     }
     let _ = &int16;
     let Some(rows_kernel) = k.rows_i8 else { return false };
-    if (k.gemm_f32.is_some() && n_tokens >= GEMM_MIN_TOKENS) || !activation::lanes_fit_groups(first.group_size, cols) {
+    #[cfg(target_arch = "x86_64")]
+    let f32_gemm_first = k.gemm_f32.is_some() && k.gemm_i16.is_none() && n_tokens >= GEMM_MIN_TOKENS;
+    #[cfg(not(target_arch = "x86_64"))]
+    let f32_gemm_first = k.gemm_f32.is_some() && n_tokens >= GEMM_MIN_TOKENS;
+    if f32_gemm_first || !activation::lanes_fit_groups(first.group_size, cols) {
         return false;
     }
     int8.resize_with(n_tokens, Default::default);

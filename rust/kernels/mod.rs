@@ -22,6 +22,7 @@ pub mod q8_0;
 mod simd_neon;
 #[cfg(target_arch = "x86_64")]
 mod simd_x86;
+mod staging;
 pub mod table;
 
 #[cfg(test)]

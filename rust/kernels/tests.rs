@@ -347,10 +347,13 @@ fn affine_kernels_match_float64_dequantization() {
                             assert_close(&q, &exact_f32, 1e-3, &format!("int16 GEMM vs fp32 {what}"));
                             continue;
                         }
-                        let gemm =
-                            matches!(k.isa(), Isa::Avx512 | Isa::Avx2) && bits == 4 && n_tokens >= GEMM_MIN_TOKENS;
-                        let int8_used =
-                            bits == 4 && k.isa() != Isa::Portable && act::lanes_fit_groups(gs, cols) && !gemm;
+                        // The fp32 GEMM: AVX2's batches; AVX-512's int8 rows take any batch
+                        // below the int16 GEMM's, where the groups fit their lanes.
+                        let lanes_fit = act::lanes_fit_groups(gs, cols);
+                        let gemm = bits == 4
+                            && n_tokens >= GEMM_MIN_TOKENS
+                            && (k.isa() == Isa::Avx2 || (k.isa() == Isa::Avx512 && !lanes_fit));
+                        let int8_used = bits == 4 && k.isa() != Isa::Portable && lanes_fit && !gemm;
                         let expected = if int8_used { &exact_int8 } else { &exact_f32 };
                         assert_close(&q, expected, 1e-4, &format!("int8 activations {what}"));
                     }
@@ -360,16 +363,20 @@ fn affine_kernels_match_float64_dequantization() {
     }
 }
 
-/// The AVX-512 decode kernel with and without GFNI (one CPU may have either) against the
-/// scalar reference on the same int8 activation.
+/// The AVX-512 int8 row kernels with and without GFNI (one CPU may have either) against the
+/// scalar reference on the same int8 activations, called on whole matrices (the matmul tests
+/// split rows into small tasks): one token (the decode kernel) and every batch of 2 to 16
+/// (the tiles of `avx512_batch`), groups smaller than a chunk, of whole chunks and ragged,
+/// columns not multiples of 8, 128 or a tile's pieces, rows past a group of 32.
 #[cfg(target_arch = "x86_64")]
 #[test]
-fn avx512_decode_rows_with_and_without_gfni_match_scalar() {
+fn avx512_int8_rows_with_and_without_gfni_match_scalar() {
     if !Isa::Avx512.supported() {
         return;
     }
     let mut rng = Rng(0x5eed);
-    for &(rows, cols) in SHAPES {
+    let shapes = SHAPES.iter().copied().chain([(40, 2304), (70, 5632)]);
+    for (rows, cols) in shapes {
         for gs in [8usize, 32, 64, 128, 256, 384, cols] {
             if gs > cols || !act::lanes_fit_groups(gs, cols) {
                 continue;
@@ -377,69 +384,100 @@ fn avx512_decode_rows_with_and_without_gfni_match_scalar() {
             let a = random_affine(&mut rng, rows, cols, 4, gs, false);
             let data = a.data(4, gs, gs % 3 == 0);
             let affine_rows = AffineRows::new(&data, cols, super::fp16::f16_to_f32_scalar);
-            let mut act = act::Int8Activation::default();
-            act.quantize(&rng.vec(cols));
-            act.update_group_sums(gs);
-            let acts = [act];
-            let mut buffer = Vec::new();
-            let reference: Vec<f32> =
-                (0..rows).map(|r| dot_i8_scalar(affine_rows.row(r, &mut buffer), &acts[0])).collect();
-            for gfni in [false, true] {
-                if gfni && !isa::has_gfni() {
-                    continue;
+            let token_counts: Vec<usize> =
+                if rows * cols > 100_000 { vec![1, 2, 7, 9, 16] } else { (1..=16).collect() };
+            for n_tokens in token_counts {
+                let acts: Vec<act::Int8Activation> = (0..n_tokens)
+                    .map(|_| {
+                        let mut act = act::Int8Activation::default();
+                        act.quantize(&rng.vec(cols));
+                        act.update_group_sums(gs);
+                        act
+                    })
+                    .collect();
+                let mut buffer = Vec::new();
+                let reference: Vec<f32> = (0..n_tokens)
+                    .flat_map(|t| (0..rows).map(move |r| (t, r)))
+                    .map(|(t, r)| dot_i8_scalar(affine_rows.row(r, &mut buffer), &acts[t]))
+                    .collect();
+                for gfni in [false, true] {
+                    if gfni && !isa::has_gfni() {
+                        continue;
+                    }
+                    let mut out = vec![f32::NAN; rows * n_tokens];
+                    {
+                        let dst = DisjointSlice::new(&mut out);
+                        let rows_out = RowsOut { data: &dst, offset: 0, stride: rows };
+                        let kernel =
+                            if gfni { affine::avx512_decode::rows_gfni } else { affine::avx512_decode::rows_plain };
+                        // SAFETY: AVX-512 VNNI (and GFNI when used) are present; all rows of
+                        // every token fit `out`, and this thread alone writes it.
+                        unsafe { kernel(&affine_rows, 0..rows, &acts, &mut buffer, rows_out) };
+                    }
+                    // To 1e-5 of the sum of the products' magnitudes (fp32 rounding grows with
+                    // it: 2304 columns in groups of 8 sum 288 zero-point terms).
+                    for (i, (&g, &e)) in out.iter().zip(&reference).enumerate() {
+                        let (t, r) = (i / rows, i % rows);
+                        let magnitude: f32 = (0..cols)
+                            .map(|c| {
+                                let g = r * cols.div_ceil(gs) + c / gs;
+                                let w = a.scales[g] * (a.q[r * cols + c] as f32 - a.zeros[g] as f32);
+                                (w * acts[t].value(c)).abs()
+                            })
+                            .sum();
+                        let what = format!("{rows}x{cols} gs {gs} tokens {n_tokens} gfni {gfni} [{i}]");
+                        assert!((g - e).abs() <= 1e-5 * magnitude + 1e-6, "{what}: {g} vs {e}");
+                    }
                 }
-                let mut out = vec![0.0f32; rows];
-                {
-                    let dst = DisjointSlice::new(&mut out);
-                    let rows_out = RowsOut { data: &dst, offset: 0, stride: rows };
-                    let kernel =
-                        if gfni { affine::avx512_decode::rows_gfni } else { affine::avx512_decode::rows_plain };
-                    // SAFETY: AVX-512 VNNI (and GFNI when used) are present; all rows of one
-                    // token fit `out`, and this thread alone writes it.
-                    unsafe { kernel(&affine_rows, 0..rows, &acts, &mut buffer, rows_out) };
-                }
-                assert_close(&out, &reference, 1e-5, &format!("{rows}x{cols} gs {gs} gfni {gfni}"));
             }
         }
     }
 }
 
-/// The AVX-512 Q6_K kernel with and without GFNI (the table picks one by the CPU) against the
-/// scalar reference (to 1e-5 of the sum of the products' magnitudes, as the other block
-/// tests), one token and a tile, one and several column chunks.
+/// The AVX-512 K-quant kernels, Q6_K's with and without GFNI (the table picks one by the
+/// CPU), called on whole matrices (the matmul tests split rows into small tasks) against the
+/// scalar references (to 1e-5 of the sum of the products' magnitudes, as the other block
+/// tests): one token and tiles of every size (1 to 16 tokens), one and several column chunks,
+/// one to three groups of 32 rows.
 #[cfg(target_arch = "x86_64")]
 #[test]
-fn avx512_q6k_with_and_without_gfni_match_scalar() {
+fn avx512_k_quant_kernels_match_scalar_on_whole_matrices() {
+    use blocks::dot_i8::{dot_q4k_scalar, dot_q5k_scalar, dot_q6k_scalar};
     if !Isa::Avx512.supported() {
         return;
     }
+    type Dot = fn(&[u8], &blocks::activation::BlockActivation) -> f32;
+    let mut kernels: Vec<(BlockType, blocks::BlockRowsI8, Dot, &str)> = vec![
+        (BlockType::Q4K, blocks::avx512::rows_q4k, dot_q4k_scalar, "q4k"),
+        (BlockType::Q5K, blocks::avx512::rows_q5k, dot_q5k_scalar, "q5k"),
+        (BlockType::Q6K, blocks::avx512::rows_q6k, dot_q6k_scalar, "q6k"),
+    ];
+    if isa::has_gfni() {
+        kernels.push((BlockType::Q6K, blocks::avx512::rows_q6k_gfni, dot_q6k_scalar, "q6k gfni"));
+    }
     let mut rng = Rng(0x6a6);
-    for (rows, cols) in [(5usize, 256usize), (3, 2304), (33, 4096)] {
-        let values = random_blocks(&mut rng, BlockType::Q6K, rows, cols);
-        let w = BlockData { kind: BlockType::Q6K, values: &values };
-        let dequantized = dequantized_rows(BlockType::Q6K, &values, cols);
-        for n_tokens in [1usize, 4, 6] {
-            let acts: Vec<blocks::activation::BlockActivation> = (0..n_tokens)
-                .map(|_| {
-                    let mut a = blocks::activation::BlockActivation::default();
-                    a.quantize(&rng.vec(cols));
-                    a
-                })
-                .collect();
-            let row_bytes = BlockType::Q6K.row_bytes(cols).unwrap();
-            let reference: Vec<f32> = (0..n_tokens)
-                .flat_map(|t| (0..rows).map(move |r| (t, r)))
-                .map(|(t, r)| blocks::dot_i8::dot_q6k_scalar(&values[r * row_bytes..(r + 1) * row_bytes], &acts[t]))
-                .collect();
-            for gfni in [false, true] {
-                if gfni && !isa::has_gfni() {
-                    continue;
-                }
-                let mut out = vec![0.0f32; rows * n_tokens];
+    for (kind, kernel, dot, name) in kernels {
+        for (rows, cols) in [(5usize, 256usize), (3, 2304), (33, 4096), (70, 5632)] {
+            let values = random_blocks(&mut rng, kind, rows, cols);
+            let w = BlockData { kind, values: &values };
+            let dequantized = dequantized_rows(kind, &values, cols);
+            let row_bytes = kind.row_bytes(cols).unwrap();
+            for n_tokens in 1..=16 {
+                let acts: Vec<blocks::activation::BlockActivation> = (0..n_tokens)
+                    .map(|_| {
+                        let mut a = blocks::activation::BlockActivation::default();
+                        a.quantize(&rng.vec(cols));
+                        a
+                    })
+                    .collect();
+                let reference: Vec<f32> = (0..n_tokens)
+                    .flat_map(|t| (0..rows).map(move |r| (t, r)))
+                    .map(|(t, r)| dot(&values[r * row_bytes..(r + 1) * row_bytes], &acts[t]))
+                    .collect();
+                let mut out = vec![f32::NAN; rows * n_tokens];
                 {
                     let dst = DisjointSlice::new(&mut out);
                     let rows_out = RowsOut { data: &dst, offset: 0, stride: rows };
-                    let kernel = if gfni { blocks::avx512::rows_q6k_gfni } else { blocks::avx512::rows_q6k };
                     // SAFETY: AVX-512 VNNI and F16C (and GFNI when used) are present; the
                     // activations have the rows' columns; all rows of every token fit `out`,
                     // and this thread alone writes it.
@@ -448,11 +486,43 @@ fn avx512_q6k_with_and_without_gfni_match_scalar() {
                 for (i, (&g, &e)) in out.iter().zip(&reference).enumerate() {
                     let (t, r) = (i / rows, i % rows);
                     let magnitude: f32 = (0..cols).map(|c| (dequantized[r * cols + c] * acts[t].value(c)).abs()).sum();
-                    let what = format!("{rows}x{cols} tokens {n_tokens} gfni {gfni} [{i}]");
+                    let what = format!("{name} {rows}x{cols} tokens {n_tokens} [{i}]");
                     assert!((g - e).abs() <= 1e-5 * magnitude + 1e-6, "{what}: {g} vs {e}");
                 }
             }
         }
+    }
+}
+
+/// The batch kernels copy a batch's activations into their own layout once per thread and
+/// batch; a new input in the same buffers (the next matrix's, in one `Scratch`) is copied
+/// again: every result equals a fresh scratch's.
+#[test]
+fn batch_kernels_restage_a_new_input_in_the_same_buffers() {
+    let mut rng = Rng(0x57a6e);
+    let (rows, cols, n_tokens) = (40, 512, 6);
+    let values = random_blocks(&mut rng, BlockType::Q4K, rows, cols);
+    let q6 = random_blocks(&mut rng, BlockType::Q6K, rows, cols);
+    let affine = random_affine(&mut rng, rows, cols, 4, 128, false);
+    let matrices = [
+        Matrix { rows, cols, data: MatrixData::Blocks(BlockData { kind: BlockType::Q4K, values: &values }) },
+        Matrix { rows, cols, data: MatrixData::Blocks(BlockData { kind: BlockType::Q6K, values: &q6 }) },
+        Matrix { rows, cols, data: MatrixData::Affine(affine.data(4, 128, true)) },
+    ];
+    for k in choices() {
+        let inputs: Vec<Vec<f32>> = (0..3).map(|_| rng.vec(n_tokens * cols)).collect();
+        let want: Vec<Vec<f32>> =
+            inputs.iter().flat_map(|x| matrices.iter().map(|m| run(m, x, n_tokens, &k))).collect();
+        let mut scratch = Scratch::default();
+        let mut got = Vec::new();
+        for x in &inputs {
+            for m in &matrices {
+                let mut out = vec![0.0; rows * n_tokens];
+                matmul(&mut out, m, x, n_tokens, &mut scratch, &k);
+                got.push(out);
+            }
+        }
+        assert_eq!(got, want, "{:?}", k.isa());
     }
 }
 
@@ -571,7 +641,11 @@ fn block_kernels_match_float64_dequantization() {
             let m = Matrix { rows, cols, data: MatrixData::Blocks(BlockData { kind, values: &values }) };
             // The reference dequantization of every row, then the products in float64.
             let w = dequantized_rows(kind, &values, cols);
-            for n_tokens in [1usize, 3, 6, 13, 50] {
+            // The int16 GEMM's first batch, on the smaller matrices.
+            let gemm = crate::kernels::matmul::BLOCK_GEMM_MIN_TOKENS;
+            let token_counts: &[usize] =
+                if rows * cols <= 10_240 { &[1, 3, 6, 13, 50, gemm] } else { &[1, 3, 6, 13, 50] };
+            for &n_tokens in token_counts {
                 let x = rng.vec(n_tokens * cols);
                 let exact = |x_value: &dyn Fn(usize, usize) -> f64| -> Vec<f64> {
                     (0..n_tokens)
@@ -621,7 +695,9 @@ fn block_kernels_match_float64_dequantization() {
 /// Every table's int8 block kernels against the scalar references, on shapes with columns that
 /// are not multiples of the SIMD kernels' steps (32, 96, 224, 800 for the 32-value types) and
 /// odd row counts, so their tails run too; 2080 and 2304 are past the AVX-512 driver's 2048-column
-/// chunks, with a partial last one.
+/// chunks, with a partial last one, and 8448 (33 blocks) past the K-quant tiles' chunks of
+/// 64 / tokens blocks for every tile size; 40 rows are more than a group of 32. Every batch
+/// of 1 to 16 tokens (one or two tiles of every size).
 #[test]
 fn block_kernels_match_the_scalar_references() {
     let mut rng = Rng(0x5ca1);
@@ -630,30 +706,31 @@ fn block_kernels_match_the_scalar_references() {
         if reference.block_rows(kind).is_none() {
             continue;
         }
-        let col_counts: &[usize] =
-            if kind.elements() == 32 { &[32, 64, 96, 224, 256, 288, 800, 1056, 2080] } else { &[256, 512, 1280, 2304] };
-        for &cols in col_counts {
-            for rows in [1usize, 3, 17] {
-                let values = random_blocks(&mut rng, kind, rows, cols);
-                let m = Matrix { rows, cols, data: MatrixData::Blocks(BlockData { kind, values: &values }) };
-                let w = dequantized_rows(kind, &values, cols);
-                for n_tokens in [1usize, 2, 5] {
-                    let x = rng.vec(n_tokens * cols);
-                    let want = run(&m, &x, n_tokens, &reference);
-                    for k in choices() {
-                        if k.block_rows(kind).is_none() {
-                            continue;
-                        }
-                        if block_gemm_input(&k, kind, &x, n_tokens, cols).is_some() {
-                            continue; // int16 activations: against float64 in the test above
-                        }
-                        let got = run(&m, &x, n_tokens, &k);
-                        for (i, (&g, &e)) in got.iter().zip(&want).enumerate() {
-                            let (t, r) = (i / rows, i % rows);
-                            let magnitude: f32 = (0..cols).map(|c| (w[r * cols + c] * x[t * cols + c]).abs()).sum();
-                            let what = format!("{} {rows}x{cols} tokens {n_tokens} {:?} [{i}]", kind.name(), k.isa());
-                            assert!((g - e).abs() <= 1e-5 * magnitude + 1e-6, "{what}: {g} vs {e}");
-                        }
+        let shapes: &[(usize, usize)] = if kind.elements() == 32 {
+            &[(1, 32), (3, 64), (17, 96), (3, 224), (1, 256), (17, 288), (3, 800), (40, 1056), (17, 2080)]
+        } else {
+            &[(1, 256), (17, 256), (3, 512), (40, 1280), (17, 2304), (3, 8448)]
+        };
+        for &(rows, cols) in shapes {
+            let values = random_blocks(&mut rng, kind, rows, cols);
+            let m = Matrix { rows, cols, data: MatrixData::Blocks(BlockData { kind, values: &values }) };
+            let w = dequantized_rows(kind, &values, cols);
+            for n_tokens in 1..=16 {
+                let x = rng.vec(n_tokens * cols);
+                let want = run(&m, &x, n_tokens, &reference);
+                for k in choices() {
+                    if k.block_rows(kind).is_none() {
+                        continue;
+                    }
+                    if block_gemm_input(&k, kind, &x, n_tokens, cols).is_some() {
+                        continue; // int16 activations: against float64 in the test above
+                    }
+                    let got = run(&m, &x, n_tokens, &k);
+                    for (i, (&g, &e)) in got.iter().zip(&want).enumerate() {
+                        let (t, r) = (i / rows, i % rows);
+                        let magnitude: f32 = (0..cols).map(|c| (w[r * cols + c] * x[t * cols + c]).abs()).sum();
+                        let what = format!("{} {rows}x{cols} tokens {n_tokens} {:?} [{i}]", kind.name(), k.isa());
+                        assert!((g - e).abs() <= 1e-5 * magnitude + 1e-6, "{what}: {g} vs {e}");
                     }
                 }
             }

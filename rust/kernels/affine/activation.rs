@@ -57,6 +57,9 @@ pub struct Int8Activation {
     /// The fp32 input this was quantized from, so the same input (q, k and v; w1 and w3 read
     /// one) is quantized once.
     source: Vec<f32>,
+    /// This quantization's own number (`staging::next_generation`): kernels that copy a
+    /// batch into their own layout know their copy is current by it.
+    pub generation: u64,
     pub cols: usize,
     pub padded: usize,
     pub natural: Vec<i8>,              // [padded] natural column order
@@ -79,6 +82,7 @@ impl Int8Activation {
         }
         self.source.clear();
         self.source.extend_from_slice(x);
+        self.generation = crate::kernels::staging::next_generation();
         self.sums_group_size = 0;
         let cols = x.len();
         let padded = cols.div_ceil(CHUNK) * CHUNK;

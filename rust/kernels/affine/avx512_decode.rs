@@ -25,26 +25,26 @@ use crate::weights::Scales;
 /// Decode asks for the weights this many bytes ahead of the load: rows end every few KB and the
 /// hardware prefetcher restarts slowly across those boundaries. Measured on Zen 5 streaming a
 /// 5632x2048 matrix: 2 KB ahead 65%, 6-8 KB 75%, 16 KB 70% of the read bandwidth.
-const PREFETCH_AHEAD: usize = 6144;
+pub(super) const PREFETCH_AHEAD: usize = 6144;
 
 /// What the 4-bit SIMD kernels need to know about a matrix's groups, worked out once per
 /// matrix rather than once per row.
 #[derive(Debug, Clone, Copy)]
-struct Q4Plan {
+pub(super) struct Q4Plan {
     /// Group of each 8-column lane within a 128-column chunk (when groups are < 128 columns).
-    lane_group: [i32; 16],
+    pub(super) lane_group: [i32; 16],
     /// Groups per 128-column chunk (1 when a group spans whole chunks).
-    per_chunk_groups: usize,
+    pub(super) per_chunk_groups: usize,
     /// One scale per chunk: groups of >= 128 columns, or one group per row.
-    broadcast: bool,
+    pub(super) broadcast: bool,
     /// With `broadcast`: chunk c uses scale `c >> group_shift` (a power-of-two number of
     /// chunks per group, or 63 for one group per row); `None` for other group sizes.
-    group_shift: Option<u32>,
-    group_size: usize,
+    pub(super) group_shift: Option<u32>,
+    pub(super) group_size: usize,
 }
 
 impl Q4Plan {
-    fn new(group_size: usize, cols: usize) -> Q4Plan {
+    pub(super) fn new(group_size: usize, cols: usize) -> Q4Plan {
         let mut lane_group = [0i32; 16];
         for (k, g) in lane_group.iter_mut().enumerate() {
             *g = ((8 * k) / group_size.min(CHUNK)) as i32;
@@ -114,12 +114,12 @@ unsafe fn load_chunk_avx512(
 }
 
 /// One chunk of an activation: even and odd columns, their residuals, the lane scales.
-struct ActChunk {
-    xe: __m512i,
-    xo: __m512i,
-    re: __m512i,
-    ro: __m512i,
-    d: __m512,
+pub(super) struct ActChunk {
+    pub(super) xe: __m512i,
+    pub(super) xo: __m512i,
+    pub(super) re: __m512i,
+    pub(super) ro: __m512i,
+    pub(super) d: __m512,
 }
 
 #[inline(always)]
@@ -215,6 +215,10 @@ unsafe fn rows_body<const GFNI: bool>(
     out: RowsOut,
 ) {
     debug_check_rows(row, &rows, acts, &out);
+    if acts.len() > 1 {
+        // SAFETY: the module's and `RowsI8`'s contracts, which are the batch kernel's.
+        return unsafe { super::avx512_batch::rows(row, rows, acts, scale_buffer, out) };
+    }
     // SAFETY: the module's contract: AVX-512 VNNI is enabled here and the CPU has it, and every
     // pointer access stays inside the row, activation or scale buffer of one matrix that it came
     // from.
@@ -260,7 +264,7 @@ unsafe fn rows_body<const GFNI: bool>(
 /// Row `r` with fp32 scales: the file's own, or its fp16 ones converted into `buffer`
 /// (`[n_groups]`, or longer), 16 per instruction.
 #[inline(always)]
-unsafe fn row_with_f32_scales<'s>(row: &'s AffineRows, r: usize, buffer: &'s mut [f32]) -> AffineRow<'s> {
+pub(super) unsafe fn row_with_f32_scales<'s>(row: &'s AffineRows, r: usize, buffer: &'s mut [f32]) -> AffineRow<'s> {
     // SAFETY: the module's contract: AVX-512 VNNI is enabled here and the CPU has it, and every
     // pointer access stays inside the row, activation or scale buffer of one matrix that it came
     // from.
@@ -352,7 +356,7 @@ unsafe fn nibbles_avx512<const GFNI: bool>(row: &AffineRow, c: usize) -> (__m512
 /// `acc + s * units * (idot * 256 + rdot)` per lane for one chunk: the integer sums are exact
 /// (|idot| <= 8 * 15 * 127 per lane) and stay below 2^24, so their conversion is too.
 #[inline(always)]
-unsafe fn chunk_dot_full_avx512(
+pub(super) unsafe fn chunk_dot_full_avx512(
     lo: __m512i,
     hi: __m512i,
     a: &ActChunk,
@@ -462,7 +466,7 @@ unsafe fn chunk_scaled_avx512(row: &AffineRow, act: &Int8Activation, c: usize, a
 
 /// `zero_term`, 16 groups per step.
 #[inline(always)]
-unsafe fn zero_term_avx512(row: &AffineRow, group_sums: &[f32]) -> f32 {
+pub(super) unsafe fn zero_term_avx512(row: &AffineRow, group_sums: &[f32]) -> f32 {
     // SAFETY: the module's contract: AVX-512 VNNI is enabled here and the CPU has it, and every
     // pointer access stays inside the row, activation or scale buffer of one matrix that it came
     // from.

@@ -5,7 +5,8 @@
 //! - **fp32 activations** (8-bit, `exact`, the portable kernels): `dot_f32_scalar` (the
 //!   definition) and `dot_f32_portable` (zero points folded in per group);
 //! - **int8 activations with a residual** (`activation.rs`) for 4-bit decode:
-//!   `dot_i8_scalar` is the reference of `avx512_decode`, `avx2_decode` and `neon`.
+//!   `dot_i8_scalar` is the reference of `avx512_decode` (and of `avx512_batch`, where it
+//!   sends batches), `avx2_decode` and `neon`.
 //!
 //! For prefill batches on x86: `gemm_f32_x86` (rows dequantized once per batch) and
 //! `gemm_i16_avx512` (int16 activations, `vpdpwssd`).
@@ -13,6 +14,8 @@
 pub mod activation;
 #[cfg(target_arch = "x86_64")]
 pub(crate) mod avx2_decode;
+#[cfg(target_arch = "x86_64")]
+pub(crate) mod avx512_batch;
 #[cfg(target_arch = "x86_64")]
 pub(crate) mod avx512_decode;
 #[cfg(target_arch = "x86_64")]

@@ -18,6 +18,9 @@ fn round_even(x: f32) -> f32 {
 pub struct BlockActivation {
     /// The fp32 input this was quantized from, so one input (q, k and v) is quantized once.
     source: Vec<f32>,
+    /// This quantization's own number (`staging::next_generation`): kernels that copy a
+    /// batch into their own layout know their copy is current by it.
+    pub generation: u64,
     pub cols: usize,
     pub q: Vec<i8>,       // [cols] natural order
     pub d: Vec<f32>,      // [cols / BLOCK]
@@ -55,6 +58,7 @@ impl BlockActivation {
         assert!(x.len().is_multiple_of(BLOCK), "block activations are whole 32-value blocks");
         self.source.clear();
         self.source.extend_from_slice(x);
+        self.generation = crate::kernels::staging::next_generation();
         self.cols = x.len();
         self.q.clear();
         self.d.clear();
