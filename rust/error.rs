@@ -30,6 +30,12 @@ pub enum Error {
     /// `seq_len`, the logits of a huge sequence): an error, where Rust would abort.
     #[error("cannot allocate {what}: {bytes} bytes ({:.1} GiB) were refused", *bytes as f64 / (1u64 << 30) as f64)]
     OutOfMemory { what: &'static str, bytes: usize },
+
+    /// A NaN or an infinity appeared in the forward pass: corrupt weights or scales. Checked
+    /// at every matrix product's input, since the integer kernels round a NaN activation to 0
+    /// and would otherwise hide it, each instruction set differently.
+    #[error("{what} holds NaN or infinite values (layer {layer}): the model's weights or scales are corrupt")]
+    NonFinite { what: &'static str, layer: usize },
 }
 
 impl Error {

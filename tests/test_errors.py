@@ -22,6 +22,7 @@ from llama2rs import (
     TokenizerError,
 )
 from conftest import LLAMA2_TOKENIZER, STORIES, STORIES_Q80, TOK512, need
+from support.fixtures import poison_tensor
 
 STORIES_BYTES = 1056540  # 28-byte header + fp32 weights of stories260K (shared classifier)
 
@@ -306,3 +307,34 @@ def test_our_file_cut_anywhere_says_so_with_its_sizes(tmp_path):
     cut.write_bytes(data + b"xx")
     with pytest.raises(ModelFileError, match=rf"2 trailing bytes: expected {len(data)} bytes"):
         llama2rs.Model(cut)
+
+
+@pytest.mark.parametrize("quantize,tensor,dtype", [
+    ("q4", "layers.0.wq.scales", np.float16),  # eaten by int8 activations unless checked
+    ("q4", "layers.2.w1.scales", np.float16),
+    ("q4", "layers.4.w2.scales", np.float16),
+    ("q8", "layers.1.wv.q8_0_scales", np.float32),
+    ("none", "layers.3.wo.weight", np.float32),
+    ("none", "rms_final", np.float32),
+])
+@pytest.mark.parametrize("value", [np.nan, np.inf])
+def test_nan_or_infinite_weights_are_an_error_on_every_kernel_set(tmp_path, quantize, tensor, dtype, value):
+    """Issue 13's probe: a NaN 4-bit scale gave NaN on some kernel sets and finite logits on
+    others (integer kernels round a NaN activation to 0). Every kernel set, exact or not, now
+    refuses the pass the same way, naming the problem; the intact file computes."""
+    from llama2rs import export
+
+    need(STORIES, TOK512)
+    source = export.load_source("llama2c", STORIES, TOK512)
+    intact = export.export(source, tmp_path / "intact.l2rs.safetensors", progress=False, quantize=quantize,
+                           group_size=32, method="rtn") if quantize == "q4" else \
+        export.export(source, tmp_path / "intact.l2rs.safetensors", progress=False, quantize=quantize)
+    poisoned = poison_tensor(intact, tmp_path / "poisoned.l2rs.safetensors", tensor, value, dtype)
+    for kernels in llama2rs.available_kernels():
+        for exact in (False, True):
+            assert np.isfinite(llama2rs.Model(intact, kernels=kernels, exact=exact).logits([1, 403, 407])).all()
+            model = llama2rs.Model(poisoned, kernels=kernels, exact=exact)
+            with pytest.raises(ModelFileError, match="NaN or infinite values"):
+                model.logits([1, 403, 407])
+            with pytest.raises(ModelFileError, match="weights or scales are corrupt"):
+                list(model.generate_tokens([1, 403], 5))

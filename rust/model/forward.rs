@@ -7,6 +7,7 @@ use super::attention::{attend, Batch};
 use super::kv_cache::KvCache;
 use super::state::Activations;
 use super::Model;
+use crate::error::{Error, Result};
 use crate::kernels::{embedding, matmul, matmul_shared_input};
 use crate::math::{rmsnorm, rmsnorm_in_place, swiglu};
 
@@ -27,14 +28,15 @@ impl Model {
     /// `tokens` of one or more sequences (`parts`, in order) inside the model's pool: every
     /// weight matrix is read once for all of them; attention runs per sequence over its own
     /// cache. Writes the logits of every token (`all_logits`) or of each part's last token, in
-    /// order, to `acts.logits`; `acts` holds room for them.
+    /// order, to `acts.logits`; `acts` holds room for them. A NaN or infinity at any matrix
+    /// product's input, or in the logits, is an error (`Error::NonFinite`).
     pub(super) fn forward_in_pool(
         &self,
         acts: &mut Activations,
         parts: &mut [SequencePart<'_>],
         tokens: &[u32],
         all_logits: bool,
-    ) {
+    ) -> Result<()> {
         let c = &self.config;
         let w = &self.weights;
         let k = &self.kernels;
@@ -56,6 +58,7 @@ impl Model {
         for (l, layer) in w.layers.iter().enumerate() {
             // Attention: x -> xb (normed) -> q, and k, v straight into the cache rows.
             rmsnorm_tokens(xb, x, &layer.rms_att, eps, dim);
+            check_finite(xb, "the input of wq, wk and wv", l)?;
             let k_new = &mut acts.k_new[..n * kv_dim];
             let v_new = &mut acts.v_new[..n * kv_dim];
             let mut qkv = [(&mut q[..], &layer.wq), (&mut k_new[..], &layer.wk), (&mut v_new[..], &layer.wv)];
@@ -81,6 +84,7 @@ impl Model {
                 }
                 row = rows.end;
             }
+            check_finite(xb, "the input of wo (the attention's output)", l)?;
             matmul(xb2, &layer.wo, xb, n, &mut acts.scratch, k);
             for (xi, &d) in x.iter_mut().zip(xb2.iter()) {
                 *xi += d;
@@ -88,6 +92,7 @@ impl Model {
 
             // Feed-forward: w2(silu(w1 x) * w3 x).
             rmsnorm_tokens(xb, x, &layer.rms_ffn, eps, dim);
+            check_finite(xb, "the input of w1 and w3", l)?;
             matmul_shared_input(
                 &mut [(&mut hb[..], &layer.w1), (&mut hb2[..], &layer.w3)],
                 xb,
@@ -102,6 +107,7 @@ impl Model {
                     *h = swiglu(*h, h2);
                 }
             });
+            check_finite(hb, "the input of w2 (SwiGLU's output)", l)?;
             matmul(xb, &layer.w2, hb, n, &mut acts.scratch, k);
             for (xi, &d) in x.iter_mut().zip(xb.iter()) {
                 *xi += d;
@@ -122,7 +128,32 @@ impl Model {
             }
             row += part.tokens;
         }
-        matmul(&mut acts.logits[..m * c.vocab_size], w.classifier(), &xb[..m * dim], m, &mut acts.scratch, k);
+        let last = c.n_layers.saturating_sub(1);
+        check_finite(&xb[..m * dim], "the classifier's input", last)?;
+        let logits = &mut acts.logits[..m * c.vocab_size];
+        matmul(logits, w.classifier(), &xb[..m * dim], m, &mut acts.scratch, k);
+        check_finite(logits, "the logits", last)
+    }
+}
+
+/// `Error::NonFinite` unless every value is finite. Sixteen independent lanes of `v * 0` (0 for
+/// a finite value, NaN for NaN or an infinity) let the compiler vectorize the scan: about a
+/// value per cycle per lane, so even a 64-token prompt's inputs of a TinyLlama layer (0.75 M
+/// values) take some 50 us against the layer's ~20 ms of products.
+fn check_finite(values: &[f32], what: &'static str, layer: usize) -> Result<()> {
+    const LANES: usize = 16;
+    let mut lanes = [0.0f32; LANES];
+    let mut chunks = values.chunks_exact(LANES);
+    for chunk in &mut chunks {
+        for (lane, &v) in lanes.iter_mut().zip(chunk) {
+            *lane += v * 0.0;
+        }
+    }
+    let tail = chunks.remainder().iter().fold(0.0f32, |acc, &v| acc + v * 0.0);
+    if lanes.iter().sum::<f32>() + tail == 0.0 {
+        Ok(())
+    } else {
+        Err(Error::NonFinite { what, layer })
     }
 }
 

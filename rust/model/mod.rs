@@ -227,7 +227,7 @@ impl Model {
         let State { acts, att, kv, .. } = state;
         acts.reserve(tokens.len(), n_logits);
         let mut parts = [SequencePart { kv, att, pos0: pos, tokens: tokens.len() }];
-        self.pool.install(|| self.forward_in_pool(acts, &mut parts, tokens, all_logits));
+        self.pool.install(|| self.forward_in_pool(acts, &mut parts, tokens, all_logits))?;
         Ok(&acts.logits[..n_logits * self.config.vocab_size])
     }
 
@@ -265,7 +265,7 @@ impl Model {
                 tokens: chunk.len(),
             })
             .collect();
-        self.pool.install(|| self.forward_in_pool(acts, &mut parts, &tokens, false));
+        self.pool.install(|| self.forward_in_pool(acts, &mut parts, &tokens, false))?;
         Ok(&acts.logits[..chunks.len() * self.config.vocab_size])
     }
 

@@ -16,6 +16,7 @@ pub(crate) fn to_pyerr(error: Error) -> PyErr {
         Error::ContextLength { .. } => "ContextLengthError",
         Error::Argument(_) => "ArgumentError",
         Error::OutOfMemory { .. } => "OutOfMemoryError",
+        Error::NonFinite { .. } => "ModelFileError",
     };
     let message = error.to_string();
     Python::attach(|py| {

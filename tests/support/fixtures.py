@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+import struct
+from pathlib import Path
 from typing import Mapping
 
 import numpy as np
@@ -10,7 +13,7 @@ from llama2rs.config import Config
 from llama2rs.quantize.q80 import Q8Tensor
 from llama2rs.weights import LAYER_NORM_NAMES, MATRIX_NAMES, Weights, dense, matrix_shapes
 
-__all__ = ["random_weights", "from_stacked", "stacked", "stacked_shapes", "STACKED_NAMES"]
+__all__ = ["random_weights", "from_stacked", "stacked", "stacked_shapes", "STACKED_NAMES", "poison_tensor"]
 
 # The draw order (and per-layer stacking) of random_weights, kept from when the weights were
 # llama2.c's stacked arrays so the same seed gives the same model.
@@ -70,3 +73,16 @@ def stacked(weights: Weights, dequantize: bool = False) -> dict:
             out[name] = np.stack(per_layer)
     out["wcls"] = out["token_embedding"] if weights.tied else convert(weights.classifier)
     return out
+
+
+def poison_tensor(src: Path, dst: Path, name: str, value: float, dtype: type) -> Path:
+    """Copy our file `src` to `dst` with the first value of tensor `name` set to `value`."""
+    data = bytearray(src.read_bytes())
+    (header_len,) = struct.unpack("<Q", data[:8])
+    header = json.loads(data[8:8 + header_len])
+    offset = 8 + header_len + header[name]["data_offsets"][0]
+    raw = np.array([value], dtype=dtype).tobytes()
+    data[offset:offset + len(raw)] = raw
+    dst.write_bytes(bytes(data))
+    return dst
+
