@@ -434,3 +434,28 @@ def test_sigterm_ends_streams_in_flight_and_exits_promptly(tmp_path):
         assert time.monotonic() - sent < 15
     finally:
         server.kill()
+
+
+def test_a_model_that_fails_mid_request_gets_500_and_the_server_goes_on(model, tmp_path):
+    """Corrupt weights surface during decoding, not at submit: the request gets a 500 (or, once
+    its stream has begun, an error event) naming the problem, and the engine keeps serving."""
+    import numpy as np
+
+    from llama2rs import export
+    from support.fixtures import poison_tensor
+
+    source = export.load_source("llama2c", STORIES, TOK512)
+    intact = export.export(source, tmp_path / "intact.l2rs.safetensors", progress=False, quantize="q8")
+    poisoned = llama2rs.Model(poison_tensor(intact, tmp_path / "nan.l2rs.safetensors", "layers.1.wv.q8_0_scales",
+                                            np.nan, np.float32))
+    with running(create_app(poisoned, parallel=2, queue=4)) as base:
+        with httpx.Client(base_url=base, timeout=30) as http:
+            for _ in range(2):  # the engine survives the first failure
+                plain = http.post("/v1/completions", json={"prompt": PROMPT, "max_tokens": 5})
+                assert plain.status_code == 500, plain.text
+                assert plain.json()["error"]["type"] == "server_error"
+                assert "NaN or infinite values" in plain.json()["error"]["message"]
+            streamed = http.post("/v1/completions", json={"prompt": PROMPT, "max_tokens": 5, "stream": True})
+            events = [json.loads(line[5:]) for line in streamed.text.splitlines() if line.startswith("data:")]
+            assert events and "weights or scales are corrupt" in events[-1]["error"]["message"], streamed.text
+            assert http.get("/health").status_code == 200

@@ -130,6 +130,8 @@ class TextAssembler:
         """The piece this event releases (None when it releases nothing)."""
         if self.finish_reason is not None:
             return None
+        if event.error is not None:
+            raise event.error
         text = ""
         if event.token is not None:
             self.completion_tokens += 1

@@ -64,6 +64,7 @@ class TokenEvent:
     logprob: Optional[float] = None
     top_logprobs: Optional[list[tuple[int, float]]] = None
     finish_reason: Optional[str] = None
+    error: Optional[Llama2rsError] = None  # with finish_reason "error": what ended the request
 
 
 Sink = Callable[[TokenEvent], None]
@@ -91,8 +92,11 @@ class Request:
         self.cancelled = True
 
     def __iter__(self) -> Iterator[TokenEvent]:
+        """The events, blocking; an event carrying an error raises it."""
         while True:
             event = self._queue.get()
+            if event.error is not None:
+                raise event.error
             yield event
             if event.finish_reason is not None:
                 return
@@ -228,6 +232,14 @@ class Engine:
                 continue
             self._active[seq] = request
 
+    def _fail_active(self, exc: Llama2rsError) -> None:
+        """End every running request with `exc`, which its consumer raises; the engine goes on."""
+        with self._lock:
+            for seq, request in list(self._active.items()):
+                self._decoder.remove(seq)
+                request.emit(TokenEvent(None, finish_reason="error", error=exc))
+            self._active.clear()
+
     def _run(self) -> None:
         while True:
             with self._lock:
@@ -247,7 +259,11 @@ class Engine:
                 self._admit()
                 if not self._active:
                     continue
-            rows = self._decoder.step()  # the GIL is released inside
+            try:
+                rows = self._decoder.step()  # the GIL is released inside
+            except Llama2rsError as exc:  # e.g. corrupt weights: every sequence of the step ends
+                self._fail_active(exc)
+                continue
             self.steps_total += 1
             self.last_batch_size = len(self._active)
             for seq, token, logprob, top, context_full in rows:

@@ -98,8 +98,7 @@ class BodyLimit:
 
 
 async def _send_error(send: Any, status: int, message: str) -> None:
-    body = json.dumps({"error": {"message": message, "type": "invalid_request_error", "param": None,
-                                 "code": None}}).encode()
+    body = json.dumps(_error_body(message, "invalid_request_error", None)).encode()
     await send({"type": "http.response.start", "status": status,
                 "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
                             (b"connection", b"close")]})
@@ -154,10 +153,13 @@ class ChatBody(_Sampling):
 # errors in OpenAI's shape
 
 
+def _error_body(message: str, kind: str, param: Optional[str]) -> dict[str, Any]:
+    return {"error": {"message": message, "type": kind, "param": param, "code": None}}
+
+
 def _error(status: int, message: str, kind: str = "invalid_request_error", param: Optional[str] = None,
            headers: Optional[dict[str, str]] = None) -> JSONResponse:
-    body = {"error": {"message": message, "type": kind, "param": param, "code": None}}
-    return JSONResponse(body, status_code=status, headers=headers)
+    return JSONResponse(_error_body(message, kind, param), status_code=status, headers=headers)
 
 
 class _HttpError(Exception):
@@ -298,7 +300,10 @@ def create_app(model: Any, model_name: Optional[str] = None, parallel: int = 8, 
                     if await http.is_disconnected():
                         return
                     continue
-                piece = assembler.feed(event)
+                try:
+                    piece = assembler.feed(event)
+                except Llama2rsError as exc:  # the engine failed this request (not its input)
+                    raise _HttpError(500, str(exc), None, "server_error") from None
                 if piece is not None:
                     yield piece
         finally:
@@ -307,8 +312,12 @@ def create_app(model: Any, model_name: Optional[str] = None, parallel: int = 8, 
 
     def _sse(chunks: AsyncIterator[dict]) -> EventSourceResponse:
         async def events() -> AsyncIterator[str]:
-            async for chunk in chunks:
-                yield json.dumps(chunk)
+            try:
+                async for chunk in chunks:
+                    yield json.dumps(chunk)
+            except _HttpError as exc:  # after the headers went out: an error event ends the stream
+                yield json.dumps(_error_body(exc.message, exc.kind, exc.param))
+                return
             yield "[DONE]"
 
         return EventSourceResponse(events(), ping=15)
