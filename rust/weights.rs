@@ -3,7 +3,8 @@
 //!
 //! Data borrowed from the map is used in place. The only copies ever made are of fp32
 //! runs that sit at an address not aligned to 4 bytes (possible for Q8_0 scales after an
-//! int8 block whose length is not a multiple of 4); those are small.
+//! int8 block whose length is not a multiple of 4, or in a hand-made safetensors file); our
+//! file's reader copies at most 16 MiB of one and refuses larger ones.
 
 use std::borrow::Cow;
 

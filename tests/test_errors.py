@@ -338,3 +338,37 @@ def test_nan_or_infinite_weights_are_an_error_on_every_kernel_set(tmp_path, quan
                 model.logits([1, 403, 407])
             with pytest.raises(ModelFileError, match="weights or scales are corrupt"):
                 list(model.generate_tokens([1, 403], 5))
+
+
+def _shift_data_by_one_byte(src, dst):
+    """Our file with one more space in its header: every tensor then starts at an odd offset."""
+    data = src.read_bytes()
+    (header_len,) = struct.unpack("<Q", data[:8])
+    dst.write_bytes(struct.pack("<Q", header_len + 1) + data[8:8 + header_len] + b" " + data[8 + header_len:])
+    return dst
+
+
+def test_unaligned_fp32_tensors_are_copied_when_small_and_refused_when_large(tmp_path):
+    """Issue 13's probe: a 70B-shape file with unaligned embeddings opened with +4.2 GB of
+    copies, silently. Small unaligned fp32 tensors (norms, scales, small models) are copied;
+    large ones are refused, naming the tensor and how to rewrite the file."""
+    from llama2rs.config import Config
+    from llama2rs.formats import l2rs
+    from support.fixtures import random_weights
+
+    need(STORIES, TOK512)
+    tokenizer = llama2rs.Tokenizer(TOK512).to_bin_bytes()
+    small = tmp_path / "small.l2rs.safetensors"
+    l2rs.write_model(small, random_weights(Config(dim=64, hidden_dim=96, n_layers=2, n_heads=4, n_kv_heads=2,
+                                                  vocab_size=512, seq_len=32), 1), tokenizer)
+    shifted = _shift_data_by_one_byte(small, tmp_path / "small-shifted.l2rs.safetensors")
+    np.testing.assert_array_equal(llama2rs.Model(shifted).logits([1, 5, 9]), llama2rs.Model(small).logits([1, 5, 9]))
+
+    # w1, w2, w3: 70000 x 64 fp32 = 17.1 MiB each, past the 16 MiB that are copied.
+    large = tmp_path / "large.l2rs.safetensors"
+    l2rs.write_model(large, random_weights(Config(dim=64, hidden_dim=70000, n_layers=1, n_heads=4, n_kv_heads=2,
+                                                  vocab_size=512, seq_len=32), 1), tokenizer)
+    assert llama2rs.Model(large).logits([1]).shape == (1, 512)  # aligned, it opens
+    with pytest.raises(ModelFileError, match=r"fp32 tensor 'layers\.0\.w[123]\.weight' \(17 MiB\) starts at byte \d+, "
+                                             r"not a multiple of 4.*llama2rs export --input"):
+        llama2rs.Model(_shift_data_by_one_byte(large, tmp_path / "large-shifted.l2rs.safetensors"))

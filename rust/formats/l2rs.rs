@@ -47,6 +47,9 @@ use crate::weights::{bad_rope_divisor, AffineData, LayerWeights, Matrix, MatrixD
 pub const FORMAT_NAME: &str = "llama2rs";
 pub const FORMAT_VERSION: u64 = 3;
 
+/// The largest fp32 tensor copied when it is not 4-byte aligned in the file (see `Reader::f32s`).
+const MAX_UNALIGNED_F32_COPY: usize = 16 << 20;
+
 /// True when `bytes` look like a safetensors file (u64 header length, then a JSON object).
 pub fn is_safetensors(bytes: &[u8]) -> bool {
     if bytes.len() < 10 {
@@ -96,6 +99,7 @@ fn check_size(bytes: &[u8]) -> std::result::Result<(), String> {
 
 struct Reader<'a, 'p> {
     path: &'p Path,
+    bytes: &'a [u8], // the whole file, for offsets in messages
     tensors: SafeTensors<'a>,
     used: HashSet<String>,
 }
@@ -122,8 +126,22 @@ impl<'a> Reader<'a, '_> {
         Ok(view.data())
     }
 
+    /// An fp32 tensor, in place. One at an offset that is not a multiple of 4 (a hand-made
+    /// file: our writer aligns them) must be copied; that is done for small ones (norms,
+    /// scales) and refused above `MAX_UNALIGNED_F32_COPY`, where the copy would cost what the
+    /// map saves (issue 13's probe: a 70B-shape file with unaligned embeddings took +4.2 GB).
     fn f32s(&mut self, name: &str, shape: &[usize]) -> Result<Cow<'a, [f32]>> {
-        Ok(f32_cow(self.raw(name, Dtype::F32, shape)?))
+        let raw = self.raw(name, Dtype::F32, shape)?;
+        let values = f32_cow(raw);
+        if matches!(values, Cow::Owned(_)) && raw.len() > MAX_UNALIGNED_F32_COPY {
+            let offset = raw.as_ptr() as usize - self.bytes.as_ptr() as usize;
+            return Err(self.fail(format!(
+                "fp32 tensor '{name}' ({} MiB) starts at byte {offset}, not a multiple of 4, so it cannot be used \
+                 in place; rewrite the file with `llama2rs export --input FILE -o OUT`, which aligns every tensor",
+                raw.len() >> 20
+            )));
+        }
+        Ok(values)
     }
 
     fn matrix(&mut self, name: &str, rows: usize, cols: usize, affine_group: Option<i64>) -> Result<Matrix<'a>> {
@@ -259,7 +277,7 @@ pub fn read_model<'a>(path: &Path, bytes: &'a [u8]) -> Result<Contents<'a>> {
         }
     };
 
-    let mut r = Reader { path, tensors, used: HashSet::new() };
+    let mut r = Reader { path, bytes, tensors, used: HashSet::new() };
     let c = config;
     let (dim, hidden, q_dim, kv_dim) = (c.dim, c.hidden_dim, c.n_heads * c.head_size(), c.kv_dim());
     let tokenizer_len = r.tensors.tensor("tokenizer").map(|v| v.shape().first().copied().unwrap_or(0)).unwrap_or(0);
