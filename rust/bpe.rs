@@ -15,7 +15,7 @@ use crate::error::{Error, Result};
 /// instead of the DoS-resistant default, which here is 2-3x slower. The keys are the
 /// vocabulary's, fixed when the tokenizer is made, so there is nothing to attack.
 #[derive(Default)]
-struct FxHasher(u64);
+pub(crate) struct FxHasher(u64);
 
 impl Hasher for FxHasher {
     fn write(&mut self, bytes: &[u8]) {

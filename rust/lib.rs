@@ -22,6 +22,7 @@ mod math;
 pub mod membw;
 pub mod model;
 pub mod sampler;
+pub mod score_bpe;
 #[cfg(test)]
 mod test_rng;
 pub mod weights;

@@ -7,8 +7,8 @@ from typing import Optional, Sequence, TypedDict, Union, final
 import numpy as np
 import numpy.typing as npt
 
-__all__ = ["BatchDecoder", "ByteLevelBpe", "CONFIG_LIMITS", "KERNEL_NAMES", "Model", "Session", "__version__", "available_kernels",
-           "read_bandwidth"]
+__all__ = ["BatchDecoder", "ByteLevelBpe", "CONFIG_LIMITS", "KERNEL_NAMES", "Model", "ScoreBpe", "Session", "__version__",
+           "available_kernels", "read_bandwidth"]
 
 __version__: str
 # Upper bound of each integer Config field (every field is at least 1).
@@ -94,6 +94,11 @@ class ByteLevelBpe:
     def decode(self, ids: Sequence[int]) -> bytes: ...
     def token_bytes(self, id: int) -> bytes: ...
     def special_id(self, text: str) -> Optional[int]: ...
+
+@final
+class ScoreBpe:
+    def __new__(cls, pieces: Sequence[bytes], scores: Sequence[float]) -> ScoreBpe: ...
+    def encode(self, text: bytes, bos: bool = True) -> list[int]: ...
 
 @final
 class BatchDecoder:

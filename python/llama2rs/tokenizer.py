@@ -19,7 +19,8 @@ The format is recognised by content, not by file extension.
 
 :meth:`Tokenizer.encode` reproduces ``encode()`` of llama2.c's ``run.c``
 exactly (including its quirks), with an ``O(n log n)`` merge loop instead of
-run.c's ``O(n^2)`` one.  :meth:`Tokenizer.decode`, :meth:`Tokenizer.piece_bytes`
+run.c's ``O(n^2)`` one, in the Rust core (``rust/score_bpe.rs``; this module reads the
+files).  :meth:`Tokenizer.decode`, :meth:`Tokenizer.piece_bytes`
 and :class:`StreamDecoder` follow run.c's ``decode()``.
 
 Deliberate choices where run.c is undefined or C-specific:
@@ -38,12 +39,12 @@ Deliberate choices where run.c is undefined or C-specific:
 
 from __future__ import annotations
 
-import heapq
 import operator
 import os
 import struct
 from typing import Iterable, Sequence
 
+from . import _core
 from ._tokens import BOS_ID, EOS_ID, StreamDecoder, looks_like_tiktoken, read_file
 from .errors import InvalidTokenError, TokenizerError
 
@@ -51,10 +52,6 @@ __all__ = ["Tokenizer", "StreamDecoder"]
 
 #: Byte-fallback tokens ``<0x00>`` .. ``<0xFF>`` start at this id.
 BYTE_OFFSET = 3
-
-# run.c starts each merge search with ``float best_score = -1e10`` and only takes a
-# pair whose score is strictly greater, so pieces scoring <= -1e10 never merge.
-_MIN_MERGE_SCORE = -1e10
 
 _BOS_PIECE = b"\n<s>\n"
 _EOS_PIECE = b"\n</s>\n"
@@ -444,7 +441,7 @@ class Tokenizer:
                 out[special] = out_after_bos[special] = b""
         self._out = out
         self._out_after_bos = out_after_bos
-        self._pair_cache: dict[tuple[int, int], tuple[float, int] | None] = {}
+        self._merger = _core.ScoreBpe(pieces, scores)  # the merging, in the core (GIL released)
 
     # -- properties -------------------------------------------------------
 
@@ -523,44 +520,6 @@ class Tokenizer:
 
     # -- encoding ---------------------------------------------------------
 
-    def _pair(self, left: int, right: int) -> tuple[float, int] | None:
-        """(score, id) of the merge of two tokens, or None if they cannot merge."""
-        key = (left, right)
-        try:
-            return self._pair_cache[key]
-        except KeyError:
-            pass
-        merged = self._lookup.get(self._pieces[left] + self._pieces[right])
-        result: tuple[float, int] | None = None
-        if merged is not None:
-            score = self._scores[merged]
-            if score > _MIN_MERGE_SCORE:  # False for NaN too, as in C
-                result = (score, merged)
-        self._pair_cache[key] = result
-        return result
-
-    def _initial_tokens(self, raw: bytes) -> list[int]:
-        """One token per UTF-8 codepoint, grouped as run.c does, with byte fallback."""
-        lookup = self._lookup
-        tokens: list[int] = []
-        n = len(raw)
-        i = 0
-        while i < n:
-            # a group is one byte plus the continuation bytes (10xxxxxx) that follow it,
-            # at most 4 bytes in all (run.c's cap)
-            j = i + 1
-            while j < n and j - i < 4 and raw[j] & 0xC0 == 0x80:
-                j += 1
-            group = raw[i:j]
-            token = lookup.get(group)
-            if token is not None:
-                tokens.append(token)
-            else:
-                for b in group:
-                    tokens.append(b + BYTE_OFFSET)
-            i = j
-        return tokens
-
     def encode(self, text: str | bytes, bos: bool = True, eos: bool = False) -> list[int]:
         """Encode text to token ids exactly as llama2.c's ``encode()`` does.
 
@@ -588,72 +547,10 @@ class Tokenizer:
         else:
             raise TypeError(f"encode() expects str or bytes, not {type(text).__name__}")
 
-        tokens: list[int] = [BOS_ID] if bos else []
-        if raw:
-            dummy = self._lookup.get(b" ")
-            if dummy is not None:
-                tokens.append(dummy)
-            tokens.extend(self._initial_tokens(raw))
-        limit = len(self._pieces)
-        for t in tokens:
-            if t >= limit:
-                raise TokenizerError(
-                    f"cannot encode byte 0x{t - BYTE_OFFSET:02X}: it is not in the vocabulary "
-                    f"and its byte-fallback token {t} is beyond vocab_size {limit}"
-                )
-        tokens = self._merge(tokens)
+        tokens: list[int] = self._merger.encode(raw, bos)
         if eos:
             tokens.append(EOS_ID)
         return tokens
-
-    def _merge(self, tokens: list[int]) -> list[int]:
-        """BPE merge loop, equal to run.c's naive loop but O(n log n).
-
-        Tokens form a linked list (nodes keep their original positions, which preserve
-        left-to-right order).  A heap holds candidate pairs keyed by (-score, position of
-        the left node), so popping gives run.c's choice: the best score, leftmost on
-        ties.  An entry is stale (and skipped) once either node changed or was removed.
-        """
-        n = len(tokens)
-        if n < 2:
-            return tokens
-        pair = self._pair
-        toks = list(tokens)  # toks[i] == -1 marks a removed node
-        nxt = list(range(1, n + 1))
-        nxt[-1] = -1
-        prv = list(range(-1, n - 1))
-        heap: list[tuple[float, int, int, int, int, int]] = []
-        for i in range(n - 1):
-            cand = pair(toks[i], toks[i + 1])
-            if cand is not None:
-                heap.append((-cand[0], i, i + 1, toks[i], toks[i + 1], cand[1]))
-        heapq.heapify(heap)
-        push = heapq.heappush
-        pop = heapq.heappop
-        while heap:
-            _, i, j, ti, tj, merged = pop(heap)
-            if toks[i] != ti or toks[j] != tj or nxt[i] != j:
-                continue  # stale
-            toks[i] = merged
-            toks[j] = -1
-            k = nxt[j]
-            nxt[i] = k
-            if k != -1:
-                prv[k] = i
-                cand = pair(merged, toks[k])
-                if cand is not None:
-                    push(heap, (-cand[0], i, k, merged, toks[k], cand[1]))
-            p = prv[i]
-            if p != -1:
-                cand = pair(toks[p], merged)
-                if cand is not None:
-                    push(heap, (-cand[0], p, i, toks[p], merged, cand[1]))
-        out: list[int] = []
-        i = 0  # the head is never removed (merges always keep the left node)
-        while i != -1:
-            out.append(toks[i])
-            i = nxt[i]
-        return out
 
     # -- decoding ---------------------------------------------------------
 

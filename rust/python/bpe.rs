@@ -1,11 +1,13 @@
-//! `ByteLevelBpe`: the core's byte-level BPE tokenizer (`crate::bpe`) for
-//! `llama2rs.bpe.ByteLevelTokenizer`, which reads the files and holds the API.
+//! The tokenizers' merging, for the Python classes that read the files and hold the API:
+//! `ByteLevelBpe` (`crate::bpe`) for `llama2rs.bpe.ByteLevelTokenizer`, and `ScoreBpe`
+//! (`crate::score_bpe`, llama2.c's score merging) for `llama2rs.Tokenizer`.
 
 use pyo3::prelude::*;
 use pyo3::types::PyBytes;
 
-use super::errors::to_pyerr;
+use super::errors::{library_error, to_pyerr};
 use crate::bpe::{ByteLevelBpe, Slicing};
+use crate::score_bpe::{ScoreBpe, BYTE_OFFSET};
 
 #[pyclass(name = "ByteLevelBpe", module = "llama2rs._core", frozen)]
 pub struct PyByteLevelBpe {
@@ -55,5 +57,38 @@ impl PyByteLevelBpe {
 
     fn special_id(&self, text: &str) -> Option<u32> {
         self.inner.special_id(text)
+    }
+}
+
+#[pyclass(name = "ScoreBpe", module = "llama2rs._core", frozen)]
+pub struct PyScoreBpe {
+    inner: ScoreBpe,
+}
+
+#[pymethods]
+impl PyScoreBpe {
+    /// `pieces[i]` and `scores[i]` (float32 values) of token `i`.
+    #[new]
+    fn new(py: Python<'_>, pieces: Vec<Vec<u8>>, scores: Vec<f32>) -> PyResult<Self> {
+        if pieces.len() != scores.len() {
+            return Err(library_error("TokenizerError", format!("{} pieces but {} scores", pieces.len(), scores.len())));
+        }
+        Ok(PyScoreBpe { inner: py.detach(|| ScoreBpe::new(pieces, scores)) })
+    }
+
+    /// run.c's `encode(text, bos, 0)`: token ids of the UTF-8 bytes `text`.
+    #[pyo3(signature = (text, bos = true))]
+    fn encode(&self, py: Python<'_>, text: &[u8], bos: bool) -> PyResult<Vec<u32>> {
+        py.detach(|| self.inner.encode(text, bos)).map_err(|token| {
+            library_error(
+                "TokenizerError",
+                format!(
+                    "cannot encode byte 0x{:02X}: it is not in the vocabulary and its byte-fallback token {token} \
+                     is beyond vocab_size {}",
+                    token - BYTE_OFFSET,
+                    self.inner.vocab_size()
+                ),
+            )
+        })
     }
 }

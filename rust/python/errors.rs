@@ -18,7 +18,11 @@ pub(crate) fn to_pyerr(error: Error) -> PyErr {
         Error::OutOfMemory { .. } => "OutOfMemoryError",
         Error::NonFinite { .. } => "ModelFileError",
     };
-    let message = error.to_string();
+    library_error(class_name, error.to_string())
+}
+
+/// Raise `llama2rs.errors.<class_name>(message)` (a RuntimeError if the module cannot be read).
+pub(crate) fn library_error(class_name: &str, message: String) -> PyErr {
     Python::attach(|py| {
         let class = py
             .import("llama2rs.errors")

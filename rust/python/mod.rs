@@ -1,7 +1,8 @@
 //! The PyO3 binding: converts types and errors, releases the GIL around compute, nothing more.
 //! The Python package (`python/llama2rs`) builds the user-facing API on top of these classes.
 //! `errors.rs` is the error adaptor, `model.rs` the `Model` and `Session` classes, `batch.rs`
-//! the continuous-batching decoder, `bpe.rs` the byte-level BPE tokenizer.
+//! the continuous-batching decoder, `bpe.rs` the tokenizers' merging (byte-level BPE and llama2.c's
+//! score merging).
 
 mod batch;
 mod bpe;
@@ -34,6 +35,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<PyModel>()?;
     m.add_class::<PySession>()?;
     m.add_class::<bpe::PyByteLevelBpe>()?;
+    m.add_class::<bpe::PyScoreBpe>()?;
     m.add_class::<batch::PyBatchDecoder>()?;
     // The one statement of the config bounds (`config::LIMITS`) and of the kernel names.
     let limits = PyDict::new(m.py());
