@@ -209,7 +209,8 @@ mod tests {
                 let len = 2 + rng.below(4);
                 pieces.push((0..len).map(|_| alphabet[rng.below(alphabet.len())]).collect());
             }
-            let scores = (0..pieces.len()).map(|_| (rng.below(6) as f32) - if round % 5 == 0 { 1e11 } else { 0.0 }).collect();
+            let scores =
+                (0..pieces.len()).map(|_| (rng.below(6) as f32) - if round % 5 == 0 { 1e11 } else { 0.0 }).collect();
             let bpe = ScoreBpe::new(pieces, scores);
             for _ in 0..20 {
                 let len = rng.below(200);
@@ -225,7 +226,8 @@ mod tests {
 
     #[test]
     fn a_byte_the_vocabulary_cannot_spell_is_reported() {
-        let bpe = ScoreBpe::new(vec![b"<unk>".to_vec(), b"<s>".to_vec(), b"</s>".to_vec(), b"a".to_vec()], vec![0.0; 4]);
+        let bpe =
+            ScoreBpe::new(vec![b"<unk>".to_vec(), b"<s>".to_vec(), b"</s>".to_vec(), b"a".to_vec()], vec![0.0; 4]);
         assert_eq!(bpe.encode(b"a", false), Ok(vec![3]));
         assert_eq!(bpe.encode(b"b", false), Err(b'b' as u32 + BYTE_OFFSET));
     }

@@ -71,7 +71,10 @@ impl PyScoreBpe {
     #[new]
     fn new(py: Python<'_>, pieces: Vec<Vec<u8>>, scores: Vec<f32>) -> PyResult<Self> {
         if pieces.len() != scores.len() {
-            return Err(library_error("TokenizerError", format!("{} pieces but {} scores", pieces.len(), scores.len())));
+            return Err(library_error(
+                "TokenizerError",
+                format!("{} pieces but {} scores", pieces.len(), scores.len()),
+            ));
         }
         Ok(PyScoreBpe { inner: py.detach(|| ScoreBpe::new(pieces, scores)) })
     }
