@@ -4,7 +4,7 @@
 use pyo3::prelude::*;
 use pyo3::types::PyBytes;
 
-use super::errors::to_pyerr;
+use super::errors::{guarded, to_pyerr};
 use crate::bpe::{ByteLevelBpe, Slicing};
 
 #[pyclass(name = "ByteLevelBpe", module = "llama2rs._core", frozen)]
@@ -25,9 +25,11 @@ impl PyByteLevelBpe {
         pattern: &str,
         slicing: Option<(usize, usize)>,
     ) -> PyResult<Self> {
-        let slicing = slicing.map(|(chunk_chars, max_run)| Slicing { chunk_chars, max_run });
-        let inner = py.detach(|| ByteLevelBpe::new(ranks, specials, pattern, slicing)).map_err(to_pyerr)?;
-        Ok(PyByteLevelBpe { inner })
+        guarded(|| {
+            let slicing = slicing.map(|(chunk_chars, max_run)| Slicing { chunk_chars, max_run });
+            let inner = py.detach(|| ByteLevelBpe::new(ranks, specials, pattern, slicing)).map_err(to_pyerr)?;
+            Ok(PyByteLevelBpe { inner })
+        })
     }
 
     #[getter]
@@ -38,22 +40,26 @@ impl PyByteLevelBpe {
     /// Token ids of `text` (special tokens matched only with `allow_special`).
     #[pyo3(signature = (text, allow_special = false))]
     fn encode(&self, py: Python<'_>, text: &str, allow_special: bool) -> PyResult<Vec<u32>> {
-        py.detach(|| self.inner.encode(text, allow_special)).map_err(to_pyerr)
+        guarded(|| py.detach(|| self.inner.encode(text, allow_special)).map_err(to_pyerr))
     }
 
     /// The bytes of `ids`, concatenated.
     fn decode<'py>(&self, py: Python<'py>, ids: Vec<u32>) -> PyResult<Bound<'py, PyBytes>> {
-        let bytes = self.inner.decode(&ids).map_err(to_pyerr)?;
-        Ok(PyBytes::new(py, &bytes))
+        guarded(|| {
+            let bytes = self.inner.decode(&ids).map_err(to_pyerr)?;
+            Ok(PyBytes::new(py, &bytes))
+        })
     }
 
     /// The bytes of one token (a special token's text).
     fn token_bytes<'py>(&self, py: Python<'py>, id: u32) -> PyResult<Bound<'py, PyBytes>> {
-        let bytes = self.inner.token_bytes(id).map_err(to_pyerr)?;
-        Ok(PyBytes::new(py, bytes))
+        guarded(|| {
+            let bytes = self.inner.token_bytes(id).map_err(to_pyerr)?;
+            Ok(PyBytes::new(py, bytes))
+        })
     }
 
-    fn special_id(&self, text: &str) -> Option<u32> {
-        self.inner.special_id(text)
+    fn special_id(&self, text: &str) -> PyResult<Option<u32>> {
+        guarded(|| Ok(self.inner.special_id(text)))
     }
 }
