@@ -1,18 +1,19 @@
 //! What the fuzz targets (`fuzz/fuzz_targets/*.rs`) run on each input, and what the replay
-//! test (`tests/fuzz_regressions.rs`) runs on each file kept in `fuzz/regressions/`: one
+//! test (`tests` below, run by `cargo test`) runs on each file kept in `fuzz/regressions/`: one
 //! function, so a crasher replays through exactly the code that found it.
 //!
 //! The input is read as a model file (any format: readers are chosen by content). When it
 //! opens and its model is small, the model is built from a copy of the bytes of exactly their
-//! length (a read past the end is caught by the address sanitizer), the tokenizer arrays the
-//! binding hands to Python are walked, and one token, then a batch of two, runs through the
-//! forward pass: a header that passes validation must also be safe to run.
+//! length (a read past the end is caught by the address sanitizer) with one of the kernel sets
+//! this CPU runs (picked by the input's length), the tokenizer arrays the binding hands to
+//! Python are walked, and one token, then a batch of two, runs through the forward pass: a
+//! header that passes validation must also be safe to run.
 
 use std::path::Path;
 
 use crate::error::Error;
 use crate::formats;
-use crate::kernels::Kernels;
+use crate::kernels::{Isa, Kernels};
 use crate::model::Model;
 
 /// At most this many multiply-adds per token (weights read once each), so one input stays
@@ -47,7 +48,12 @@ pub fn check(bytes: &[u8]) -> Outcome {
     if !small(&config) {
         return Outcome::Opened;
     }
-    let model = match Model::from_bytes(path, bytes, Some(1), Kernels::best(), None) {
+    // Every kernel set this CPU runs, with and without int8 activations, chosen by the input's
+    // length: each input always runs the same (a crasher replays), and all of them get run.
+    let isas = Isa::available();
+    let isa = isas[bytes.len() % isas.len()];
+    let kernels = Kernels::new(isa, (bytes.len() / isas.len()).is_multiple_of(2)).unwrap_or_else(|_| Kernels::best());
+    let model = match Model::from_bytes(path, bytes, Some(1), kernels, None) {
         Ok(model) => model,
         Err(error) => return refused(error),
     };
