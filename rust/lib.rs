@@ -6,7 +6,8 @@
 //! table: matrix products, attention, fp16) -> [`model`] (the forward pass, KV cache, state)
 //! -> [`sampler`] (next token) -> [`generate`] (a sequence's session); [`bpe`] is the
 //! byte-level BPE tokenizer (Llama 3's). [`disjoint`] is the one
-//! way parallel tasks share an output; [`membw`] measures read bandwidth for benchmarks.
+//! way parallel tasks share an output; [`membw`] measures read bandwidth for benchmarks;
+//! [`fuzz`] is what the fuzz targets run on each input.
 //! The PyO3 binding lives in `python/` behind the `python` feature.
 
 #![deny(unsafe_op_in_unsafe_fn)]
@@ -16,6 +17,7 @@ pub mod config;
 pub mod disjoint;
 pub mod error;
 pub mod formats;
+pub mod fuzz;
 pub mod generate;
 pub mod kernels;
 mod math;

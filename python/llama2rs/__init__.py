@@ -11,6 +11,7 @@ from .errors import (
     ArgumentError,
     ConfigError,
     ContextLengthError,
+    InternalError,
     InvalidTokenError,
     Llama2rsError,
     ModelFileError,
@@ -35,4 +36,5 @@ __all__ = [
     "InvalidTokenError",
     "ContextLengthError",
     "ArgumentError",
+    "InternalError",
 ]

@@ -8,7 +8,7 @@ import numpy as np
 import numpy.typing as npt
 
 __all__ = ["BatchDecoder", "ByteLevelBpe", "CONFIG_LIMITS", "KERNEL_NAMES", "Model", "ScoreBpe", "Session", "__version__",
-           "available_kernels", "read_bandwidth"]
+           "_panic_for_test", "available_kernels", "read_bandwidth"]
 
 __version__: str
 # Upper bound of each integer Config field (every field is at least 1).
@@ -18,6 +18,8 @@ KERNEL_NAMES: tuple[str, ...]
 
 def available_kernels() -> list[str]: ...
 def read_bandwidth(n_bytes: int = ..., n_threads: int = 1, repeats: int = 3) -> float: ...
+# Test-only: panics inside the binding's panic guard (tests/test_fuzz_regressions_rust.py).
+def _panic_for_test(message: str, in_pool: bool = False) -> None: ...
 # A GGUF file's tokenizer.ggml.* arrays (stub-only name: at run time a plain dict).
 class _Vocabulary(TypedDict):
     model: str  # tokenizer.ggml.model, e.g. "llama" (sentencepiece) or "gpt2"

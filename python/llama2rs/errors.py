@@ -17,6 +17,7 @@ __all__ = [
     "ContextLengthError",
     "ArgumentError",
     "OutOfMemoryError",
+    "InternalError",
 ]
 
 
@@ -50,3 +51,9 @@ class ArgumentError(Llama2rsError, ValueError):
 
 class OutOfMemoryError(Llama2rsError, MemoryError):
     """A buffer a call needs (e.g. the KV cache of a huge context) could not be allocated."""
+
+
+class InternalError(Llama2rsError, RuntimeError):
+    """A bug in llama2rs: its Rust core panicked. The message says where and why; please report
+    it. The process goes on (the panic was caught where the core was called), but the object
+    whose call raised this may be left half-updated."""

@@ -69,9 +69,14 @@ const MAX_HEADER_BYTES: u64 = 100_000_000;
 /// (the crate's own message has neither). Called only once the crate has refused the file, so
 /// a good file's header is parsed once.
 fn check_size(bytes: &[u8]) -> std::result::Result<(), String> {
-    let n = u64::from_le_bytes(bytes[..8].try_into().unwrap());
-    let found = bytes.len() as u64;
-    if 8 + n > found {
+    let Some(length) = bytes.first_chunk::<8>() else {
+        return Err(format!("truncated: {} bytes, shorter than a safetensors header's 8-byte length", bytes.len()));
+    };
+    let n = u64::from_le_bytes(*length);
+    // In u128: a header's length and data offsets are any u64 (the file's figures are not
+    // trusted yet), and their sum must not wrap.
+    let found = bytes.len() as u128;
+    if 8 + n as u128 > found {
         return Err(format!("truncated: its header is {n} bytes, but only {} follow its 8-byte length", found - 8));
     }
     // An unreadable header is left to the crate's parser, which says why.
@@ -84,7 +89,7 @@ fn check_size(bytes: &[u8]) -> std::result::Result<(), String> {
         .filter_map(|(_, info)| info.get("data_offsets")?.get(1)?.as_u64())
         .max()
         .unwrap_or(0);
-    let expected = 8 + n + data_end;
+    let expected = 8 + n as u128 + data_end as u128;
     match expected.cmp(&found) {
         std::cmp::Ordering::Equal => Ok(()),
         std::cmp::Ordering::Greater => Err(format!(

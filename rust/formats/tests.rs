@@ -401,3 +401,19 @@ fn sequences_run_together_give_the_logits_each_gives_alone() {
     }
     std::fs::remove_dir_all(&dir).ok();
 }
+
+#[test]
+fn safetensors_sizes_that_overflow_a_u64_are_an_error() {
+    // Found in review while fuzzing: the size check added the header's length and the largest
+    // data offset in u64, which overflowed (a panic with overflow checks, a wrong message
+    // without). fuzz/regressions/l2rs/data-offsets-end-u64-max is this file.
+    let header = br#"{"t":{"dtype":"U8","shape":[4],"data_offsets":[0,18446744073709551615]}}"#;
+    let mut bytes = (header.len() as u64).to_le_bytes().to_vec();
+    bytes.extend_from_slice(header);
+    bytes.extend_from_slice(b"abcd");
+    let message = read(Path::new("x"), &bytes).err().expect("refused").to_string();
+    assert!(message.contains("truncated: expected 18446744073709551695 bytes"), "{message}");
+    // Called directly (not through `read`, which checks the length first): 3 bytes.
+    let message = super::l2rs::read_model(Path::new("x"), b"abc").err().expect("refused").to_string();
+    assert!(message.contains("3 bytes, shorter than a safetensors header"), "{message}");
+}

@@ -48,7 +48,13 @@ pub struct Model {
     kv_cache: KvCacheType,
     /// The process that opened the model and started its pool (see `forward_batch`).
     pid: u32,
-    _map: Mmap,
+    _map: Backing,
+}
+
+/// The bytes the weights borrow: a file's map, or a copy of bytes given in memory.
+enum Backing {
+    Map(Mmap),
+    Heap(Box<[u8]>),
 }
 
 impl std::fmt::Debug for Model {
@@ -92,10 +98,38 @@ impl Model {
         // SAFETY: the map is read-only. If another process truncates the file while it is
         // mapped, reads fault (as they would in llama.cpp or llama2.c); we cannot prevent that.
         let map = unsafe { Mmap::map(&file) }.map_err(|e| Error::model_file(path, format!("cannot map: {e}")))?;
-        // SAFETY: the weights borrow the mapped bytes. The map lives in the same struct, is
-        // never mutated or remapped, and its address does not change when the struct moves;
-        // the views are only handed out with the lifetime of `&self`.
-        let bytes: &'static [u8] = unsafe { std::slice::from_raw_parts(map.as_ptr(), map.len()) };
+        Self::from_map(path, Backing::Map(map), n_threads, kernels, kv_cache)
+    }
+
+    /// A model from bytes in memory (`path` only names it in errors), copied into a buffer of
+    /// exactly their length: for the fuzz targets, where a read one byte past the end is
+    /// caught by the address sanitizer (past a map's end it would land in the same page).
+    pub fn from_bytes(
+        path: &Path,
+        bytes: &[u8],
+        n_threads: Option<usize>,
+        kernels: Kernels,
+        kv_cache: Option<KvCacheType>,
+    ) -> Result<Model> {
+        let copy: Box<[u8]> = bytes.into();
+        Self::from_map(path, Backing::Heap(copy), n_threads, kernels, kv_cache)
+    }
+
+    fn from_map(
+        path: &Path,
+        map: Backing,
+        n_threads: Option<usize>,
+        kernels: Kernels,
+        kv_cache: Option<KvCacheType>,
+    ) -> Result<Model> {
+        let (ptr, len) = match &map {
+            Backing::Map(m) => (m.as_ptr(), m.len()),
+            Backing::Heap(b) => (b.as_ptr(), b.len()),
+        };
+        // SAFETY: the weights borrow the map's (or buffer's) bytes. It lives in the same
+        // struct, is never mutated, remapped or reallocated, and its address does not change
+        // when the struct moves; the views are only handed out with the lifetime of `&self`.
+        let bytes: &'static [u8] = unsafe { std::slice::from_raw_parts(ptr, len) };
         let formats::Contents { config, format, weights, tokenizer, vocabulary, metadata } =
             formats::read(path, bytes)?;
         let pool = threads::build_pool(n_threads)?;

@@ -3,7 +3,7 @@
 
 use pyo3::prelude::*;
 
-use super::errors::to_pyerr;
+use super::errors::{guarded, to_pyerr};
 use super::model::{non_negative, token_ids, PyModel};
 use crate::generate::BatchDecoder;
 use crate::sampler::{Penalties, SamplerConfig};
@@ -23,10 +23,12 @@ impl PyBatchDecoder {
     #[new]
     #[pyo3(signature = (model, prefill_chunk = 64))]
     fn new(model: &PyModel, prefill_chunk: i64) -> PyResult<Self> {
-        let chunk = non_negative("prefill_chunk", prefill_chunk).map_err(to_pyerr)?;
-        let shared = model.shared()?;
-        let vocab_size = shared.config().vocab_size;
-        Ok(PyBatchDecoder { inner: BatchDecoder::new(shared, chunk).map_err(to_pyerr)?, vocab_size })
+        guarded(|| {
+            let chunk = non_negative("prefill_chunk", prefill_chunk).map_err(to_pyerr)?;
+            let shared = model.shared()?;
+            let vocab_size = shared.config().vocab_size;
+            Ok(PyBatchDecoder { inner: BatchDecoder::new(shared, chunk).map_err(to_pyerr)?, vocab_size })
+        })
     }
 
     /// Start a sequence; returns its id. The prompt is checked now and fed by later steps.
@@ -47,43 +49,47 @@ impl PyBatchDecoder {
         min_p: f64,
         logprobs: i64,
     ) -> PyResult<u64> {
-        let ids = token_ids(&prompt, self.vocab_size).map_err(to_pyerr)?;
-        let sampler = SamplerConfig {
-            temperature: temperature as f32,
-            top_p: top_p as f32,
-            top_k: non_negative("top_k", top_k).map_err(to_pyerr)?,
-            seed,
-        };
-        let penalties = Penalties {
-            repeat_penalty: repeat_penalty as f32,
-            repeat_last_n: non_negative("repeat_last_n", repeat_last_n).map_err(to_pyerr)?,
-            presence_penalty: presence_penalty as f32,
-            frequency_penalty: frequency_penalty as f32,
-            min_p: min_p as f32,
-        };
-        let top = non_negative("logprobs", logprobs).map_err(to_pyerr)?;
-        self.inner.add(&ids, sampler, penalties, top).map_err(to_pyerr)
+        guarded(|| {
+            let ids = token_ids(&prompt, self.vocab_size).map_err(to_pyerr)?;
+            let sampler = SamplerConfig {
+                temperature: temperature as f32,
+                top_p: top_p as f32,
+                top_k: non_negative("top_k", top_k).map_err(to_pyerr)?,
+                seed,
+            };
+            let penalties = Penalties {
+                repeat_penalty: repeat_penalty as f32,
+                repeat_last_n: non_negative("repeat_last_n", repeat_last_n).map_err(to_pyerr)?,
+                presence_penalty: presence_penalty as f32,
+                frequency_penalty: frequency_penalty as f32,
+                min_p: min_p as f32,
+            };
+            let top = non_negative("logprobs", logprobs).map_err(to_pyerr)?;
+            self.inner.add(&ids, sampler, penalties, top).map_err(to_pyerr)
+        })
     }
 
     /// Drop a sequence; False if there is none with that id.
-    fn remove(&mut self, id: u64) -> bool {
-        self.inner.remove(id)
+    fn remove(&mut self, id: u64) -> PyResult<bool> {
+        guarded(|| Ok(self.inner.remove(id)))
     }
 
     /// One pass over the weights for every sequence (the GIL released): the tokens sampled.
     fn step(&mut self, py: Python<'_>) -> PyResult<Vec<StepRow>> {
-        let inner = &mut self.inner;
-        let sampled = py.detach(|| inner.step()).map_err(to_pyerr)?;
-        Ok(sampled
-            .into_iter()
-            .map(|s| {
-                let (logprob, top) = match s.logprobs {
-                    Some((lp, top)) => (Some(lp), Some(top)),
-                    None => (None, None),
-                };
-                (s.id, s.token, logprob, top, s.context_full)
-            })
-            .collect())
+        guarded(|| {
+            let inner = &mut self.inner;
+            let sampled = py.detach(|| inner.step()).map_err(to_pyerr)?;
+            Ok(sampled
+                .into_iter()
+                .map(|s| {
+                    let (logprob, top) = match s.logprobs {
+                        Some((lp, top)) => (Some(lp), Some(top)),
+                        None => (None, None),
+                    };
+                    (s.id, s.token, logprob, top, s.context_full)
+                })
+                .collect())
+        })
     }
 
     fn __len__(&self) -> usize {

@@ -5,7 +5,7 @@
 use pyo3::prelude::*;
 use pyo3::types::PyBytes;
 
-use super::errors::{library_error, to_pyerr};
+use super::errors::{guarded, library_error, to_pyerr};
 use crate::bpe::{ByteLevelBpe, Slicing};
 use crate::score_bpe::{ScoreBpe, BYTE_OFFSET};
 
@@ -27,9 +27,11 @@ impl PyByteLevelBpe {
         pattern: &str,
         slicing: Option<(usize, usize)>,
     ) -> PyResult<Self> {
-        let slicing = slicing.map(|(chunk_chars, max_run)| Slicing { chunk_chars, max_run });
-        let inner = py.detach(|| ByteLevelBpe::new(ranks, specials, pattern, slicing)).map_err(to_pyerr)?;
-        Ok(PyByteLevelBpe { inner })
+        guarded(|| {
+            let slicing = slicing.map(|(chunk_chars, max_run)| Slicing { chunk_chars, max_run });
+            let inner = py.detach(|| ByteLevelBpe::new(ranks, specials, pattern, slicing)).map_err(to_pyerr)?;
+            Ok(PyByteLevelBpe { inner })
+        })
     }
 
     #[getter]
@@ -40,23 +42,27 @@ impl PyByteLevelBpe {
     /// Token ids of `text` (special tokens matched only with `allow_special`).
     #[pyo3(signature = (text, allow_special = false))]
     fn encode(&self, py: Python<'_>, text: &str, allow_special: bool) -> PyResult<Vec<u32>> {
-        py.detach(|| self.inner.encode(text, allow_special)).map_err(to_pyerr)
+        guarded(|| py.detach(|| self.inner.encode(text, allow_special)).map_err(to_pyerr))
     }
 
     /// The bytes of `ids`, concatenated.
     fn decode<'py>(&self, py: Python<'py>, ids: Vec<u32>) -> PyResult<Bound<'py, PyBytes>> {
-        let bytes = self.inner.decode(&ids).map_err(to_pyerr)?;
-        Ok(PyBytes::new(py, &bytes))
+        guarded(|| {
+            let bytes = self.inner.decode(&ids).map_err(to_pyerr)?;
+            Ok(PyBytes::new(py, &bytes))
+        })
     }
 
     /// The bytes of one token (a special token's text).
     fn token_bytes<'py>(&self, py: Python<'py>, id: u32) -> PyResult<Bound<'py, PyBytes>> {
-        let bytes = self.inner.token_bytes(id).map_err(to_pyerr)?;
-        Ok(PyBytes::new(py, bytes))
+        guarded(|| {
+            let bytes = self.inner.token_bytes(id).map_err(to_pyerr)?;
+            Ok(PyBytes::new(py, bytes))
+        })
     }
 
-    fn special_id(&self, text: &str) -> Option<u32> {
-        self.inner.special_id(text)
+    fn special_id(&self, text: &str) -> PyResult<Option<u32>> {
+        guarded(|| Ok(self.inner.special_id(text)))
     }
 }
 
@@ -76,22 +82,24 @@ impl PyScoreBpe {
                 format!("{} pieces but {} scores", pieces.len(), scores.len()),
             ));
         }
-        Ok(PyScoreBpe { inner: py.detach(|| ScoreBpe::new(pieces, scores)) })
+        guarded(|| Ok(PyScoreBpe { inner: py.detach(|| ScoreBpe::new(pieces, scores)) }))
     }
 
     /// run.c's `encode(text, bos, 0)`: token ids of the UTF-8 bytes `text`.
     #[pyo3(signature = (text, bos = true))]
     fn encode(&self, py: Python<'_>, text: &[u8], bos: bool) -> PyResult<Vec<u32>> {
-        py.detach(|| self.inner.encode(text, bos)).map_err(|token| {
-            library_error(
-                "TokenizerError",
-                format!(
-                    "cannot encode byte 0x{:02X}: it is not in the vocabulary and its byte-fallback token {token} \
+        guarded(|| {
+            py.detach(|| self.inner.encode(text, bos)).map_err(|token| {
+                library_error(
+                    "TokenizerError",
+                    format!(
+                        "cannot encode byte 0x{:02X}: it is not in the vocabulary and its byte-fallback token {token} \
                      is beyond vocab_size {}",
-                    token - BYTE_OFFSET,
-                    self.inner.vocab_size()
-                ),
-            )
+                        token - BYTE_OFFSET,
+                        self.inner.vocab_size()
+                    ),
+                )
+            })
         })
     }
 }

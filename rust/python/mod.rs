@@ -1,8 +1,8 @@
 //! The PyO3 binding: converts types and errors, releases the GIL around compute, nothing more.
 //! The Python package (`python/llama2rs`) builds the user-facing API on top of these classes.
-//! `errors.rs` is the error adaptor, `model.rs` the `Model` and `Session` classes, `batch.rs`
-//! the continuous-batching decoder, `bpe.rs` the tokenizers' merging (byte-level BPE and llama2.c's
-//! score merging).
+//! `errors.rs` is the error adaptor (core errors and panics to `llama2rs.errors`), `model.rs`
+//! the `Model` and `Session` classes, `batch.rs` the continuous-batching decoder, `bpe.rs` the
+//! tokenizers' merging (byte-level BPE and llama2.c's score merging).
 
 mod batch;
 mod bpe;
@@ -32,6 +32,7 @@ fn read_bandwidth(py: Python<'_>, n_bytes: usize, n_threads: usize, repeats: usi
 fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(read_bandwidth, m)?)?;
     m.add_function(wrap_pyfunction!(available_kernels, m)?)?;
+    m.add_function(wrap_pyfunction!(errors::_panic_for_test, m)?)?;
     m.add_class::<PyModel>()?;
     m.add_class::<PySession>()?;
     m.add_class::<bpe::PyByteLevelBpe>()?;

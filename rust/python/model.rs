@@ -7,7 +7,7 @@ use numpy::{PyArray1, PyArray2, PyArrayMethods};
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict};
 
-use super::errors::to_pyerr;
+use super::errors::{guarded, to_pyerr};
 use crate::error::Error;
 use crate::formats::llama2c::Format;
 use crate::formats::FileFormat;
@@ -63,30 +63,33 @@ impl PyModel {
         exact: bool,
         kv_cache: Option<String>,
     ) -> PyResult<Self> {
-        let n_threads = match n_threads {
-            Some(n) if n < 1 => {
-                return Err(to_pyerr(Error::Argument(format!("n_threads must be at least 1, got {n}"))))
-            }
-            Some(n) => Some(n as usize),
-            None => None,
-        };
-        let isa = match kernels.as_deref() {
-            None | Some("auto") => Isa::detect(),
-            Some(name) => Isa::from_name(name).ok_or_else(|| {
-                let names: Vec<&str> = std::iter::once("auto").chain(Isa::names()).collect();
-                to_pyerr(Error::Argument(format!("kernels must be one of {}; got {name:?}", names.join(", "))))
-            })?,
-        };
-        let kv_cache = match kv_cache.as_deref() {
-            None | Some("auto") => None,
-            Some(name) => Some(KvCacheType::from_name(name).ok_or_else(|| {
-                let names: Vec<&str> = std::iter::once("auto").chain(KvCacheType::ALL.map(KvCacheType::name)).collect();
-                to_pyerr(Error::Argument(format!("kv_cache must be one of {}; got {name:?}", names.join(", "))))
-            })?),
-        };
-        let kernels = Kernels::new(isa, !exact).map_err(to_pyerr)?;
-        let model = py.detach(|| Model::open_with(&path, n_threads, kernels, kv_cache)).map_err(to_pyerr)?;
-        Ok(PyModel { inner: RwLock::new(Some(Arc::new(model))) })
+        guarded(|| {
+            let n_threads = match n_threads {
+                Some(n) if n < 1 => {
+                    return Err(to_pyerr(Error::Argument(format!("n_threads must be at least 1, got {n}"))))
+                }
+                Some(n) => Some(n as usize),
+                None => None,
+            };
+            let isa = match kernels.as_deref() {
+                None | Some("auto") => Isa::detect(),
+                Some(name) => Isa::from_name(name).ok_or_else(|| {
+                    let names: Vec<&str> = std::iter::once("auto").chain(Isa::names()).collect();
+                    to_pyerr(Error::Argument(format!("kernels must be one of {}; got {name:?}", names.join(", "))))
+                })?,
+            };
+            let kv_cache = match kv_cache.as_deref() {
+                None | Some("auto") => None,
+                Some(name) => Some(KvCacheType::from_name(name).ok_or_else(|| {
+                    let names: Vec<&str> =
+                        std::iter::once("auto").chain(KvCacheType::ALL.map(KvCacheType::name)).collect();
+                    to_pyerr(Error::Argument(format!("kv_cache must be one of {}; got {name:?}", names.join(", "))))
+                })?),
+            };
+            let kernels = Kernels::new(isa, !exact).map_err(to_pyerr)?;
+            let model = py.detach(|| Model::open_with(&path, n_threads, kernels, kv_cache)).map_err(to_pyerr)?;
+            Ok(PyModel { inner: RwLock::new(Some(Arc::new(model))) })
+        })
     }
 
     /// The kernel implementation in use (one of `KERNEL_NAMES`).
@@ -151,18 +154,20 @@ impl PyModel {
     /// `token_type`, `bos_id`, `eos_id`), or None.
     #[getter]
     fn vocabulary<'py>(&self, py: Python<'py>) -> PyResult<Option<Bound<'py, PyDict>>> {
-        let model = self.shared()?;
-        let Some(v) = model.vocabulary() else { return Ok(None) };
-        let d = PyDict::new(py);
-        d.set_item("model", &v.model)?;
-        d.set_item("pre", v.pre.clone())?;
-        let tokens: Vec<Bound<'py, PyBytes>> = v.tokens.iter().map(|t| PyBytes::new(py, t)).collect();
-        d.set_item("tokens", tokens)?;
-        d.set_item("scores", v.scores.clone())?;
-        d.set_item("token_type", v.token_type.clone())?;
-        d.set_item("bos_id", v.bos_id)?;
-        d.set_item("eos_id", v.eos_id)?;
-        Ok(Some(d))
+        guarded(|| {
+            let model = self.shared()?;
+            let Some(v) = model.vocabulary() else { return Ok(None) };
+            let d = PyDict::new(py);
+            d.set_item("model", &v.model)?;
+            d.set_item("pre", v.pre.clone())?;
+            let tokens: Vec<Bound<'py, PyBytes>> = v.tokens.iter().map(|t| PyBytes::new(py, t)).collect();
+            d.set_item("tokens", tokens)?;
+            d.set_item("scores", v.scores.clone())?;
+            d.set_item("token_type", v.token_type.clone())?;
+            d.set_item("bos_id", v.bos_id)?;
+            d.set_item("eos_id", v.eos_id)?;
+            Ok(Some(d))
+        })
     }
 
     /// The file's metadata strings (empty for llama2.c files).
@@ -193,24 +198,28 @@ impl PyModel {
 
     /// Teacher-forced logits, float32 `[len(tokens), vocab_size]`.
     fn logits<'py>(&self, py: Python<'py>, tokens: Vec<i64>) -> PyResult<Bound<'py, PyArray2<f32>>> {
-        let model = self.shared()?;
-        let vocab_size = model.config().vocab_size;
-        let ids = token_ids(&tokens, vocab_size).map_err(to_pyerr)?;
-        let values = py.detach(|| model.logits(&ids)).map_err(to_pyerr)?;
-        PyArray1::from_vec(py, values).reshape([ids.len(), vocab_size])
+        guarded(|| {
+            let model = self.shared()?;
+            let vocab_size = model.config().vocab_size;
+            let ids = token_ids(&tokens, vocab_size).map_err(to_pyerr)?;
+            let values = py.detach(|| model.logits(&ids)).map_err(to_pyerr)?;
+            PyArray1::from_vec(py, values).reshape([ids.len(), vocab_size])
+        })
     }
 
     /// A new generation session with its own KV cache and sampler.
     #[pyo3(signature = (temperature, top_p, top_k, seed))]
     fn session(&self, temperature: f64, top_p: f64, top_k: i64, seed: u64) -> PyResult<PySession> {
-        let sampler = SamplerConfig {
-            temperature: temperature as f32,
-            top_p: top_p as f32,
-            top_k: non_negative("top_k", top_k).map_err(to_pyerr)?,
-            seed,
-        };
-        let inner = Session::new(self.shared()?, sampler).map_err(to_pyerr)?;
-        Ok(PySession { inner })
+        guarded(|| {
+            let sampler = SamplerConfig {
+                temperature: temperature as f32,
+                top_p: top_p as f32,
+                top_k: non_negative("top_k", top_k).map_err(to_pyerr)?,
+                seed,
+            };
+            let inner = Session::new(self.shared()?, sampler).map_err(to_pyerr)?;
+            Ok(PySession { inner })
+        })
     }
 
     /// Let go of the model: the memory map is released once no session or batch decoder made
@@ -238,20 +247,24 @@ impl PySession {
     /// batch at a time with Python's signal handlers run between batches: Ctrl-C during a long
     /// prompt raises KeyboardInterrupt within one batch, not at its end.
     fn feed(&mut self, py: Python<'_>, tokens: Vec<i64>) -> PyResult<()> {
-        let session = &mut self.inner;
-        let ids = token_ids(&tokens, session.vocab_size()).map_err(to_pyerr)?;
-        session.check_feed(&ids).map_err(to_pyerr)?;
-        for batch in ids.chunks(crate::model::PREFILL_BATCH) {
-            py.detach(|| session.feed(batch)).map_err(to_pyerr)?;
-            py.check_signals()?;
-        }
-        Ok(())
+        guarded(|| {
+            let session = &mut self.inner;
+            let ids = token_ids(&tokens, session.vocab_size()).map_err(to_pyerr)?;
+            session.check_feed(&ids).map_err(to_pyerr)?;
+            for batch in ids.chunks(crate::model::PREFILL_BATCH) {
+                py.detach(|| session.feed(batch)).map_err(to_pyerr)?;
+                py.check_signals()?;
+            }
+            Ok(())
+        })
     }
 
     /// Sample the next token id from the logits of the last token fed.
     fn sample(&mut self, py: Python<'_>) -> PyResult<u32> {
-        let session = &mut self.inner;
-        py.detach(|| session.sample()).map_err(to_pyerr)
+        guarded(|| {
+            let session = &mut self.inner;
+            py.detach(|| session.sample()).map_err(to_pyerr)
+        })
     }
 
     /// Number of tokens fed so far.
