@@ -286,7 +286,7 @@ def read_model(path: Union[str, os.PathLike]) -> tuple[Weights, bytes]:
     try:
         group = None if group_text is None else int(group_text)
     except ValueError:
-        raise ModelFileError(f"{path}: affine_group_size {group_text[:50]!r} is not an integer") from None
+        raise ModelFileError(f"{path}: affine_group_size {str(group_text)[:50]!r} is not an integer") from None
 
     def tensor(name: str, kinds: str, ndim: int) -> np.ndarray:
         if name not in arrays:
