@@ -68,7 +68,7 @@ def run(data: bytes) -> None:
 
     if not data:
         return
-    role = data[0] % 4
+    role = _harness.role(data, range(4))
     if role == 0:
         WORKSPACE.put("quantize_config.json", data[1:])
     elif role == 1:

@@ -39,7 +39,7 @@ def run(data: bytes) -> None:
 
     if not data:
         return
-    WORKSPACE.put(ROLES[data[0] % len(ROLES)], data[1:])
+    WORKSPACE.put(_harness.role(data, ROLES), data[1:])
     _harness.materialise(load_hf(WORKSPACE.path))
 
 
