@@ -5,6 +5,7 @@ only a :class:`llama2rs.Llama2rsError` with a message may come out. Atheris is n
 
 from __future__ import annotations
 
+import faulthandler
 import importlib
 import sys
 import time
@@ -21,6 +22,7 @@ REGRESSIONS = REPO / "fuzz" / "regressions"
 TARGETS = sorted(p.stem for p in HARNESSES.glob("*.py") if not p.name.startswith("_") and p.stem != "make_seeds")
 # Generous: the slowest regression takes well under a second; a hang would take forever.
 SECONDS_PER_INPUT = 5.0
+HANG_SECONDS = 120
 
 
 def _target(name: str):
@@ -50,10 +52,15 @@ def test_every_python_target_has_regressions():
 def test_regression_input_gives_only_llama2rs_errors(target: str, path: Path):
     run = _target(target).run
     start = time.perf_counter()
+    # A hang inside the core (which runs without the GIL) cannot be interrupted: end the
+    # process with the stack rather than hang the test run.
+    faulthandler.dump_traceback_later(HANG_SECONDS, exit=True)
     try:
         run(path.read_bytes())
     except Llama2rsError as exc:
         assert str(exc), f"{type(exc).__name__} without a message"
+    finally:
+        faulthandler.cancel_dump_traceback_later()
     assert time.perf_counter() - start < SECONDS_PER_INPUT
 
 

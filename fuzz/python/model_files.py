@@ -17,6 +17,7 @@ from typing import Dict
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import _harness  # noqa: E402
+from _tokenizer_use import use  # noqa: E402
 
 
 def _scratch(directory: Path) -> None:
@@ -35,7 +36,7 @@ def run(data: bytes) -> None:
     if _harness.role(data, ("l2rs", "llama2c")) == "l2rs":
         weights, tokenizer = l2rs.read_model(path)
         config = weights.config
-        l2rs.read_tokenizer(tokenizer, weights.metadata, config.vocab_size, str(path))
+        use(l2rs.read_tokenizer(tokenizer, weights.metadata, config.vocab_size, str(path)))
         l2rs.stop_ids(weights.metadata, config.vocab_size, str(path))
     else:
         weights = llama2c.read_model(path)
@@ -56,8 +57,21 @@ def seed_files(directory: Path) -> Dict[str, bytes]:
     float_weights = random_weights(config, seed=3, shared_classifier=False)
     quantized = random_weights(config, seed=4).map_matrices(
         lambda name, m: quantize_rtn(m, bits=4, group_size=8), embeddings=False)
+    # a byte-level BPE (tiktoken ranks + tokenizer_spec), Llama 3 style, with 3 special tokens
+    from dataclasses import replace
+
+    from llama2rs.bpe import LLAMA3_PATTERN, ByteLevelTokenizer
+
+    spec = {"type": "byte_level_bpe", "pattern": LLAMA3_PATTERN, "cuts": [400000, 25000], "bos_id": 273, "eos_id": 274,
+            "stop_ids": [274, 275], "special_tokens": {"<|begin_of_text|>": 273, "<|end_of_text|>": 274, "<|eot_id|>": 275}}
+    bpe = ByteLevelTokenizer.from_file_parts(_harness.small_tiktoken(), spec)
+    bpe_ranks, bpe_spec = bpe.to_file_parts()
+    bpe_config = replace(config, vocab_size=len(bpe), bos_id=273, eos_id=274)
+    bpe_weights = random_weights(bpe_config, seed=5).map_matrices(
+        lambda name, m: quantize_rtn(m, bits=4, group_size=16))
     out: Dict[str, bytes] = {}
     for name, write in (
+        ("l2rs-bpe", lambda p: l2rs.write_model(p, bpe_weights, bpe_ranks, tokenizer_spec=bpe_spec, stop_ids=[275])),
         ("l2rs-f32", lambda p: l2rs.write_model(p, float_weights, tokenizer, stop_ids=[5])),
         ("l2rs-affine4", lambda p: l2rs.write_model(p, quantized, tokenizer)),
         ("llama2c-legacy", lambda p: llama2c.write(p, float_weights, "legacy")),

@@ -25,6 +25,7 @@ from typing import Any, Iterable, Mapping, Optional, Sequence
 
 from . import _core
 from ._tokens import StreamDecoder, read_file
+from .config import LIMITS
 from .errors import InvalidTokenError, TokenizerError
 
 __all__ = [
@@ -326,6 +327,17 @@ class ByteLevelTokenizer:
 
     def _init(self, ranks: list[bytes], specials: dict[str, int], pattern: str, slicing: Optional[tuple[int, int]],
               where: str, vocab_size: int | None) -> None:
+        # Checked here, the one way into the core's tokenizer, for every source (a tokenizer.json,
+        # a GGUF file, a llama2rs file's tokenizer_spec): an empty special token or a cut of 0
+        # characters made encode() loop forever, and an id beyond u32 raised OverflowError (one
+        # near it would have sized the id table to 2**32 entries).
+        for text, id in specials.items():
+            if not text:
+                raise TokenizerError(f"{where}: special token {id} is empty")
+            if isinstance(id, bool) or not isinstance(id, int) or not 0 <= id < LIMITS["vocab_size"]:
+                raise TokenizerError(f"{where}: special token {text!r} has id {id}, outside [0, {LIMITS['vocab_size']})"[:300])
+        if slicing is not None and not all(isinstance(n, int) and 1 <= n <= 1 << 40 for n in slicing):
+            raise TokenizerError(f"{where}: the cuts {list(slicing)} must be positive character counts")
         self._specials = specials
         self._pattern, self._slicing, self._n_ranks = pattern, slicing, len(ranks)
         try:
