@@ -76,6 +76,7 @@ def run(data: bytes) -> None:
     else:
         WORKSPACE.put(WEIGHTS_FILE, tensor_change(data[1:]))
     _harness.materialise(load_hf(WORKSPACE.path))
+    _harness.read_whole(data, range(4))
 
 
 if __name__ == "__main__":

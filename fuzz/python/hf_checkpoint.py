@@ -41,6 +41,7 @@ def run(data: bytes) -> None:
         return
     WORKSPACE.put(_harness.role(data, ROLES), data[1:])
     _harness.materialise(load_hf(WORKSPACE.path))
+    _harness.read_whole(data, ROLES)
 
 
 if __name__ == "__main__":

@@ -41,6 +41,7 @@ def run(data: bytes) -> None:
     else:
         weights = llama2c.read_model(path)
     _harness.materialise(weights)
+    _harness.read_whole(data, ("l2rs", "llama2c"))
 
 
 def seed_files(directory: Path) -> Dict[str, bytes]:

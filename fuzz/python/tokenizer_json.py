@@ -25,6 +25,7 @@ def run(data: bytes) -> None:
         return
     WORKSPACE.put(_harness.role(data, ROLES), data[1:])
     use(Tokenizer(WORKSPACE.path / "tokenizer.json"))
+    _harness.read_whole(data, ROLES)
 
 
 if __name__ == "__main__":
