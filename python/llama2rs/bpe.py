@@ -25,6 +25,7 @@ from typing import Any, Iterable, Mapping, Optional, Sequence
 
 from . import _core
 from ._tokens import StreamDecoder, read_file
+from .config import LIMITS
 from .errors import InvalidTokenError, TokenizerError
 
 __all__ = [
@@ -99,9 +100,10 @@ def _json_pattern(pre: Any, where: str) -> str:
     steps = pre.get("pretokenizers") if isinstance(pre, dict) and pre.get("type") == "Sequence" else [pre]
     if isinstance(steps, list) and len(steps) == 1 and byte_level(steps[0], True):
         return GPT2_PATTERN
-    if isinstance(steps, list) and len(steps) == 2 and byte_level(steps[1], False):
+    if isinstance(steps, list) and len(steps) == 2 and byte_level(steps[1], False) and isinstance(steps[0], dict):
         split = steps[0]
-        regex = split.get("pattern", {}).get("Regex") if isinstance(split, dict) else None
+        pattern = split.get("pattern")
+        regex = pattern.get("Regex") if isinstance(pattern, dict) else None
         if (split.get("type") == "Split" and isinstance(regex, str) and split.get("behavior") == "Isolated"
                 and not split.get("invert", False)):
             return regex
@@ -127,6 +129,14 @@ def _check_merge_order(merges: Any, ids: dict[bytes, int], where: str) -> None:
             raise TokenizerError(f"{where}: tokenizer.json merges are not in token-id order (merge {i} makes token {made} "
                                  f"after {last}); llama2rs merges by rank, as tiktoken does")
         last = made
+
+
+def _utf8(text: str, where: str, what: str) -> bytes:
+    """``text`` as UTF-8; JSON can hold lone surrogates, which have none."""
+    try:
+        return text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise TokenizerError(f"{where}: {what} {text!r} is not valid Unicode (a lone surrogate)") from None
 
 
 def llama3_special_tokens(n_ranks: int) -> dict[str, int]:
@@ -202,11 +212,14 @@ class ByteLevelTokenizer:
         model = doc.get("model") if isinstance(doc, dict) else None
         if not isinstance(model, dict) or model.get("type") != "BPE" or not isinstance(model.get("vocab"), dict):
             raise TokenizerError(f"{where}: not a BPE tokenizer.json (model.type must be 'BPE' with a vocab)")
-        if model.get("byte_fallback") or (doc.get("decoder") or {}).get("type") != "ByteLevel":
+        decoder = doc.get("decoder")
+        if model.get("byte_fallback") or not isinstance(decoder, dict) or decoder.get("type") != "ByteLevel":
             raise TokenizerError(f"{where}: not a byte-level BPE tokenizer.json (llama2rs reads byte-level ones; "
                                  "a sentencepiece-style one comes with a tokenizer.model: use that)")
-        if doc.get("normalizer") is not None:
-            raise TokenizerError(f"{where}: tokenizer.json normalizer {doc['normalizer'].get('type')!r} is not supported")
+        normalizer = doc.get("normalizer")
+        if normalizer is not None:
+            kind = normalizer.get("type") if isinstance(normalizer, dict) else normalizer
+            raise TokenizerError(f"{where}: tokenizer.json normalizer {str(kind)[:100]!r} is not supported")
         pattern = _json_pattern(doc.get("pre_tokenizer"), where)
         vocab: dict[str, Any] = model["vocab"]
         ranks: list[Optional[bytes]] = [None] * len(vocab)
@@ -223,27 +236,37 @@ class ByteLevelTokenizer:
             ids[ranks[id]] = id  # type: ignore[index]
         _check_merge_order(model.get("merges", []), ids, where)
         specials: dict[str, int] = {}
-        for added in doc.get("added_tokens") or []:
+        added_tokens = doc.get("added_tokens") or []
+        if not isinstance(added_tokens, list):
+            raise TokenizerError(f"{where}: tokenizer.json added_tokens must be a list")
+        for added in added_tokens:
             content, id = (added.get("content"), added.get("id")) if isinstance(added, dict) else (None, None)
-            if not isinstance(content, str) or isinstance(id, bool) or not isinstance(id, int):
-                raise TokenizerError(f"{where}: bad tokenizer.json added token {added!r}")
+            if not isinstance(content, str) or isinstance(id, bool) or not isinstance(id, int) or id < 0:
+                raise TokenizerError(f"{where}: bad tokenizer.json added token {added!r}"[:300])
             if id < len(vocab):
-                if ranks[id] != content.encode():
+                if ranks[id] != _utf8(content, where, "added token"):
                     raise TokenizerError(f"{where}: added token {content!r} reuses id {id} of another token")
                 continue  # an ordinary token also listed as added: nothing to add
             specials[content] = id
         self._init(ranks, specials, pattern, None, where, vocab_size)  # type: ignore[arg-type]
         self._format = "tokenizer.json"
-        config = tokenizer_config or {}
+        config = tokenizer_config if tokenizer_config is not None else {}
+        if not isinstance(config, Mapping):
+            raise TokenizerError(f"{where}: tokenizer_config.json must hold a JSON object")
 
         def named(key: str, default: int) -> int:
             token = config.get(key)
             text = token.get("content") if isinstance(token, dict) else token
             if text is None:
                 return default
-            if text not in specials and text.encode() not in ids:
+            if not isinstance(text, str):
+                raise TokenizerError(f"{where}: tokenizer_config {key} must be a token's text, got {text!r}"[:300])
+            if text in specials:
+                return specials[text]
+            id = ids.get(_utf8(text, where, f"tokenizer_config {key}"))
+            if id is None:
                 raise TokenizerError(f"{where}: tokenizer_config {key} {text!r} is not a token")
-            return specials[text] if text in specials else ids[text.encode()]
+            return id
 
         self._bos, self._eos = named("bos_token", self._bos), named("eos_token", self._eos)
         stops = [self._eos] + [specials[t] for t in LLAMA3_STOP_TOKENS if t in specials]
@@ -304,6 +327,17 @@ class ByteLevelTokenizer:
 
     def _init(self, ranks: list[bytes], specials: dict[str, int], pattern: str, slicing: Optional[tuple[int, int]],
               where: str, vocab_size: int | None) -> None:
+        # Checked here, the one way into the core's tokenizer, for every source (a tokenizer.json,
+        # a GGUF file, a llama2rs file's tokenizer_spec): an empty special token or a cut of 0
+        # characters made encode() loop forever, and an id beyond u32 raised OverflowError (one
+        # near it would have sized the id table to 2**32 entries).
+        for text, id in specials.items():
+            if not text:
+                raise TokenizerError(f"{where}: special token {id} is empty")
+            if isinstance(id, bool) or not isinstance(id, int) or not 0 <= id < LIMITS["vocab_size"]:
+                raise TokenizerError(f"{where}: special token {text!r} has id {id}, outside [0, {LIMITS['vocab_size']})"[:300])
+        if slicing is not None and not all(isinstance(n, int) and 1 <= n <= 1 << 40 for n in slicing):
+            raise TokenizerError(f"{where}: the cuts {list(slicing)} must be positive character counts")
         self._specials = specials
         self._pattern, self._slicing, self._n_ranks = pattern, slicing, len(ranks)
         try:
@@ -395,7 +429,7 @@ class ByteLevelTokenizer:
             slicing = (int(cuts[0]), int(cuts[1])) if cuts else None
             pattern, bos, eos = str(spec["pattern"]), int(spec["bos_id"]), int(spec["eos_id"])
             stop_ids = tuple(int(t) for t in spec["stop_ids"])
-        except (KeyError, TypeError, ValueError, AttributeError, IndexError) as exc:
+        except (KeyError, TypeError, ValueError, AttributeError, IndexError, OverflowError) as exc:
             raise TokenizerError(f"{where}: bad byte-level BPE tokenizer description: {exc!r}") from None
         self = object.__new__(cls)
         self._path = name

@@ -142,11 +142,21 @@ ARCHITECTURES: Dict[str, str] = {"llama": "LlamaForCausalLM", "mistral": "Mistra
 LLAMA3_ROPE_KEYS = ("factor", "low_freq_factor", "high_freq_factor", "original_max_position_embeddings")
 
 
+def _float(value: Any, key: str, what: str = "config.json") -> float:
+    """A JSON number as a float; an integer too large for one (JSON's are unbounded) is refused."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ConfigError(f"{what} {key!r} must be a number, got {value!r}"[:300])
+    try:
+        return float(value)
+    except OverflowError:
+        raise ConfigError(f"{what} {key!r} is too large: {str(value)[:50]}...") from None
+
+
 def _number(cfg: Mapping[str, Any], key: str, what: str = "config.json") -> float:
     value = cfg.get(key)
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < float("inf"):
-        raise ConfigError(f"{what} {key!r} must be a positive number, got {value!r}")
-    return float(value)
+        raise ConfigError(f"{what} {key!r} must be a positive number, got {value!r}"[:300])
+    return _float(value, key, what)
 
 
 def _rope_settings(cfg: Mapping[str, Any]) -> Tuple[Any, Optional[Dict[str, float]]]:
@@ -203,7 +213,9 @@ def hf_config_to_config(cfg: Mapping[str, Any]) -> Config:
     archs = cfg.get("architectures") or []
     model_type = cfg.get("model_type")
     known = list(ARCHITECTURES.values())
-    if model_type not in ARCHITECTURES and not any(a in known for a in archs):
+    if not isinstance(archs, list):
+        raise ConfigError(f"config.json architectures must be a list, got {archs!r}"[:300])
+    if not (isinstance(model_type, str) and model_type in ARCHITECTURES) and not any(a in known for a in archs):
         raise ConfigError(
             f"not a Llama or Mistral checkpoint (model_type={model_type!r}, architectures={archs!r})"
         )
@@ -217,9 +229,10 @@ def hf_config_to_config(cfg: Mapping[str, Any]) -> Config:
 
     rope_theta, _ = _rope_settings(cfg)
     head_dim = cfg.get("head_dim")
-    if head_dim is not None and (n_heads <= 0 or head_dim * n_heads != dim):
+    if head_dim is not None and (isinstance(head_dim, bool) or not isinstance(head_dim, int) or n_heads <= 0
+                                 or head_dim * n_heads != dim):
         raise ConfigError(
-            f"head_dim {head_dim} != hidden_size / num_attention_heads ({dim} / {n_heads}) "
+            f"head_dim {str(head_dim)[:50]} != hidden_size / num_attention_heads ({dim} / {n_heads}) "
             "is not supported"
         )
     for key in ("attention_bias", "mlp_bias"):
@@ -233,11 +246,8 @@ def hf_config_to_config(cfg: Mapping[str, Any]) -> Config:
     act = cfg.get("hidden_act", "silu")
     if act != "silu":
         raise ConfigError(f"hidden_act {act!r} is not supported (need silu)")
-    if isinstance(rope_theta, bool) or not isinstance(rope_theta, (int, float)):
-        raise ConfigError(f"rope_theta must be a number, got {rope_theta!r}")
-    eps = cfg.get("rms_norm_eps", 1e-6)
-    if isinstance(eps, bool) or not isinstance(eps, (int, float)):
-        raise ConfigError(f"rms_norm_eps must be a number, got {eps!r}")
+    rope_theta = _float(rope_theta, "rope_theta")
+    eps = _float(cfg.get("rms_norm_eps", 1e-6), "rms_norm_eps")
     return Config(
         dim=dim,
         hidden_dim=_int_field(cfg, "intermediate_size"),
@@ -246,8 +256,8 @@ def hf_config_to_config(cfg: Mapping[str, Any]) -> Config:
         n_kv_heads=n_kv_heads,
         vocab_size=_int_field(cfg, "vocab_size"),
         seq_len=seq_len,
-        norm_eps=float(eps),
-        rope_theta=float(rope_theta),
+        norm_eps=eps,
+        rope_theta=rope_theta,
         bos_id=_token_id(cfg, "bos_token_id", 1),
         eos_id=_token_id(cfg, "eos_token_id", 2),
     )
@@ -259,7 +269,11 @@ def hf_rope_freq_factors(cfg: Mapping[str, Any], config: Config) -> Optional[np.
     _, settings = _rope_settings(cfg)
     if settings is None:
         return None
-    return llama3_rope_freq_factors(config.head_size, config.rope_theta, **settings)
+    with np.errstate(all="ignore"):
+        factors = llama3_rope_freq_factors(config.head_size, config.rope_theta, **settings)
+    if not np.all(np.isfinite(factors) & (factors > 0)):
+        raise ConfigError(f"rope_scaling {settings} gives RoPE divisors that are not positive finite numbers")
+    return factors
 
 
 def _token_ids(value: Any, where: str, vocab_size: int) -> List[int]:
@@ -399,6 +413,8 @@ def _quant_settings(directory: Path, cfg: Mapping[str, Any]) -> Optional[Dict[st
     if pack_dtype != "int32":
         raise ConfigError(f"GPTQ pack_dtype {pack_dtype!r} is not supported (need int32)")
     dynamic = found.get("dynamic")
+    if dynamic and not isinstance(dynamic, (dict, list)):
+        raise ConfigError(f"GPTQ dynamic must be an object, got {dynamic!r}"[:300])
     if dynamic:
         positive = [k for k in dynamic if not str(k).startswith("-:")]
         if positive:
@@ -459,8 +475,11 @@ def unpack_gptq(
         raise ConfigError(f"{name}: GPTQ bits must be 4 or 8, got {bits}")
     if checkpoint_format not in GPTQ_FORMATS:
         raise ConfigError(f"{name}: unsupported checkpoint_format {checkpoint_format!r}")
+    if group_size != -1 and group_size < 1:
+        raise ConfigError(f"{name}: GPTQ group_size must be -1 or positive, got {group_size}")
     pf = 32 // bits
-    gs = in_features if group_size == -1 else int(group_size)
+    # A group wider than the layer is one group (and an absurd size must not overflow int64).
+    gs = in_features if group_size == -1 else min(int(group_size), in_features)
     groups = -(-in_features // gs)
     qw = _unsigned_words(qweight, f"{name}.qweight")
     qz = _unsigned_words(qzeros, f"{name}.qzeros")
@@ -526,9 +545,10 @@ def _safetensors_files(directory: Path) -> Tuple[List[Path], Optional[Dict[str, 
         if not isinstance(weight_map, Mapping) or not weight_map:
             raise ModelFileError(f"{index}: no weight_map")
         files = []
+        for fname in weight_map.values():
+            if not isinstance(fname, str) or os.path.basename(fname) != fname or "\0" in fname:
+                raise ModelFileError(f"{index}: bad shard file name {fname!r}"[:300])
         for fname in dict.fromkeys(weight_map.values()):
-            if not isinstance(fname, str) or os.path.basename(fname) != fname:
-                raise ModelFileError(f"{index}: bad shard file name {fname!r}")
             files.append(directory / fname)
         return files, {str(k): str(v) for k, v in weight_map.items()}
     single = directory / "model.safetensors"

@@ -34,7 +34,7 @@ from typing import Any, Callable, Iterable, Mapping, Optional, Union
 import numpy as np
 
 from ..config import Config
-from ..errors import ArgumentError, ModelFileError, TokenizerError
+from ..errors import ArgumentError, ConfigError, ModelFileError, TokenizerError
 from ..quantize.affine import AffineQuantized
 from ..quantize.q80 import Q8Tensor
 from ..quantize.rounded import Rounded
@@ -211,90 +211,148 @@ def tokenizer_parts(tokenizer: Any) -> tuple[bytes, Optional[dict[str, Any]]]:
     return tokenizer.to_bin_bytes(), None
 
 
+def _meta_text(metadata: Mapping[str, Any], key: str, name: str) -> Optional[str]:
+    """``__metadata__[key]`` (None if absent); safetensors metadata values are strings."""
+    value = metadata.get(key)
+    if value is not None and not isinstance(value, str):
+        raise ModelFileError(f"{name}: __metadata__.{key} must be a string, got {type(value).__name__}")
+    return value
+
+
+def _meta_json(metadata: Mapping[str, Any], key: str, name: str, error: type = ModelFileError) -> Any:
+    """``__metadata__[key]`` parsed as JSON (None if absent)."""
+    text = _meta_text(metadata, key, name)
+    if text is None:
+        return None
+    try:
+        return json.loads(text)
+    except (ValueError, RecursionError) as exc:
+        raise error(f"{name}: __metadata__.{key} is not valid JSON: {exc}") from None
+
+
 def read_tokenizer(data: bytes, metadata: Mapping[str, str], vocab_size: int, name: str) -> Any:
     """The tokenizer a llama2rs file stores (``tokenizer`` bytes + ``tokenizer_spec``)."""
-    spec_text = metadata.get("tokenizer_spec")
-    if spec_text is None:
+    spec = _meta_json(metadata, "tokenizer_spec", name, TokenizerError)
+    if spec is None:
         from ..tokenizer import Tokenizer
 
         return Tokenizer.from_bytes(data, vocab_size, name)
     from ..bpe import ByteLevelTokenizer
 
-    try:
-        spec = json.loads(spec_text)
-    except (ValueError, RecursionError) as exc:
-        raise TokenizerError(f"{name}: tokenizer_spec is not valid JSON: {exc}") from None
     if not isinstance(spec, dict) or spec.get("type") != "byte_level_bpe":
-        raise TokenizerError(f"{name}: unknown tokenizer_spec type {spec.get('type') if isinstance(spec, dict) else spec!r}")
+        kind = spec.get("type") if isinstance(spec, dict) else spec
+        raise TokenizerError(f"{name}: unknown tokenizer_spec type {str(kind)[:100]!r}")
     return ByteLevelTokenizer.from_file_parts(data, spec, vocab_size, name)
 
 
 def stop_ids(metadata: Mapping[str, str], vocab_size: int, name: str) -> tuple[int, ...]:
     """A file's ``stop_ids`` (besides EOS), checked."""
-    try:
-        ids = json.loads(metadata.get("stop_ids", "[]"))
-        if not isinstance(ids, list) or any(isinstance(t, bool) or not isinstance(t, int) for t in ids):
-            raise ValueError("not a list of integers")
-    except (ValueError, RecursionError) as exc:
-        raise ModelFileError(f"{name}: __metadata__.stop_ids must be a JSON list of token ids: {exc}") from None
+    ids = _meta_json(metadata, "stop_ids", name)
+    ids = [] if ids is None else ids
+    if not isinstance(ids, list) or any(isinstance(t, bool) or not isinstance(t, int) for t in ids):
+        raise ModelFileError(f"{name}: __metadata__.stop_ids must be a JSON list of token ids")
     if any(not 0 <= t < vocab_size for t in ids):
-        raise ModelFileError(f"{name}: __metadata__.stop_ids {ids} holds ids outside [0, {vocab_size})")
+        raise ModelFileError(f"{name}: __metadata__.stop_ids {ids[:20]} holds ids outside [0, {vocab_size})")
     return tuple(ids)
 
 
 def read_model(path: Union[str, os.PathLike]) -> tuple[Weights, bytes]:
     """Read a llama2rs file back with NumPy (memory-mapped): its weights and tokenizer bytes
-    (:func:`read_tokenizer` makes the tokenizer of them)."""
+    (:func:`read_tokenizer` makes the tokenizer of them).
+
+    Raises :class:`ModelFileError` for a file that is not a well-formed llama2rs file (missing,
+    mis-typed or mis-shaped tensors, bad metadata) and :class:`ConfigError` for a bad config."""
     header, _ = safetensors.read_header(path)
     meta = header.get("__metadata__") or {}
-    if meta.get("format") != FORMAT_NAME:
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT_NAME:
         raise ModelFileError(f"{path}: not a llama2rs model file")
-    if int(meta.get("format_version", "0")) > FORMAT_VERSION:
-        raise ModelFileError(f"{path}: format version {meta['format_version']} is newer than {FORMAT_VERSION}")
-    cfg = json.loads(meta["config"])
+    version_text = _meta_text(meta, "format_version", str(path)) or "0"
+    try:
+        version = int(version_text)
+    except ValueError:
+        raise ModelFileError(f"{path}: format_version {version_text[:50]!r} is not an integer") from None
+    if version > FORMAT_VERSION:
+        raise ModelFileError(f"{path}: format version {version} is newer than {FORMAT_VERSION}")
+    cfg = _meta_json(meta, "config", str(path))
+    if not isinstance(cfg, dict):
+        raise ModelFileError(f"{path}: __metadata__.config must be a JSON object")
     cfg.pop("rope_layout", None)
-    config = Config(**cfg)
+    try:
+        config = Config(**cfg)
+    except TypeError as exc:  # an unknown or missing field
+        raise ConfigError(f"{path}: bad config: {exc}") from None
     arrays = safetensors.read(path, bf16_to_float32=False)
-    group = int(meta["affine_group_size"]) if "affine_group_size" in meta else None
+    group_text = _meta_text(meta, "affine_group_size", str(path))
+    try:
+        group = None if group_text is None else int(group_text)
+    except ValueError:
+        raise ModelFileError(f"{path}: affine_group_size {str(group_text)[:50]!r} is not an integer") from None
+
+    def tensor(name: str, kinds: str, ndim: int) -> np.ndarray:
+        if name not in arrays:
+            raise ModelFileError(f"{path}: lacks tensor {name!r}")
+        array = arrays[name]
+        if array.dtype.kind not in kinds or array.ndim != ndim:
+            raise ModelFileError(f"{path}: tensor {name!r} is {array.dtype} {list(array.shape)}, expected a "
+                                 f"{ndim}-D tensor of kind {kinds!r}")
+        return array
 
     def matrix(name: str) -> Optional[Matrix]:
         if f"{name}.weight" in arrays:
-            return arrays[f"{name}.weight"]
+            return tensor(f"{name}.weight", "f", 2)
         if f"{name}.q8_0" in arrays:
-            q, s = arrays[f"{name}.q8_0"], arrays[f"{name}.q8_0_scales"]
-            return Q8Tensor(q, s, q.shape[1] // s.shape[1])
+            q, s = tensor(f"{name}.q8_0", "i", 2), tensor(f"{name}.q8_0_scales", "f", 2)
+            if not s.shape[1] or q.shape[1] % s.shape[1]:
+                raise ModelFileError(f"{path}: {name}.q8_0 {list(q.shape)} and its scales {list(s.shape)} do not fit")
+            try:
+                return Q8Tensor(q, s, q.shape[1] // s.shape[1])
+            except ArgumentError as exc:
+                raise ModelFileError(f"{path}: {name}: {exc}") from None
         for bits in (4, 8):
             if f"{name}.q{bits}" in arrays:
-                packed = arrays[f"{name}.q{bits}"]
-                scales, zeros = arrays[f"{name}.scales"], arrays[f"{name}.zeros"]
+                packed = tensor(f"{name}.q{bits}", "u", 2)
+                scales, zeros = tensor(f"{name}.scales", "f", 2), tensor(f"{name}.zeros", "u", 2)
                 rows = scales.shape[0]
                 cols = _cols_of(name, config)
+                if packed.shape[0] != rows or packed.shape[1] * (8 // bits) < cols:
+                    raise ModelFileError(f"{path}: {name}.q{bits} {list(packed.shape)} does not hold {rows} rows of "
+                                         f"{cols} {bits}-bit values")
                 if bits == 4:
                     q = np.empty((rows, packed.shape[1] * 2), dtype=np.uint8)
                     q[:, 0::2], q[:, 1::2] = packed & 15, packed >> 4
                     q = q[:, :cols]
                 else:
-                    q = np.asarray(packed)
+                    q = np.asarray(packed)[:, :cols]
                 gs = cols if group is None or group == -1 else min(group, cols)
-                perm = arrays.get(f"{name}.perm")
-                return AffineQuantized(np.ascontiguousarray(q), np.asarray(scales, dtype=np.float32), np.asarray(zeros), gs, bits,
-                                       None if perm is None else np.asarray(perm))
+                perm = tensor(f"{name}.perm", "iu", 1) if f"{name}.perm" in arrays else None
+                try:
+                    return AffineQuantized(np.ascontiguousarray(q, dtype=np.uint8), np.asarray(scales, dtype=np.float32),
+                                           np.asarray(zeros), gs, bits, None if perm is None else np.asarray(perm))
+                except ValueError as exc:  # AffineQuantized checks that its parts fit
+                    raise ModelFileError(f"{path}: {name}: {exc}") from None
         return None
 
     layers = []
     for i in range(config.n_layers):
-        layer: dict[str, Any] = {"rms_att": arrays[f"layers.{i}.rms_att"], "rms_ffn": arrays[f"layers.{i}.rms_ffn"]}
+        layer: dict[str, Any] = {"rms_att": tensor(f"layers.{i}.rms_att", "f", 1),
+                                 "rms_ffn": tensor(f"layers.{i}.rms_ffn", "f", 1)}
         for m in MATRIX_NAMES:
             layer[m] = matrix(f"layers.{i}.{m}")
         layers.append(layer)
     embedding = matrix("token_embedding")
     if embedding is None:
         raise ModelFileError(f"{path}: the token embedding is missing")
-    quantization = json.loads(meta["quantization"]) if "quantization" in meta else None
-    factors = arrays.get("rope_freqs")
-    weights = Weights(config, embedding, layers, arrays["rms_final"], matrix("classifier"), quantization, dict(meta),
-                      None if factors is None else np.asarray(factors, dtype=np.float32))
-    return weights, arrays["tokenizer"].tobytes()
+    quantization = _meta_json(meta, "quantization", str(path))
+    factors = tensor("rope_freqs", "f", 1) if "rope_freqs" in arrays else None
+    if factors is not None and factors.shape != (config.head_size // 2,):
+        raise ModelFileError(f"{path}: rope_freqs has shape {list(factors.shape)}, expected [{config.head_size // 2}]")
+    weights = Weights(config, embedding, layers, tensor("rms_final", "f", 1), matrix("classifier"), quantization,
+                      dict(meta), None if factors is None else np.asarray(factors, dtype=np.float32))
+    try:
+        weights.check()
+    except ArgumentError as exc:
+        raise ModelFileError(f"{path}: {exc}") from None
+    return weights, tensor("tokenizer", "u", 1).tobytes()
 
 
 def _cols_of(name: str, config: Config) -> int:

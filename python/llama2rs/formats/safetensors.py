@@ -14,6 +14,7 @@ used, and :func:`write_units` writes tensors as they are made, one :class:`Unit`
 from __future__ import annotations
 
 import json
+import math
 import os
 import struct
 from dataclasses import dataclass
@@ -118,6 +119,8 @@ def read_header(path: PathLike) -> Tuple[Dict[str, Any], int]:
     return header, 8 + header_len
 
 
+_MAX_DIMENSION = 1 << 48
+
 _Entry = Tuple[str, np.dtype, str, Tuple[int, ...], int, int]  # name, dtype, dtype name, shape, begin, end
 
 
@@ -133,18 +136,23 @@ def _entries(path: str) -> Tuple[List[_Entry], int]:
             continue
         try:
             dtype_name = info["dtype"]
-            shape = tuple(int(d) for d in info["shape"])
-            begin, end = (int(v) for v in info["data_offsets"])
-            if any(isinstance(d, bool) for d in info["shape"]):
-                raise TypeError("bool in shape")
+            # Integers only (JSON's 1e999 is a float, inf, and 2.5 is no dimension).
+            if not all(isinstance(d, int) and not isinstance(d, bool) for d in info["shape"]):
+                raise TypeError(f"shape {info['shape']!r} is not a list of integers")
+            if not all(isinstance(v, int) and not isinstance(v, bool) for v in info["data_offsets"]):
+                raise TypeError(f"data_offsets {info['data_offsets']!r} is not a list of integers")
+            shape = tuple(info["shape"])
+            begin, end = info["data_offsets"]
         except (KeyError, TypeError, ValueError) as exc:
-            raise ModelFileError(f"{path}: bad header entry for tensor {name!r}: {exc!r}") from exc
-        if dtype_name not in DTYPES:
-            raise ModelFileError(f"{path}: tensor {name!r} has unsupported dtype {dtype_name!r}")
+            raise ModelFileError(f"{path}: bad header entry for tensor {name!r}: {exc!r}"[:500]) from None
+        if not isinstance(dtype_name, str) or dtype_name not in DTYPES:
+            raise ModelFileError(f"{path}: tensor {name!r} has unsupported dtype {dtype_name!r}"[:500])
         dtype = DTYPES[dtype_name]
         if any(d < 0 for d in shape):
             raise ModelFileError(f"{path}: tensor {name!r} has a negative dimension {shape}")
-        nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize if shape else dtype.itemsize
+        if any(d > _MAX_DIMENSION for d in shape):  # possible with another dimension 0; numpy needs int64 sizes
+            raise ModelFileError(f"{path}: tensor {name!r} has a dimension over 2**48: {shape}"[:500])
+        nbytes = math.prod(shape) * dtype.itemsize  # exact: int64 would wrap for huge shapes
         if not 0 <= begin <= end or end - begin != nbytes:
             raise ModelFileError(
                 f"{path}: tensor {name!r} {dtype_name}{list(shape)} needs {nbytes} bytes, "
