@@ -245,9 +245,9 @@ fn x86_table(isa: Isa, portable: Kernels) -> Kernels {
         rows_q4k: Some(blocks::avx512::rows_q4k),
         rows_q5k: Some(blocks::avx512::rows_q5k),
         rows_q6k: Some(if super::isa::has_gfni() { blocks::avx512::rows_q6k_gfni } else { blocks::avx512::rows_q6k }),
-        rows_q8_0: Some(blocks::avx512_q4::rows_q8_0),
-        rows_q4_0: Some(blocks::avx512_q4::rows_q4_0),
-        rows_q4_1: Some(blocks::avx512_q4::rows_q4_1),
+        rows_q8_0: Some(blocks::avx512_tiles32::rows_q8_0),
+        rows_q4_0: Some(blocks::avx512_tiles32::rows_q4_0),
+        rows_q4_1: Some(blocks::avx512_tiles32::rows_q4_1),
         ..avx2
     }
 }

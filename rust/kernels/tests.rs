@@ -435,14 +435,17 @@ fn avx512_int8_rows_with_and_without_gfni_match_scalar() {
 }
 
 /// The AVX-512 K-quant kernels, Q6_K's with and without GFNI (the table picks one by the
-/// CPU), called on whole matrices (the matmul tests split rows into small tasks) against the
-/// scalar references (to 1e-5 of the sum of the products' magnitudes, as the other block
-/// tests): one token and tiles of every size (1 to 16 tokens), one and several column chunks,
-/// one to three groups of 32 rows.
+/// CPU), and the 32-value types' (tiles of eight blocks), called on whole matrices (the matmul
+/// tests split rows into small tasks) against the scalar references (to 1e-5 of the sum of the
+/// products' magnitudes, as the other block tests): one token and tiles of every size (1 to 16
+/// tokens), one and several column chunks, one to three groups of 32 rows; for the 32-value
+/// types, rows of fewer than eight blocks and rows that end in part of a group of eight.
 #[cfg(target_arch = "x86_64")]
 #[test]
 fn avx512_k_quant_kernels_match_scalar_on_whole_matrices() {
-    use blocks::dot_i8::{dot_q4k_scalar, dot_q5k_scalar, dot_q6k_scalar};
+    use blocks::dot_i8::{
+        dot_q4_0_scalar, dot_q4_1_scalar, dot_q4k_scalar, dot_q5k_scalar, dot_q6k_scalar, dot_q8_0_scalar,
+    };
     if !Isa::Avx512.supported() {
         return;
     }
@@ -451,13 +454,21 @@ fn avx512_k_quant_kernels_match_scalar_on_whole_matrices() {
         (BlockType::Q4K, blocks::avx512::rows_q4k, dot_q4k_scalar, "q4k"),
         (BlockType::Q5K, blocks::avx512::rows_q5k, dot_q5k_scalar, "q5k"),
         (BlockType::Q6K, blocks::avx512::rows_q6k, dot_q6k_scalar, "q6k"),
+        (BlockType::Q4_0, blocks::avx512_tiles32::rows_q4_0, dot_q4_0_scalar, "q4_0"),
+        (BlockType::Q4_1, blocks::avx512_tiles32::rows_q4_1, dot_q4_1_scalar, "q4_1"),
+        (BlockType::Q8_0, blocks::avx512_tiles32::rows_q8_0, dot_q8_0_scalar, "q8_0"),
     ];
     if isa::has_gfni() {
         kernels.push((BlockType::Q6K, blocks::avx512::rows_q6k_gfni, dot_q6k_scalar, "q6k gfni"));
     }
     let mut rng = Rng(0x6a6);
     for (kind, kernel, dot, name) in kernels {
-        for (rows, cols) in [(5usize, 256usize), (3, 2304), (33, 4096), (70, 5632)] {
+        let shapes: &[(usize, usize)] = if kind.elements() == 32 {
+            &[(5, 32), (3, 224), (5, 256), (33, 2080), (70, 5664)]
+        } else {
+            &[(5, 256), (3, 2304), (33, 4096), (70, 5632)]
+        };
+        for &(rows, cols) in shapes {
             let values = random_blocks(&mut rng, kind, rows, cols);
             let w = BlockData { kind, values: &values };
             let dequantized = dequantized_rows(kind, &values, cols);
@@ -503,10 +514,12 @@ fn batch_kernels_restage_a_new_input_in_the_same_buffers() {
     let (rows, cols, n_tokens) = (40, 512, 6);
     let values = random_blocks(&mut rng, BlockType::Q4K, rows, cols);
     let q6 = random_blocks(&mut rng, BlockType::Q6K, rows, cols);
+    let q4_0 = random_blocks(&mut rng, BlockType::Q4_0, rows, cols);
     let affine = random_affine(&mut rng, rows, cols, 4, 128, false);
     let matrices = [
         Matrix { rows, cols, data: MatrixData::Blocks(BlockData { kind: BlockType::Q4K, values: &values }) },
         Matrix { rows, cols, data: MatrixData::Blocks(BlockData { kind: BlockType::Q6K, values: &q6 }) },
+        Matrix { rows, cols, data: MatrixData::Blocks(BlockData { kind: BlockType::Q4_0, values: &q4_0 }) },
         Matrix { rows, cols, data: MatrixData::Affine(affine.data(4, 128, true)) },
     ];
     for k in choices() {

@@ -1,8 +1,8 @@
 //! Q4_K, Q5_K and Q6_K rows times int8 activations on AVX-512 VNNI (`vpdpbusd`: the 4-, 5- and
 //! 6-bit weights are unsigned bytes, the activation signed): one token row by row, a batch in
 //! tiles of up to `K_TOKENS` tokens whose activations are first copied into records, one run
-//! per block (`rows_k`). The 32-value types are in `avx512_q4.rs`, on the older row driver
-//! `rows`, four tokens per pass.
+//! per block (`tiles_avx512.rs`). The 32-value types are in `avx512_q4.rs` (one token, and the
+//! older row driver `rows`, four tokens per pass) and `avx512_tiles32.rs` (their tiles).
 //!
 //! # Safety (every helper here)
 //! The `#[inline(always)]` helpers run inside the `rows_*` kernels, compiled with AVX-512
@@ -18,27 +18,14 @@ use std::arch::x86_64::*;
 use super::activation::BlockActivation;
 use super::avx2::bytes_to_f32;
 use super::dot_i8::{scales_mins_k4_words, Q4K_BYTES, Q5K_BYTES, Q6K_BYTES};
+use super::tiles_avx512::{rows_k, KQuant, Record};
 use crate::kernels::affine::RowsOut;
-use crate::kernels::simd_x86::{piece_ahead, prefetch};
-use crate::kernels::staging::Staged;
+use crate::kernels::simd_x86::prefetch;
 use crate::weights::BlockData;
 
 /// Rows end every KB or so and the hardware prefetcher restarts slowly across them: ask for
 /// the weights this far ahead (as the 4-bit decode kernel does).
 pub(super) const PREFETCH_AHEAD: usize = 6144;
-
-/// Tokens per pass over a row of the 32-value types: a block's weights and scales are
-/// unpacked once for all of them (a prompt's batch), which halves the work per token of a
-/// prefill. (The K-quants take `K_TOKENS`, through records.)
-const TOKENS: usize = 4;
-
-/// Columns per pass over a tile's activations when a prefill's rows are wider: 4 tokens'
-/// activations for 2048 columns are about 11 KB and stay in L1 while a group of `GROUP` rows
-/// streams past; at 8192 columns they were 44 KB and every row re-read them from L2 (in-cache
-/// benchmark, 128 x 8192, 16 tokens: Q4_K 54 -> 63 GMAC/s, Q6_K 47 -> 60; 1024 and 4096
-/// columns were slower than 2048).
-const CHUNK_COLS: usize = 2048;
-const GROUP: usize = 32;
 
 /// `BlockRowsI8` for Q4_K.
 ///
@@ -151,60 +138,6 @@ impl<const GFNI: bool> TileDot for Q6K<GFNI> {
     }
 }
 
-/// Tokens per pass of the K-quant kernels over a row: a block's weights and scales are
-/// unpacked once for all of them. Batched decoding runs a handful of tokens through every
-/// matrix, where unpacking was a large part of the work. In-cache benchmark (512 x 2048, one
-/// thread), GMAC/s at 8 and 16 tokens: 4 tokens per pass reading each token's
-/// `BlockActivation`, Q4_K 79 and 79, Q6_K 79 and 75; 8 per pass that way, 74-76 (three
-/// pointer loads per token and block, and the `take(N)` loops merged into one with a branch
-/// per token); 8 per pass from records, Q4_K 106 and 106, Q6_K 98 and 97. One token: 51-52
-/// and 42-43 either way (the path is unchanged).
-const K_TOKENS: usize = 8;
-
-/// One token's share of one 256-value block, as the K-quant tile kernels read it: the values
-/// in the kernel's lane order, their 16 lane scales, and 16 words the type adds (Q4_K and Q5_K:
-/// the 8 scaled sums of the 32-value blocks, for the mins; Q6_K: `-32 * sums16` in lane order,
-/// the start of the integer sum). A tile's records are `[block][token]`, so a block's tokens
-/// are one run from one pointer and the kernel loads nothing per token but its data (with one
-/// activation struct per token it loaded three pointers per token and block).
-#[repr(C, align(64))]
-#[derive(Clone, Copy)]
-pub(super) struct Record {
-    q: [i8; 256],
-    scales: [f32; 16],
-    extra: [u32; 16],
-}
-
-/// Records a tile's pass over a group of rows reads (`[block][token]`, a chunk of blocks of
-/// all its tokens): 64 records are 24 KB, which stay in the 32 KB L1 while the group's rows
-/// stream past. In-cache benchmark, 512 x 4096, GMAC/s for 2, 4 and 8 tokens, Q4_K: chunks of
-/// 2048 columns 73, 93, 101; 4096: 82, 100, 65 (49 KB of records for 8 tokens); 1024: 64,
-/// 85, 92 (the per-row work of each chunk); Q6_K alike.
-const L1_RECORDS: usize = 64;
-
-const EMPTY_RECORD: Record = Record { q: [0; 256], scales: [0.0; 16], extra: [0; 16] };
-
-thread_local! {
-    /// The thread's records of the batch it ran last (every tile's, one after another).
-    static TILE: std::cell::Cell<Staged<Record>> = const { std::cell::Cell::new(Staged::new()) };
-}
-
-/// A K-quant (256-value blocks) for the tile driver: how a token's block becomes a record,
-/// and `N` tokens' dot products of a row's blocks against their records.
-pub(super) trait KQuant: TileDot {
-    /// Which records `stage` makes (types that make the same ones share a number).
-    const LAYOUT: u64;
-    /// Block `b` of `act` as this type's record.
-    fn stage(act: &BlockActivation, b: usize, record: &mut Record);
-    /// `N` tokens' dot products of the blocks in `row` (whole blocks) with the records at
-    /// `tile` (`[block][N]`, one block per block of `row`), asking for the bytes `ahead` past
-    /// each block (a hint: any distance is safe).
-    ///
-    /// # Safety
-    /// The module's contract; `tile` points at `N * row.len() / BYTES` records.
-    unsafe fn dot_tile<const N: usize>(row: &[u8], tile: *const Record, ahead: isize) -> [f32; N];
-}
-
 /// Q4_K's and Q5_K's records: `q_k4`, `d_k4` and the scaled sums.
 fn stage_k4(act: &BlockActivation, b: usize, record: &mut Record) {
     record.q.copy_from_slice(&act.q_k4[256 * b..256 * (b + 1)]);
@@ -254,198 +187,12 @@ impl<const GFNI: bool> KQuant for Q6K<GFNI> {
     }
 }
 
-/// Rows `range` of a K-quant matrix times `acts`: one token row by row in one piece; more in
-/// tiles of up to `K_TOKENS` (as even as they come: 9 tokens are 5 + 4, not 8 + 1), each
-/// staged as records (`rows_tile`).
-///
-/// # Safety
-/// The module's contract and `BlockRowsI8`'s.
-#[inline(always)]
-unsafe fn rows_k<K: KQuant>(
-    w: &BlockData,
-    cols: usize,
-    range: std::ops::Range<usize>,
-    acts: &[BlockActivation],
-    out: RowsOut,
-) {
-    super::debug_check_rows(w, cols, &range, acts, &out);
-    let blocks = cols / K::VALUES;
-    let row_bytes = blocks * K::BYTES;
-    if acts.len() == 1 {
-        // One token's activations fit in L1 whole: each row in one piece, no sums to keep
-        // (in one piece 5% faster than through the sums below, in-cache benchmark).
-        for r in range {
-            let row = &w.values[r * row_bytes..(r + 1) * row_bytes];
-            // SAFETY: the row and activation have the same columns (the module's contract),
-            // and the output is the caller's (`BlockRowsI8`'s contract).
-            unsafe { write(&out, 0, r, &K::dot::<1>(row, 0, acts)) };
-        }
-        return;
-    }
-    let per_tile = acts.len().div_ceil(acts.len().div_ceil(K_TOKENS));
-    // Tile i's records from `blocks * i * per_tile` on, made once per thread and batch.
-    let mut staged = TILE.take();
-    if !staged.current(K::LAYOUT, acts, |a| a.generation) {
-        staged.records.clear();
-        staged.records.resize(blocks * acts.len(), EMPTY_RECORD);
-        for (tile, acts) in staged.records.chunks_mut(blocks * per_tile).zip(acts.chunks(per_tile)) {
-            for (b, records) in tile.chunks_exact_mut(acts.len()).enumerate() {
-                for (record, act) in records.iter_mut().zip(acts) {
-                    K::stage(act, b, record);
-                }
-            }
-        }
-    }
-    for (i, (tile, acts)) in staged.records.chunks(blocks * per_tile).zip(acts.chunks(per_tile)).enumerate() {
-        let (n, t0) = (acts.len(), i * per_tile);
-        // SAFETY: `tile` holds `n` records of every block of the row; the rest is the caller's.
-        unsafe {
-            match n {
-                1 => rows_tile::<K, 1>(w, row_bytes, range.clone(), tile, &out, t0),
-                2 => rows_tile::<K, 2>(w, row_bytes, range.clone(), tile, &out, t0),
-                3 => rows_tile::<K, 3>(w, row_bytes, range.clone(), tile, &out, t0),
-                4 => rows_tile::<K, 4>(w, row_bytes, range.clone(), tile, &out, t0),
-                5 => rows_tile::<K, 5>(w, row_bytes, range.clone(), tile, &out, t0),
-                6 => rows_tile::<K, 6>(w, row_bytes, range.clone(), tile, &out, t0),
-                7 => rows_tile::<K, 7>(w, row_bytes, range.clone(), tile, &out, t0),
-                _ => rows_tile::<K, 8>(w, row_bytes, range.clone(), tile, &out, t0),
-            }
-        }
-    }
-    TILE.set(staged);
-}
-
-/// Rows `range` times the `N` tokens of `tile` (`[block][N]` records of whole rows), written
-/// as tokens `t0..t0 + N`: `L1_RECORDS / N` blocks (a piece) of a group of `GROUP` rows at a
-/// time, so the piece's records stay in L1 while the group's rows stream past.
-///
-/// # Safety
-/// The module's contract and `BlockRowsI8`'s output contract for those tokens; `tile` has
-/// `N` records of each of the row's blocks.
-#[inline(always)]
-unsafe fn rows_tile<K: KQuant, const N: usize>(
-    w: &BlockData,
-    row_bytes: usize,
-    range: std::ops::Range<usize>,
-    tile: &[Record],
-    out: &RowsOut,
-    t0: usize,
-) {
-    let blocks = row_bytes / K::BYTES;
-    debug_assert!(tile.len() == blocks * N);
-    let chunk = (L1_RECORDS / N).max(1);
-    let chunks = blocks.div_ceil(chunk);
-    // Pieces (a chunk of a row) are read in the order of the loops below, which is not the
-    // matrix's when rows are longer than a chunk: ask for the piece this far ahead in that
-    // order, `PREFETCH_AHEAD` bytes or so (`piece_ahead`). (Each block asking for the bytes
-    // 6 KB past it, as one token's pass does, missed the next pieces: 16384 x 4096 Q4_K from
-    // memory, 8 tokens, 74 GMAC/s against 105 in cache.)
-    let ahead = PREFETCH_AHEAD.div_ceil(chunk.min(blocks) * K::BYTES);
-    for group in range.clone().step_by(GROUP) {
-        let group = group..(group + GROUP).min(range.end);
-        let mut sums = [[0.0f32; N]; GROUP];
-        for (c, first) in (0..blocks).step_by(chunk).enumerate() {
-            let end = (first + chunk).min(blocks);
-            let records = tile[first * N..end * N].as_ptr();
-            for (i, (r, sums)) in group.clone().zip(&mut sums).enumerate() {
-                let (visit, here) = (c * group.len() + i + ahead, r * row_bytes + first * K::BYTES);
-                let distance = piece_ahead(row_bytes, K::BYTES * chunk, chunks, &range, &group, GROUP, visit, here);
-                let row = &w.values[here..r * row_bytes + end * K::BYTES];
-                // SAFETY: blocks first..end of the row, and their N records each.
-                let part = unsafe { K::dot_tile::<N>(row, records, distance) };
-                for (s, p) in sums.iter_mut().zip(part) {
-                    *s += p;
-                }
-            }
-        }
-        for (r, sums) in group.zip(&sums) {
-            // SAFETY: the caller's output contract.
-            unsafe { write(out, t0, r, sums) };
-        }
-    }
-}
-
-/// Rows `range` of a `K` matrix times `acts`, `TOKENS` tokens per pass over each row (over
-/// `CHUNK_COLS` of it at a time). Tokens outside, rows inside: a tile's activations stay in L1
-/// while the rows stream past; with rows outside, every row re-read all the tokens'
-/// activations from L2 (16 tokens, in-cache benchmark: Q4_K 55 -> 61 GMAC/s, Q6_K 49 -> 53).
-///
-/// # Safety
-/// The module's contract and `BlockRowsI8`'s.
-#[inline(always)]
-pub(super) unsafe fn rows<K: TileDot>(
-    w: &BlockData,
-    cols: usize,
-    range: std::ops::Range<usize>,
-    acts: &[BlockActivation],
-    out: RowsOut,
-) {
-    super::debug_check_rows(w, cols, &range, acts, &out);
-    let blocks = cols / K::VALUES;
-    let row_bytes = blocks * K::BYTES;
-    let chunk = (CHUNK_COLS / K::VALUES).max(1);
-    for (tile, acts) in acts.chunks(TOKENS).enumerate() {
-        let t0 = tile * TOKENS;
-        if acts.len() == 1 {
-            // One token's activations fit in L1 whole: each row in one piece, no sums to keep
-            // (in one piece 5% faster than through the sums below, in-cache benchmark).
-            for r in range.clone() {
-                let row = &w.values[r * row_bytes..(r + 1) * row_bytes];
-                // SAFETY: the row and activations have the same columns (the module's
-                // contract), and the output is the caller's (`BlockRowsI8`'s contract).
-                unsafe { write(&out, t0, r, &K::dot::<1>(row, 0, acts)) };
-            }
-            continue;
-        }
-        // `chunk` blocks of a group of rows at a time, summed per row and token.
-        for group in range.clone().step_by(GROUP) {
-            let group = group..(group + GROUP).min(range.end);
-            let mut sums = [[0.0f32; TOKENS]; GROUP];
-            for first in (0..blocks).step_by(chunk) {
-                let end = (first + chunk).min(blocks);
-                for (r, sums) in group.clone().zip(&mut sums) {
-                    let row = &w.values[r * row_bytes + first * K::BYTES..r * row_bytes + end * K::BYTES];
-                    // SAFETY: blocks first..end of the row, which the activations have (the
-                    // module's contract).
-                    let part = unsafe { dot_tile::<K>(row, first, acts) };
-                    for (s, p) in sums.iter_mut().zip(part) {
-                        *s += p;
-                    }
-                }
-            }
-            for (r, sums) in group.zip(&sums) {
-                // SAFETY: the caller's output contract (`BlockRowsI8`'s).
-                unsafe { write(&out, t0, r, &sums[..acts.len()]) };
-            }
-        }
-    }
-}
-
-/// `K::dot` for `acts.len()` (2 to `TOKENS`) tokens, padded with zeros to `TOKENS`. Each
-/// `K::dot::<N>` is inlined once in `rows` (with a second copy of them the inliner gave up on
-/// the 32-value kernels' helpers, 10 times slower).
-///
-/// # Safety
-/// `TileDot::dot`'s.
-#[inline(always)]
-unsafe fn dot_tile<K: TileDot>(row: &[u8], first: usize, acts: &[BlockActivation]) -> [f32; TOKENS] {
-    let pad = |v: &[f32]| std::array::from_fn(|j| v.get(j).copied().unwrap_or(0.0));
-    // SAFETY: the caller's.
-    unsafe {
-        match acts.len() {
-            2 => pad(&K::dot::<2>(row, first, acts)),
-            3 => pad(&K::dot::<3>(row, first, acts)),
-            _ => K::dot::<4>(row, first, acts),
-        }
-    }
-}
-
 /// Tokens `t0..t0 + values.len()` of row `r`.
 ///
 /// # Safety
 /// `BlockRowsI8`'s output contract for those tokens.
 #[inline(always)]
-unsafe fn write(out: &RowsOut, t0: usize, r: usize, values: &[f32]) {
+pub(super) unsafe fn write(out: &RowsOut, t0: usize, r: usize, values: &[f32]) {
     for (j, &v) in values.iter().enumerate() {
         // SAFETY: the caller's output contract.
         unsafe { out.write(t0 + j, r, v) };
@@ -456,7 +203,7 @@ unsafe fn write(out: &RowsOut, t0: usize, r: usize, values: &[f32]) {
 /// dword u of lane L of vector t. Applied to four vectors that each hold whole sub-blocks
 /// per lane, it gives four whose dword (L, t) is in one sub-block in all of them.
 #[inline(always)]
-unsafe fn transpose4(v: [__m512i; 4]) -> [__m512i; 4] {
+pub(super) unsafe fn transpose4(v: [__m512i; 4]) -> [__m512i; 4] {
     // SAFETY: register-only AVX-512 F (the module's contract).
     unsafe {
         let (t0, t1) = (_mm512_unpacklo_epi32(v[0], v[1]), _mm512_unpackhi_epi32(v[0], v[1]));
@@ -478,7 +225,7 @@ unsafe fn transpose4(v: [__m512i; 4]) -> [__m512i; 4] {
 /// # Safety
 /// `x` has 256 readable bytes; the module's contract.
 #[inline(always)]
-unsafe fn dot_block(init: __m512i, w: &[__m512i; 4], x: *const i8) -> __m512i {
+pub(super) unsafe fn dot_block(init: __m512i, w: &[__m512i; 4], x: *const i8) -> __m512i {
     // SAFETY: the caller's: four 64-byte loads inside the 256 bytes at x.
     unsafe {
         let mut i = init;
@@ -493,7 +240,7 @@ unsafe fn dot_block(init: __m512i, w: &[__m512i; 4], x: *const i8) -> __m512i {
 /// which reads the matrix in order): a line per 64 bytes, and the last byte where the block
 /// ends well into a line (Q5_K's 176; the next block's first request covers the rest).
 #[inline(always)]
-fn prefetch_ahead(block: &[u8], ahead: isize) {
+pub(super) fn prefetch_ahead(block: &[u8], ahead: isize) {
     let at = block.as_ptr().wrapping_offset(ahead);
     for line in (0..block.len()).step_by(64) {
         prefetch(at.wrapping_add(line));
@@ -597,7 +344,7 @@ unsafe fn unpack_k4<const FIFTH_BIT: bool>(block: &[u8], c: &K4Consts) -> ([__m5
 
 /// The sum of a zmm's lanes minus the sum of a ymm's.
 #[inline(always)]
-unsafe fn reduce_minus(acc: __m512, mins: __m256) -> f32 {
+pub(super) unsafe fn reduce_minus(acc: __m512, mins: __m256) -> f32 {
     // SAFETY: register-only AVX-512 F (the module's contract).
     unsafe { _mm512_reduce_add_ps(_mm512_sub_ps(acc, _mm512_zextps256_ps512(mins))) }
 }

@@ -11,6 +11,8 @@ pub(crate) mod avx2;
 pub(crate) mod avx512;
 #[cfg(target_arch = "x86_64")]
 pub(crate) mod avx512_q4;
+#[cfg(target_arch = "x86_64")]
+pub(crate) mod avx512_tiles32;
 pub mod dot_i8;
 #[cfg(target_arch = "x86_64")]
 pub mod gemm_k_avx512;
@@ -18,6 +20,8 @@ pub mod gemm_k_avx512;
 pub(crate) mod neon_k;
 #[cfg(target_arch = "aarch64")]
 pub(crate) mod neon_q4;
+#[cfg(target_arch = "x86_64")]
+pub(crate) mod tiles_avx512;
 
 use half::f16;
 
