@@ -67,6 +67,14 @@ impl ByteLevelBpe {
         slicing: Option<Slicing>,
     ) -> Result<Self> {
         let bad = |message: String| Error::Argument(format!("byte-level BPE: {message}"));
+        // An empty special token matches everywhere and cuts of 0 characters never advance:
+        // either would loop forever in `encode` (found by fuzzing the Python readers).
+        if let Some(s) = slicing.filter(|s| s.chunk_chars == 0 || s.max_run == 0) {
+            return Err(bad(format!("cuts must be at least 1 character, got {s:?}")));
+        }
+        if let Some((_, id)) = specials.iter().find(|(text, _)| text.is_empty()) {
+            return Err(bad(format!("special token {id} is empty")));
+        }
         let pattern =
             fancy_regex::Regex::new(pattern).map_err(|e| bad(format!("invalid pre-tokenizer pattern: {e}")))?;
         let n_ranks = ranks.len();
@@ -373,7 +381,14 @@ mod tests {
         repeated.push(vec![b'a']);
         assert!(ByteLevelBpe::new(repeated, vec![], r"\w+", None).is_err());
         assert!(ByteLevelBpe::new(bytes.clone(), vec![("<s>".into(), 3)], r"\w+", None).is_err()); // id of a rank
-        assert!(ByteLevelBpe::new(bytes, vec![], r"(", None).is_err());
+        assert!(ByteLevelBpe::new(bytes.clone(), vec![], r"(", None).is_err());
+        // These would make `encode` loop forever.
+        assert!(ByteLevelBpe::new(bytes.clone(), vec![("".into(), 256)], r"\w+", None).is_err());
+        for (chunk_chars, max_run) in [(0, 5), (5, 0)] {
+            let slicing = Some(Slicing { chunk_chars, max_run });
+            assert!(ByteLevelBpe::new(bytes.clone(), vec![], r"\w+", slicing).is_err());
+        }
+        assert!(ByteLevelBpe::new(bytes, vec![], r"\w+", Some(Slicing { chunk_chars: 1, max_run: 1 })).is_ok());
     }
 
     #[test]
