@@ -137,8 +137,9 @@ impl<'a> Reader<'a, '_> {
     /// map saves (issue 13's probe: a 70B-shape file with unaligned embeddings took +4.2 GB).
     fn f32s(&mut self, name: &str, shape: &[usize]) -> Result<Cow<'a, [f32]>> {
         let raw = self.raw(name, Dtype::F32, shape)?;
-        let values = f32_cow(raw);
-        if matches!(values, Cow::Owned(_)) && raw.len() > MAX_UNALIGNED_F32_COPY {
+        // Decided before `f32_cow`, which would make the copy this refuses.
+        let unaligned = !(raw.as_ptr() as usize).is_multiple_of(std::mem::align_of::<f32>());
+        if unaligned && raw.len() > MAX_UNALIGNED_F32_COPY {
             let offset = raw.as_ptr() as usize - self.bytes.as_ptr() as usize;
             return Err(self.fail(format!(
                 "fp32 tensor '{name}' ({} MiB) starts at byte {offset}, not a multiple of 4, so it cannot be used \
@@ -146,7 +147,7 @@ impl<'a> Reader<'a, '_> {
                 raw.len() >> 20
             )));
         }
-        Ok(values)
+        Ok(f32_cow(raw))
     }
 
     fn matrix(&mut self, name: &str, rows: usize, cols: usize, affine_group: Option<i64>) -> Result<Matrix<'a>> {
