@@ -50,9 +50,6 @@ from .errors import InvalidTokenError, TokenizerError
 
 __all__ = ["Tokenizer", "StreamDecoder"]
 
-#: Byte-fallback tokens ``<0x00>`` .. ``<0xFF>`` start at this id.
-BYTE_OFFSET = 3
-
 _BOS_PIECE = b"\n<s>\n"
 _EOS_PIECE = b"\n</s>\n"
 _SPM_SPACE = "\u2581"  # '▁', sentencepiece's whitespace marker
